@@ -1,0 +1,86 @@
+import json
+
+import pytest
+import pytrec_eval
+
+from eval import metrics as M
+from eval.cli import main
+from eval.data import DataError, load_dataset
+from eval.bm25 import BM25Index, bm25_search
+from eval.pipeline import drop_identical_ids, evaluate, format_table, read_run, write_run
+
+
+def test_run_file_roundtrip(tmp_path):
+    run = {"q2": {"d1": 0.5, "d2": 1.25}, "q1": {"d3": -2.0}}
+    path = tmp_path / "run.trec"
+    write_run(path, run, tag="x")
+    lines = path.read_text().splitlines()
+    assert lines[0] == "q1 Q0 d3 1 -2.0 x" and lines[1] == "q2 Q0 d2 1 1.25 x"
+    assert read_run(path) == run
+
+
+def test_malformed_run_file(tmp_path):
+    path = tmp_path / "run.trec"
+    path.write_text("q1 Q0 d1 1 0.5 t\nq1 Q0 d2 2 abc t\n")
+    with pytest.raises(DataError, match=r"run\.trec:2: score 'abc'"):
+        read_run(path)
+    path.write_text("q1 d1 0.5\n")
+    with pytest.raises(DataError, match=r"run\.trec:1: expected 6 columns"):
+        read_run(path)
+
+
+def test_identical_ids_dropped_by_default():
+    qrels = {"q1": {"d1": 1}}
+    run = {"q1": {"q1": 9.0, "d1": 1.0}}
+    assert drop_identical_ids(run) == {"q1": {"d1": 1.0}}
+    assert evaluate(run, qrels, ["mrr@10"])[1]["mrr@10"] == 1.0
+    assert evaluate(run, qrels, ["mrr@10"], ignore_identical_ids=False)[1]["mrr@10"] == 0.5
+
+
+def test_bm25_on_tiny_corpus(tiny_beir):
+    ds = load_dataset(tiny_beir)
+    run = bm25_search(ds.corpus, ds.queries, k=3)
+    assert M.rank(run["q1"])[0] == "d1"  # "cats purr"
+    assert M.rank(run["q2"])[0] in {"d3", "d5"}
+    assert all(len(docs) <= 3 for docs in run.values())
+    # a query sharing no term with the corpus retrieves nothing rather than crashing
+    assert BM25Index.build(ds.corpus).search({"z": "xylophone"}) == {"z": {}}
+    with pytest.raises(ValueError, match="empty corpus"):
+        BM25Index.build({})
+
+
+def test_cli_eval_json(tiny_beir, capsys):
+    assert main(["eval", "--data", str(tiny_beir), "--retriever", "bm25", "--top-k", "5", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["num_queries"] == 2 and 0 < out["ndcg@10"] <= 1 and "recall@5" in out and "seconds" in out
+
+
+def test_cli_bad_split_is_clean_error(tiny_beir, capsys):
+    assert main(["eval", "--data", str(tiny_beir), "--split", "dev"]) == 2
+    assert "splits found: test, train" in capsys.readouterr().err
+
+
+def test_format_table():
+    table = format_table({"bm25": {"ndcg@10": 0.5, "num_queries": 3}})
+    assert table.splitlines()[2] == "| bm25 | 0.5000 | 3 |"
+
+
+@pytest.mark.parametrize("name", ["scifact", "nfcorpus"])
+def test_metrics_equal_pytrec_eval_on_real_bm25_runs(beir_data, name):
+    ds = load_dataset(beir_data / name)
+    run = bm25_search(ds.corpus, ds.queries, k=100)
+    per_query, _ = evaluate(run, ds.qrels, ["ndcg@10", "recall@100", "map@100", "p@10"], ignore_identical_ids=False)
+    oracle = pytrec_eval.RelevanceEvaluator(ds.qrels, {"ndcg_cut.10", "recall.100", "map_cut.100", "P.10"}).evaluate(run)
+    assert len(oracle) == len(ds.queries)
+    for qid, v in oracle.items():
+        got = per_query[qid]
+        assert abs(got["ndcg@10"] - v["ndcg_cut_10"]) < 1e-9
+        assert abs(got["recall@100"] - v["recall_100"]) < 1e-9
+        assert abs(got["map@100"] - v["map_cut_100"]) < 1e-9
+        assert abs(got["p@10"] - v["P_10"]) < 1e-9
+
+
+def test_scifact_bm25_cli(beir_data, capsys):
+    assert main(["eval", "--data", str(beir_data / "scifact"), "--retriever", "bm25", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["ndcg@10"] >= 0.68 and out["num_queries"] == 300 and out["seconds"] < 30
