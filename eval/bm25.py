@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from retriever.text import doc_text
+
 Corpus = dict[str, dict[str, str]]
 
 
@@ -19,11 +21,6 @@ class BM25Config:
     method: str = "lucene"
     stopwords: str = "en"
     stemmer: str | None = "english"
-
-
-def doc_text(doc: dict[str, str]) -> str:
-    """The text a document is searched by: title and body joined by a space."""
-    return f"{doc.get('title', '')} {doc.get('text', '')}".strip()
 
 
 @dataclass

@@ -1,0 +1,202 @@
+"""Index: a FAISS inner-product index behind a factory string, with string doc ids.
+
+Factory strings are FAISS's own (``Flat``, ``HNSW32``, ``IVF1024,Flat``, ``IVF256,PQ32`` ...); the
+metric is always inner product (cosine for normalised vectors). FAISS holds int64 rows; the
+index keeps ``ids[row]``. A saved index is a folder::
+
+    index.faiss   the FAISS index
+    ids.json      row -> doc id
+    meta.json     dim, factory, model, pooling, normalize, corpus fingerprint, ntotal ... (written last)
+
+written into a temporary sibling folder and renamed into place, so an interrupted save never
+leaves a folder that loads.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+FORMAT_VERSION = 1
+
+
+class BadIndexError(ValueError):
+    """A wrong or unusable index (dimension, model, folder)."""
+
+
+def corpus_fingerprint(corpus: dict[str, dict[str, str]]) -> str:
+    """sha256 over ``id \\0 title \\0 text`` of every document, in corpus order."""
+    h = hashlib.sha256()
+    for doc_id, doc in corpus.items():
+        h.update(f"{doc_id}\0{doc.get('title') or ''}\0{doc.get('text') or ''}\0".encode("utf-8"))
+    return h.hexdigest()
+
+
+def _as_matrix(vectors, dim: int | None = None) -> np.ndarray:
+    x = np.ascontiguousarray(np.asarray(vectors, dtype=np.float32))
+    if x.ndim == 1 and x.size == 0:
+        x = x.reshape(0, dim or 0)
+    if x.ndim != 2:
+        raise BadIndexError(f"expected a 2-D array of vectors, got shape {x.shape}")
+    if dim is not None and x.shape[1] != dim:
+        raise BadIndexError(f"vectors have dimension {x.shape[1]} but the index has dimension {dim}")
+    return x
+
+
+@dataclass
+class Index:
+    """FAISS index + row -> string id map + metadata."""
+
+    dim: int
+    factory: str = "Flat"
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        import faiss
+
+        self.faiss = faiss.index_factory(int(self.dim), self.factory, faiss.METRIC_INNER_PRODUCT)
+        self.ids: list[str] = []
+        self._id_set: set[str] = set()
+
+    # ------------------------------------------------------------ building
+    @property
+    def ntotal(self) -> int:
+        return int(self.faiss.ntotal)
+
+    @property
+    def is_trained(self) -> bool:
+        return bool(self.faiss.is_trained)
+
+    def train(self, vectors, max_samples: int = 100_000, seed: int = 0) -> None:
+        """Train IVF/PQ quantisers on (a random sample of at most ``max_samples``) vectors."""
+        x = _as_matrix(vectors, self.dim)
+        if len(x) > max_samples:
+            rows = np.sort(np.random.default_rng(seed).choice(len(x), max_samples, replace=False))
+            x = x[rows]
+        self.faiss.train(x)
+
+    def add(self, vectors, ids: Sequence[str], chunk_size: int = 65536) -> None:
+        """Add vectors with their string ids (chunked). Ids must be unique across the index."""
+        x = _as_matrix(vectors, self.dim)
+        ids = [str(i) for i in ids]
+        if len(ids) != len(x):
+            raise BadIndexError(f"{len(x)} vectors but {len(ids)} ids")
+        if len(set(ids)) != len(ids) or self._id_set.intersection(ids):
+            raise BadIndexError("doc ids must be unique within an index")
+        if not self.is_trained:
+            raise BadIndexError(f"factory {self.factory!r} needs training: call train() on a sample first")
+        for start in range(0, len(x), chunk_size):
+            self.faiss.add(x[start:start + chunk_size])
+        self.ids.extend(ids)
+        self._id_set.update(ids)
+
+    @classmethod
+    def build(cls, vectors, ids: Sequence[str], factory: str = "Flat", meta: dict | None = None) -> "Index":
+        """Create, train when the factory needs it, and fill an index."""
+        x = _as_matrix(vectors)
+        if len(x) == 0:
+            raise BadIndexError("cannot build an index from zero vectors (empty corpus)")
+        index = cls(dim=x.shape[1], factory=factory, meta=dict(meta or {}))
+        if not index.is_trained:
+            index.train(x)
+        index.add(x, ids)
+        return index
+
+    # ------------------------------------------------------------ search knobs
+    def set_params(self, nprobe: int | None = None, ef_search: int | None = None) -> None:
+        """``nprobe`` for IVF indexes, ``ef_search`` for HNSW indexes."""
+        import faiss
+
+        if nprobe is not None:
+            try:
+                faiss.extract_index_ivf(self.faiss).nprobe = int(nprobe)
+            except RuntimeError:
+                raise BadIndexError(f"nprobe applies to IVF indexes, not {self.factory!r}") from None
+        if ef_search is not None:
+            hnsw = getattr(faiss.downcast_index(self.faiss), "hnsw", None)
+            if hnsw is None:
+                raise BadIndexError(f"ef_search applies to HNSW indexes, not {self.factory!r}")
+            hnsw.efSearch = int(ef_search)
+
+    # ------------------------------------------------------------ search
+    def search(self, queries, k: int = 10) -> tuple[list[list[str]], np.ndarray]:
+        """Top-``k`` doc ids and scores per query row. ``k`` larger than the index returns every document."""
+        x = _as_matrix(queries, self.dim)
+        if len(x) == 0 or self.ntotal == 0:
+            return [[] for _ in range(len(x))], np.zeros((len(x), 0), dtype=np.float32)
+        k = min(int(k), self.ntotal)
+        scores, rows = self.faiss.search(x, k)
+        ids = [[self.ids[r] for r in row if r >= 0] for row in rows]
+        return ids, scores
+
+    def search_run(self, query_ids: Sequence[str], queries, k: int = 10) -> dict[str, dict[str, float]]:
+        """Search and return a BEIR run ``{query_id: {doc_id: score}}``."""
+        ids, scores = self.search(queries, k)
+        return {qid: {doc: float(s) for doc, s in zip(doc_ids, row)} for qid, doc_ids, row in zip(query_ids, ids, scores)}
+
+    def reconstruct(self, doc_ids: Iterable[str]) -> np.ndarray:
+        """Stored vectors of ``doc_ids`` (exact for Flat/HNSW, approximate for PQ)."""
+        row_of = {d: i for i, d in enumerate(self.ids)}
+        missing = [d for d in doc_ids if d not in row_of]
+        if missing:
+            raise KeyError(f"{len(missing)} doc id(s) not in the index, e.g. {missing[0]!r}")
+        return np.stack([self.faiss.reconstruct(row_of[d]) for d in doc_ids])
+
+    # ------------------------------------------------------------ disk
+    def save(self, folder: str | os.PathLike) -> Path:
+        """Write the folder atomically (temp sibling + rename); an existing folder is replaced."""
+        import faiss
+
+        folder = Path(folder)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.tmp-"))
+        try:
+            faiss.write_index(self.faiss, str(tmp / "index.faiss"))
+            (tmp / "ids.json").write_text(json.dumps(self.ids))
+            meta = {**self.meta, "format": FORMAT_VERSION, "dim": self.dim, "factory": self.factory, "ntotal": self.ntotal}
+            (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+            old = None
+            if folder.exists():
+                old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
+                os.replace(folder, old)
+            os.replace(tmp, folder)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike, expect_dim: int | None = None, expect_model: str | None = None,
+             mmap: bool = False) -> "Index":
+        """Load a saved folder; refuse a half-written folder or one built for another model/dimension."""
+        import faiss
+
+        folder = Path(folder)
+        meta_path = folder / "meta.json"
+        if not folder.is_dir():
+            raise BadIndexError(f"{folder}: no such index folder")
+        if not meta_path.exists() or not (folder / "index.faiss").exists() or not (folder / "ids.json").exists():
+            raise BadIndexError(f"{folder}: incomplete index folder (index.faiss, ids.json and meta.json are all needed)")
+        meta = json.loads(meta_path.read_text())
+        if expect_dim is not None and meta["dim"] != expect_dim:
+            raise BadIndexError(f"{folder}: index dimension {meta['dim']} does not match the encoder's {expect_dim}")
+        if expect_model is not None and meta.get("model") not in (None, expect_model):
+            raise BadIndexError(f"{folder}: index was built with model {meta.get('model')!r}, not {expect_model!r}")
+        flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0
+        index = cls.__new__(cls)
+        index.dim, index.factory = int(meta["dim"]), meta["factory"]
+        index.meta = {k: v for k, v in meta.items() if k not in ("format", "dim", "factory", "ntotal")}
+        index.faiss = faiss.read_index(str(folder / "index.faiss"), flags)
+        index.ids = json.loads((folder / "ids.json").read_text())
+        index._id_set = set(index.ids)
+        if index.ntotal != len(index.ids) or index.ntotal != meta["ntotal"]:
+            raise BadIndexError(f"{folder}: corrupt index ({index.ntotal} vectors, {len(index.ids)} ids, meta says {meta['ntotal']})")
+        return index
