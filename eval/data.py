@@ -200,21 +200,14 @@ def load_dataset(folder: str | Path, split: str = "test", check_ids: bool = True
     if split not in splits:
         raise DataError(f"{folder}: unknown split {split!r}; splits found: {', '.join(splits) or 'none'}")
 
-    beir_corpus = _first_existing(folder, ("corpus.jsonl", "corpus.jsonl.gz"))
-    if beir_corpus is not None:
-        corpus = load_corpus(beir_corpus)
+    corpus = _load_folder_corpus(folder)
+    if (folder / "queries.jsonl").exists():
         queries = load_queries(folder / "queries.jsonl")
         qrels = load_qrels(folder / "qrels" / f"{split}.tsv")
     else:
-        collection = _first_existing(folder, ("collection.tsv", "collection.tsv.gz"))
-        if collection is None:
-            raise DataError(f"{folder}: neither corpus.jsonl[.gz] (BEIR) nor collection.tsv (MS MARCO) found")
-        corpus = {pid: {"title": "", "text": text} for pid, text in _read_tsv_pairs(collection, "passage").items()}
-        if not corpus:
-            raise DataError(f"{collection}: empty corpus (no documents)")
         query_file = _first_existing(folder, (f"queries.{split}.tsv", "queries.tsv"))
         if query_file is None:
-            raise DataError(f"{folder}: no queries.{split}.tsv")
+            raise DataError(f"{folder}: neither queries.jsonl (BEIR) nor queries.{split}.tsv (MS MARCO) found")
         queries = _read_tsv_pairs(query_file, "query")
         qrels = load_qrels(folder / f"qrels.{split}.tsv")
 
@@ -236,6 +229,24 @@ def _warn_unknown_ids(folder: Path, split: str, corpus: Corpus, queries: Queries
             f"(such documents count as relevant but unretrievable)",
             stacklevel=2,
         )
+
+
+def load_corpus_of(name_or_path: str | Path) -> Corpus:
+    """The corpus of a BEIR or MS MARCO folder (or dataset name), without queries or qrels."""
+    return _load_folder_corpus(resolve_dataset(name_or_path))
+
+
+def _load_folder_corpus(folder: Path) -> Corpus:
+    path = _first_existing(folder, ("corpus.jsonl", "corpus.jsonl.gz"))
+    if path is not None:
+        return load_corpus(path)
+    collection = _first_existing(folder, ("collection.tsv", "collection.tsv.gz"))
+    if collection is None:
+        raise DataError(f"{folder}: neither corpus.jsonl[.gz] (BEIR) nor collection.tsv (MS MARCO) found")
+    corpus = {pid: {"title": "", "text": text} for pid, text in _read_tsv_pairs(collection, "passage").items()}
+    if not corpus:
+        raise DataError(f"{collection}: empty corpus (no documents)")
+    return corpus
 
 
 def select_queries(queries: Queries, max_queries: int | None) -> Queries:

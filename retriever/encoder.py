@@ -47,6 +47,16 @@ class EncoderConfig:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
 
 
+def is_decoder_only(hf_config) -> bool:
+    """True for causal LMs (Llama, Mistral, Qwen ...), False for BERT-like encoders."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+    if any("CausalLM" in a for a in (hf_config.architectures or [])):
+        return True
+    kind = hf_config.model_type
+    return kind in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and kind not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+
 def _read_json(path: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
@@ -102,8 +112,7 @@ class DualEncoder(torch.nn.Module):
             settings = read_st_config(Path(path))
         if "pooling" not in settings:
             hf_config = AutoConfig.from_pretrained(path)
-            decoder = any("CausalLM" in a for a in (hf_config.architectures or [])) or hf_config.is_decoder
-            settings["pooling"] = "last" if decoder else "mean"
+            settings["pooling"] = "last" if is_decoder_only(hf_config) else "mean"
         settings.update({k: v for k, v in overrides.items() if v is not None})
         known = {f.name for f in fields(EncoderConfig)}
         config = EncoderConfig(**{k: v for k, v in settings.items() if k in known})

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -48,7 +49,7 @@ def build_index(corpus: dict, encoder: DualEncoder, out: str | Path | None = Non
         path = work / f"shard-{number:05d}.npy"
         if not path.exists():
             if show_progress:
-                print(f"encoding docs {start}-{min(start + shard_size, len(texts))} of {len(texts)}", flush=True)
+                print(f"encoding docs {start}-{min(start + shard_size, len(texts))} of {len(texts)}", file=sys.stderr, flush=True)
             encoder.encode(texts[start:start + shard_size], batch_size=batch_size, show_progress=show_progress, out=path)
         shards.append(path)
     vectors = np.concatenate([np.load(p) for p in shards]) if len(shards) > 1 else np.load(shards[0])

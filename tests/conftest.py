@@ -38,3 +38,40 @@ def data_dir() -> Path:
 @pytest.fixture
 def beir_data():
     return data_dir()
+
+
+MINILM = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def _tiny_model_folder(root: Path, kind: str) -> Path:
+    """A 2-layer random model (BERT encoder or Llama decoder) with the packaged MiniLM tokenizer."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel, LlamaConfig, LlamaModel
+
+    from retriever.models import resolve
+
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(resolve(MINILM))
+    if kind == "bert":
+        config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                            intermediate_size=64, max_position_embeddings=512)
+        model = BertModel(config)
+    else:
+        config = LlamaConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                             num_key_value_heads=1, intermediate_size=64, max_position_embeddings=512,
+                             pad_token_id=tokenizer.pad_token_id)
+        model = LlamaModel(config)
+    folder = root / f"tiny-{kind}"
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory):
+    return _tiny_model_folder(tmp_path_factory.mktemp("models"), "bert")
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory):
+    return _tiny_model_folder(tmp_path_factory.mktemp("models"), "llama")

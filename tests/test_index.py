@@ -1,0 +1,100 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from retriever.index import BadIndexError, Index
+
+
+@pytest.fixture
+def vectors():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((500, 16)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True), [f"doc-{i}" for i in range(500)]
+
+
+def exact_top(x, q, k):
+    return np.argsort(-(q @ x.T), axis=1, kind="stable")[:, :k]
+
+
+def test_flat_equals_brute_force_with_string_ids(vectors):
+    x, ids = vectors
+    index = Index.build(x, ids, "Flat")
+    got, scores = index.search(x[:7], k=5)
+    expected = exact_top(x, x[:7], 5)
+    assert got == [[ids[r] for r in row] for row in expected]
+    np.testing.assert_allclose(scores, np.take_along_axis(x[:7] @ x.T, expected, 1), atol=1e-5)
+    assert index.search_run(["a"], x[:1], 2)["a"] == {ids[expected[0, 0]]: pytest.approx(1.0), ids[expected[0, 1]]: pytest.approx(float(scores[0, 1]))}
+
+
+def test_k_larger_than_index_and_empty_batch(vectors):
+    x, ids = vectors
+    index = Index.build(x[:3], ids[:3])
+    got, scores = index.search(x[:1], k=50)
+    assert len(got[0]) == 3 and scores.shape == (1, 3)
+    got, scores = index.search(np.zeros((0, 16), np.float32), k=5)
+    assert got == [] and scores.shape == (0, 0)
+
+
+def test_bad_inputs(vectors):
+    x, ids = vectors
+    index = Index.build(x[:10], ids[:10])
+    with pytest.raises(BadIndexError, match="dimension 8 but the index has dimension 16"):
+        index.search(np.zeros((1, 8), np.float32))
+    with pytest.raises(BadIndexError, match="unique"):
+        index.add(x[:1], [ids[0]])
+    with pytest.raises(BadIndexError, match="empty corpus"):
+        Index.build(np.zeros((0, 16), np.float32), [])
+    with pytest.raises(BadIndexError, match="needs training"):
+        Index(dim=16, factory="IVF4,Flat").add(x, ids)
+    with pytest.raises(BadIndexError, match="nprobe applies to IVF"):
+        index.set_params(nprobe=4)
+
+
+@pytest.mark.parametrize("factory,params,min_recall", [("HNSW32", {"ef_search": 128}, 0.95), ("IVF8,Flat", {"nprobe": 8}, 0.999),
+                                                       ("IVF8,PQ4", {"nprobe": 8}, 0.2)])
+def test_approximate_factories(vectors, factory, params, min_recall):
+    x, ids = vectors
+    index = Index.build(x, ids, factory)
+    index.set_params(**params)
+    got, _ = index.search(x[:50], k=10)
+    expected = exact_top(x, x[:50], 10)
+    recall = np.mean([len(set(g) & {ids[r] for r in e}) / 10 for g, e in zip(got, expected)])
+    assert recall >= min_recall
+
+
+def test_save_load_roundtrip_and_checks(vectors, tmp_path):
+    x, ids = vectors
+    index = Index.build(x, ids, "HNSW32", meta={"model": "m1"})
+    folder = index.save(tmp_path / "idx")
+    back = Index.load(folder, expect_dim=16, expect_model="m1")
+    assert back.ids == ids and back.meta["model"] == "m1" and back.factory == "HNSW32"
+    assert back.search(x[:3], 4)[0] == index.search(x[:3], 4)[0]
+    with pytest.raises(BadIndexError, match="dimension 16 does not match the encoder's 32"):
+        Index.load(folder, expect_dim=32)
+    with pytest.raises(BadIndexError, match="built with model 'm1'"):
+        Index.load(folder, expect_model="m2")
+    (folder / "meta.json").unlink()
+    with pytest.raises(BadIndexError, match="incomplete index folder"):
+        Index.load(folder)
+
+
+def test_failed_save_keeps_previous_index(vectors, tmp_path, monkeypatch):
+    import faiss
+
+    x, ids = vectors
+    folder = Index.build(x[:10], ids[:10]).save(tmp_path / "idx")
+
+    def broken(*args):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(faiss, "write_index", broken)
+    with pytest.raises(OSError, match="disk full"):
+        Index.build(x, ids).save(folder)
+    assert Index.load(folder).ntotal == 10
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["idx"]
