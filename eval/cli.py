@@ -5,6 +5,7 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 
 from retriever.models import ModelNotAvailable
 
@@ -59,6 +60,58 @@ def _add_search(sub) -> None:
     p.add_argument("--json", action="store_true")
 
 
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train a model")
+    tsub = p.add_subparsers(dest="train_command", required=True)
+    r = tsub.add_parser("retriever", help="train a dual encoder (InfoNCE or MW loss)")
+    r.add_argument("--data", required=True, help="BEIR folder or dataset name (its corpus; qrels of --split)")
+    r.add_argument("--split", default="train")
+    r.add_argument("--model", default="sentence-transformers/all-MiniLM-L6-v2")
+    r.add_argument("--out", required=True)
+    source = r.add_mutually_exclusive_group()
+    source.add_argument("--negatives", "--train-file", dest="train_file",
+                        help="JSONL {query|query_id, positives, negatives} (doc ids), e.g. from `densekit mine`")
+    source.add_argument("--triples", help="TSV of query<TAB>positive<TAB>negative texts")
+    source.add_argument("--unsupervised", action="store_true", help="Contriever-style random crop pairs from the corpus")
+    from retriever.train import TrainConfig
+
+    defaults = TrainConfig()
+    r.add_argument("--loss", choices=["infonce", "mw"], default=defaults.loss)
+    r.add_argument("--temperature", type=float, default=defaults.temperature)
+    r.add_argument("--symmetric", action="store_true", help="InfoNCE: add the doc->query term")
+    r.add_argument("--decoupled", action="store_true", help="InfoNCE: DEXML decoupled softmax")
+    r.add_argument("--per-query", action="store_true", help="MW: pair positives only within their query")
+    r.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    r.add_argument("--grad-accum", type=int, default=defaults.grad_accum)
+    r.add_argument("--n-negatives", type=int, default=None, help="hard negatives per query (default 1 with a negatives file, else 0)")
+    r.add_argument("--lr", type=float, default=defaults.lr)
+    r.add_argument("--epochs", type=int, default=defaults.epochs)
+    r.add_argument("--max-steps", type=int)
+    r.add_argument("--warmup-ratio", type=float, default=defaults.warmup_ratio)
+    r.add_argument("--seed", type=int, default=defaults.seed)
+    r.add_argument("--bf16", action="store_true")
+    r.add_argument("--lora", action="store_true")
+    r.add_argument("--lora-r", type=int, default=defaults.lora_r)
+    r.add_argument("--grad-cache-chunk", type=int, help="GradCache: encode in chunks of this many texts")
+    r.add_argument("--checkpoint-every", type=int, default=defaults.checkpoint_every)
+    r.add_argument("--query-max-length", type=int)
+    r.add_argument("--doc-max-length", type=int)
+    r.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+
+
+def _add_mine(sub) -> None:
+    p = sub.add_parser("mine", help="mine hard negatives for training (writes the JSONL training format)")
+    p.add_argument("--data", required=True)
+    p.add_argument("--split", default="train")
+    p.add_argument("--index", help="densekit index folder of this corpus (dense mining); without it BM25 is used")
+    p.add_argument("--model", help="encoder for the queries (default: the index's model)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--rank-from", type=int, default=10, help="first rank kept (0-based); skipping the top avoids false negatives")
+    p.add_argument("--rank-to", type=int, default=50)
+    p.add_argument("--max-negatives", type=int, default=20)
+    p.add_argument("--max-ratio", type=float, help="drop candidates scoring above this x the lowest positive score (dense only)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="densekit", description="dense retrieval and reranking toolkit")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -66,6 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data(sub)
     _add_index(sub)
     _add_search(sub)
+    _add_train(sub)
+    _add_mine(sub)
     return parser
 
 
@@ -133,9 +188,81 @@ def cmd_search(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    import random
+
+    from retriever import examples as ex
+    from retriever.encoder import DualEncoder
+    from retriever.train import TrainConfig, train
+
+    from .data import load_dataset, resolve_dataset
+
+    n_neg = args.n_negatives if args.n_negatives is not None else (1 if (args.train_file or args.triples) else 0)
+    folder = resolve_dataset(args.data)
+    if args.unsupervised:
+        from .data import load_corpus_of
+
+        examples = ex.crop_pairs(load_corpus_of(folder), random.Random(args.seed))
+        n_neg = 0
+    elif args.triples:
+        examples = ex.read_triples(args.triples)
+    else:
+        ds = load_dataset(folder, args.split)
+        if args.train_file:
+            from .data import load_queries
+
+            examples = ex.read_jsonl_examples(args.train_file, ds.corpus, load_queries(folder / "queries.jsonl")
+                                              if (folder / "queries.jsonl").exists() else ds.queries, n_neg)
+        else:
+            examples = ex.from_qrels(ds.corpus, ds.queries, ds.qrels, n_negatives=n_neg)
+    config = TrainConfig(loss=args.loss, temperature=args.temperature, symmetric=args.symmetric, decoupled=args.decoupled,
+                         per_query=args.per_query, batch_size=args.batch_size, grad_accum=args.grad_accum,
+                         n_negatives=n_neg, lr=args.lr, epochs=args.epochs, max_steps=args.max_steps,
+                         warmup_ratio=args.warmup_ratio, seed=args.seed, bf16=args.bf16, lora=args.lora, lora_r=args.lora_r,
+                         grad_cache_chunk=args.grad_cache_chunk, checkpoint_every=args.checkpoint_every,
+                         query_max_length=args.query_max_length, doc_max_length=args.doc_max_length)
+    encoder = DualEncoder.from_pretrained(args.model)
+    train(encoder, examples, args.out, config, resume=args.resume)
+    print(json.dumps({"model": str(Path(args.out) / "model"), "examples": len(examples), "loss": args.loss}))
+    return 0
+
+
+def cmd_mine(args) -> int:
+    from retriever.mining import dense_positive_scores, select_negatives, write_mined
+
+    from .data import load_dataset, resolve_dataset
+
+    ds = load_dataset(resolve_dataset(args.data), args.split)
+    positive_scores = None
+    if args.index:
+        from retriever.encoder import DualEncoder
+        from retriever.index import Index
+        from retriever.index import corpus_fingerprint
+
+        index = Index.load(args.index)
+        encoder = DualEncoder.from_pretrained(args.model or index.meta["model"])
+        index = Index.load(args.index, expect_dim=encoder.dim)
+        if index.meta.get("corpus_fingerprint") not in (None, corpus_fingerprint(ds.corpus)):
+            raise ValueError(f"{args.index}: index was built from another corpus than {ds.path}")
+        qids = list(ds.queries)
+        vectors = encoder.encode([ds.queries[q] for q in qids], is_query=True)
+        run = index.search_run(qids, vectors, args.rank_to)
+        positive_scores = dense_positive_scores(index, qids, vectors, ds.qrels)
+    else:
+        from .bm25 import bm25_search
+
+        run = bm25_search(ds.corpus, ds.queries, args.rank_to)
+    negatives = select_negatives(run, ds.qrels, args.rank_from, args.rank_to, args.max_negatives,
+                                 positive_scores, args.max_ratio)
+    count = write_mined(args.out, ds.queries, ds.qrels, negatives)
+    print(json.dumps({"out": args.out, "queries": count, "negatives": sum(map(len, negatives.values()))}))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"eval": cmd_eval, "data": cmd_data, "index": cmd_index, "search": cmd_search}
+    handlers = {"eval": cmd_eval, "data": cmd_data, "index": cmd_index, "search": cmd_search, "train": cmd_train,
+                "mine": cmd_mine}
     try:
         return handlers[args.command](args)
     except (DataError, ValueError, FileNotFoundError, ModelNotAvailable) as err:

@@ -10,9 +10,7 @@ Ids are always strings. Every parse error names the file and the 1-based line nu
 """
 from __future__ import annotations
 
-import gzip
 import hashlib
-import io
 import json
 import os
 import tempfile
@@ -22,7 +20,8 @@ import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+
+from retriever.io import DataError, atomic_write_text, lines as _lines, read_jsonl, write_jsonl  # noqa: F401
 
 Corpus = dict[str, dict[str, str]]
 Queries = dict[str, str]
@@ -49,10 +48,6 @@ BEIR_MD5 = {
 }
 
 
-class DataError(ValueError):
-    """Bad input data; the message names the file (and line, where there is one)."""
-
-
 @dataclass
 class Dataset:
     """One split of a retrieval dataset: the three BEIR dicts and where they came from."""
@@ -64,36 +59,7 @@ class Dataset:
     split: str
 
 
-# ---------------------------------------------------------------- low-level readers
-
-def _lines(path: Path) -> Iterator[tuple[int, str]]:
-    """Yield ``(line_number, line)`` with 1-based numbers; undecodable bytes raise DataError with the line."""
-    raw = gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
-    with raw:
-        for number, line in enumerate(raw, start=1):
-            try:
-                yield number, line.decode("utf-8")
-            except UnicodeDecodeError as err:
-                raise DataError(f"{path}:{number}: not valid UTF-8 ({err.reason} at byte {err.start})") from None
-
-
-def read_jsonl(path: str | Path, required: tuple[str, ...] = ()) -> Iterator[tuple[int, dict]]:
-    """Yield ``(line_number, object)`` for each non-blank line; check that ``required`` keys exist."""
-    path = Path(path)
-    for number, line in _lines(path):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DataError(f"{path}:{number}: malformed JSON ({err.msg} at column {err.colno})") from None
-        if not isinstance(obj, dict):
-            raise DataError(f"{path}:{number}: expected a JSON object, got {type(obj).__name__}")
-        missing = [key for key in required if key not in obj]
-        if missing:
-            raise DataError(f"{path}:{number}: missing field(s) {', '.join(map(repr, missing))}")
-        yield number, obj
-
+# ---------------------------------------------------------------- readers
 
 def _check_unique(path: Path, number: int, key: str, seen: dict) -> None:
     if key in seen:
@@ -327,27 +293,6 @@ def download(name: str, out: str | Path, url: str | None = None, md5: str | None
         inner = unpacked / name if (unpacked / name).is_dir() else unpacked
         os.replace(inner, target)
     return target
-
-
-# ---------------------------------------------------------------- writers (atomic)
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_jsonl(path: str | Path, rows) -> None:
-    """Write an iterable of JSON-able objects, one a line, atomically."""
-    atomic_write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
 
 def write_beir(folder: str | Path, corpus: Corpus, queries: Queries, qrels: dict[str, Qrels]) -> Path:

@@ -21,6 +21,8 @@ from typing import Iterable
 
 import numpy as np
 
+from retriever.runs import rank
+
 Qrels = dict[str, dict[str, int]]
 Run = dict[str, dict[str, float]]
 
@@ -35,11 +37,6 @@ def parse_metric(name: str) -> tuple[str, int]:
     if measure not in MEASURES or not sep or not cut.isdigit() or int(cut) < 1:
         raise ValueError(f"unknown metric {name!r}: use <measure>@<k> with measure in {', '.join(MEASURES)}")
     return measure, int(cut)
-
-
-def rank(doc_scores: dict[str, float]) -> list[str]:
-    """Doc ids in trec_eval order: score descending, then doc id descending."""
-    return [doc for doc, _ in sorted(doc_scores.items(), key=lambda item: (float(item[1]), item[0]), reverse=True)]
 
 
 def _query_metrics(judged: dict[str, int], ranking: list[str], parsed: list[tuple[str, str, int]], level: int) -> dict[str, float]:

@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Iterable
 
 from . import metrics as M
+from retriever.runs import top_k  # noqa: F401  (re-exported)
+
 from .data import DataError, atomic_write_text
 
 Run = dict[str, dict[str, float]]
@@ -22,11 +24,6 @@ DEFAULT_METRICS = ("ndcg@10", "mrr@10", "recall@100", "map@100", "p@10")
 def drop_identical_ids(run: Run) -> Run:
     """Remove documents whose id equals the query id (beir's ``ignore_identical_ids``)."""
     return {qid: {doc: s for doc, s in docs.items() if doc != qid} for qid, docs in run.items()}
-
-
-def top_k(run: Run, k: int) -> Run:
-    """Keep the ``k`` best documents of each query (trec_eval order)."""
-    return {qid: {doc: docs[doc] for doc in M.rank(docs)[:k]} for qid, docs in run.items()}
 
 
 def evaluate(run: Run, qrels: Qrels, metrics: Iterable[str] = DEFAULT_METRICS, relevance_level: int = 1,
