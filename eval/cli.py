@@ -16,8 +16,9 @@ def _add_eval(sub) -> None:
     p = sub.add_parser("eval", help="retrieve (and optionally rerank) a BEIR split and print metrics")
     p.add_argument("--data", required=True, help="BEIR folder, or a dataset name under $DENSEKIT_DATA")
     p.add_argument("--retriever", choices=["bm25", "dense"], default="bm25")
-    p.add_argument("--model", default="sentence-transformers/all-MiniLM-L6-v2", help="dense encoder (name or folder)")
-    p.add_argument("--index", help="dense: reuse this index folder (built there when absent)")
+    p.add_argument("--model", nargs="+", default=["sentence-transformers/all-MiniLM-L6-v2"],
+                   help="dense encoder(s) (names or folders); several models are evaluated side by side")
+    p.add_argument("--index", help="dense, one model: reuse this index folder (built there when absent)")
     p.add_argument("--factory", default="Flat", help="dense: FAISS factory string when building an index")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--split", default="test")
@@ -26,7 +27,8 @@ def _add_eval(sub) -> None:
     p.add_argument("--relevance-level", type=int, default=1, help="min grade counted relevant by binary measures")
     p.add_argument("--keep-identical-ids", action="store_true", help="do not drop docs whose id equals the query id")
     p.add_argument("--save-run", help="write the (final) run as a TREC run file")
-    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.add_argument("--roc", help="draw the ROC curves (top-k candidates) of every evaluated system into this PNG")
+    p.add_argument("--json", action="store_true", help="print one JSON object per system instead of a table")
 
 
 def _add_data(sub) -> None:
@@ -131,19 +133,33 @@ def cmd_eval(args) -> int:
     start = time.perf_counter()
     ds = load_dataset(resolve_dataset(args.data), args.split)
     queries = select_queries(ds.queries, args.max_queries)
-    run = pipeline.first_stage(args.retriever, ds.corpus, queries, args.top_k, model=args.model,
-                               index_dir=args.index, factory=args.factory, batch_size=args.batch_size)
+    models = args.model if args.retriever == "dense" else [None]
+    if args.index and len(models) > 1:
+        raise ValueError("--index serves one model; drop it to compare several models")
     metric_names = list(dict.fromkeys([*pipeline.DEFAULT_METRICS, f"recall@{args.top_k}", f"map@{args.top_k}"]))
-    _, means = pipeline.evaluate(run, ds.qrels, metric_names, args.relevance_level,
-                                 ignore_identical_ids=not args.keep_identical_ids, auc_k=args.top_k)
-    if args.save_run:
-        pipeline.write_run(args.save_run, run, tag=args.retriever)
-    result = {"dataset": str(ds.path), "split": args.split, "retriever": args.retriever, **means,
-              "num_queries": len(queries), "seconds": round(time.perf_counter() - start, 3)}
+    runs, rows = {}, {}
+    for model in models:
+        t0 = time.perf_counter()
+        run = pipeline.first_stage(args.retriever, ds.corpus, queries, args.top_k, model=model,
+                                   index_dir=args.index, factory=args.factory, batch_size=args.batch_size)
+        label = args.retriever if model is None else f"dense:{model}"
+        _, means = pipeline.evaluate(run, ds.qrels, metric_names, args.relevance_level,
+                                     ignore_identical_ids=not args.keep_identical_ids, auc_k=args.top_k)
+        runs[label] = pipeline.drop_identical_ids(run) if not args.keep_identical_ids else run
+        rows[label] = {**means, "num_queries": len(queries), "seconds": round(time.perf_counter() - (start if len(rows) == 0 else t0), 3)}
+        if args.save_run:
+            suffix = "" if len(models) == 1 else f".{len(rows)}"
+            pipeline.write_run(args.save_run + suffix, run, tag=label.replace(" ", "_"))
+    if args.roc:
+        from .plots import plot_roc
+
+        plot_roc(runs, ds.qrels, args.roc, k=args.top_k, relevance_level=args.relevance_level)
     if args.json:
-        print(json.dumps(result))
+        for label, values in rows.items():
+            print(json.dumps({"dataset": str(ds.path), "split": args.split, "retriever": args.retriever,
+                              **({"model": label.split(":", 1)[1]} if ":" in label else {}), **values}))
     else:
-        print(pipeline.format_table({args.retriever: {k: v for k, v in result.items() if k not in ("dataset", "split", "retriever")}}))
+        print(pipeline.format_table(rows))
     return 0
 
 

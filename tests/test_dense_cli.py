@@ -92,3 +92,12 @@ def test_search_cli(tiny_bert, tmp_path, capsys):
     assert out["query"] == "document 3" and len(out["hits"]) == 3 and all(h["id"] in corpus for h in out["hits"])
     assert main(["search", "--index", str(tmp_path / "nope"), "--query", "x"]) == 2
     assert "no such index folder" in capsys.readouterr().err
+
+
+def test_eval_compares_models_and_draws_roc(tiny_beir, tiny_bert, tiny_llama, tmp_path, capsys):
+    assert main(["eval", "--data", str(tiny_beir), "--retriever", "dense", "--model", str(tiny_bert), str(tiny_llama),
+                 "--top-k", "5", "--json", "--roc", str(tmp_path / "roc.png")]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["model"] for r in rows] == [str(tiny_bert), str(tiny_llama)]
+    assert all(0 <= r["auc@5"] <= 1 for r in rows)
+    assert (tmp_path / "roc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

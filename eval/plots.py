@@ -1,0 +1,31 @@
+"""Plots of evaluation results (matplotlib, headless): ROC curves of several systems on one figure."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import metrics as M
+
+
+def plot_roc(runs: dict[str, dict], qrels: dict, path: str | Path, k: int | None = 100, relevance_level: int = 1) -> Path:
+    """Global ROC curve (all relevant vs non-relevant (query, doc) scores in each query's top ``k``)
+    of every run in ``runs`` (label -> run), with its AUC in the legend; saved as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 5))
+    for label, run in runs.items():
+        scores, labels = M.labelled_scores(qrels, run, k, relevance_level)
+        fpr, tpr = M.roc_curve(scores, labels)
+        ax.plot(fpr, tpr, label=f"{label} (AUC {M.auc(scores, labels):.3f})")
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.set_title(f"ROC over top-{k} candidates" if k else "ROC")
+    ax.legend(loc="lower right", fontsize=8)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return path
