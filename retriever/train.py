@@ -18,13 +18,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
+from .checkpoints import resume_step, save_checkpoint
 from .encoder import DualEncoder
 from .examples import Batch, batches
 from .io import atomic_write_text
@@ -115,11 +115,6 @@ def _loss_and_backward(encoder, loss_fn, batch: Batch, accelerator, chunk: int |
     return loss.item()
 
 
-def _checkpoints(out: Path) -> list[Path]:
-    root = out / "checkpoints"
-    return sorted(p for p in root.glob("step-*") if (p / "trainer_state.json").exists()) if root.is_dir() else []
-
-
 def train(encoder: DualEncoder, examples: list[dict], out: str | os.PathLike, config: TrainConfig,
           resume: bool = False, show_progress: bool = True, stop_after: int | None = None) -> DualEncoder:
     """Train ``encoder`` in place on ``examples`` and save it to ``out/model``; returns the encoder.
@@ -162,11 +157,7 @@ def train(encoder: DualEncoder, examples: list[dict], out: str | os.PathLike, co
     model = accelerator.unwrap_model(encoder)
     loss_fn = config.make_loss()
 
-    step = 0
-    if resume and _checkpoints(out):
-        last = _checkpoints(out)[-1]
-        accelerator.load_state(str(last))
-        step = json.loads((last / "trainer_state.json").read_text())["step"]
+    step = resume_step(accelerator, out) if resume else 0
     atomic_write_text(out / "train_config.json", json.dumps(asdict(config), indent=2))
     log_path = out / "train_log.jsonl"
     if step == 0:
@@ -199,7 +190,7 @@ def train(encoder: DualEncoder, examples: list[dict], out: str | os.PathLike, co
         bar.update(1)
         bar.set_postfix(loss=f"{record['loss']:.4f}")
         if step % config.checkpoint_every == 0 or step == steps_total:
-            _save_checkpoint(accelerator, out, step, config.keep_checkpoints)
+            save_checkpoint(accelerator, out, step, config.keep_checkpoints)
         if stop_after is not None and done_here >= stop_after:
             bar.close()
             return model
@@ -211,19 +202,3 @@ def train(encoder: DualEncoder, examples: list[dict], out: str | os.PathLike, co
     if accelerator.is_main_process:
         model.save(out / "model")
     return model
-
-
-def _save_checkpoint(accelerator, out: Path, step: int, keep: int) -> None:
-    """``accelerator.save_state`` into a temp folder, then rename: a checkpoint is complete or absent."""
-    root = out / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / f"step-{step:06d}"
-    tmp = root / f".step-{step:06d}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    accelerator.save_state(str(tmp))
-    if accelerator.is_main_process:
-        (tmp / "trainer_state.json").write_text(json.dumps({"step": step}))
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        for old in _checkpoints(out)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)

@@ -75,3 +75,22 @@ def tiny_bert(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_llama(tmp_path_factory):
     return _tiny_model_folder(tmp_path_factory.mktemp("models"), "llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_causal_lm(tmp_path_factory):
+    """A 2-layer random LlamaForCausalLM with the MiniLM tokenizer ("yes"/"no" are single tokens)."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from retriever.models import resolve
+
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(resolve(MINILM))
+    config = LlamaConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                         num_key_value_heads=1, intermediate_size=64, max_position_embeddings=1024,
+                         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False)
+    folder = tmp_path_factory.mktemp("models") / "tiny-causal"
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

@@ -1,0 +1,172 @@
+"""Reranker training: one pointwise LLM reranker, two objectives, everything else shared.
+
+A training group is ``(query, positive, [negative_1 .. negative_n])``; each step takes ``batch_size``
+groups, i.e. ``batch_size * (1 + n)`` (query, document) prompts, through the same model and prompt.
+With ``s = logit(yes) - logit(no)`` and ``y = logit(yes)`` at the answer position:
+
+- ``sft``: binary cross-entropy over the two-way {yes, no} distribution of every pair,
+  ``L = mean_pairs BCE(sigmoid(s), label)`` (label 1 for the positive, 0 for negatives);
+- ``cl``: InfoNCE over each group on the yes logit, ``L = mean_groups -log softmax(y / tau)[positive]``.
+
+``unified`` (after "Supervised Fine-Tuning or Contrastive Learning?", arXiv 2510.14824) splits each
+gradient into a per-example weight and a direction and recombines them: ``weight`` in {sft, cl}
+(``|sigmoid(s) - label|`` or ``|softmax(y / tau) - onehot| / tau``) and ``direction`` in {sft, cl}
+(``grad s`` or ``grad y``); the surrogate ``sum_i sign_i * stopgrad(w_i) * d_i`` (sign -1 for the
+positive, +1 for negatives) has exactly that gradient. ``gradient_weights`` returns the weights for
+the paper's probes.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from retriever.checkpoints import resume_step, save_checkpoint
+from retriever.io import atomic_write_text
+
+from .pointwise import LLMReranker
+
+
+@dataclass
+class RerankTrainConfig:
+    objective: str = "sft"          # sft | cl | unified
+    weight: str = "sft"             # unified: where the per-example weight comes from
+    direction: str = "sft"          # unified: where the gradient direction comes from
+    temperature: float = 1.0        # CL softmax temperature on the yes logit
+    group_size: int = 8             # 1 positive + (group_size - 1) negatives
+    batch_size: int = 2             # groups per step
+    lr: float = 1e-4
+    epochs: int = 1
+    max_steps: int | None = None
+    warmup_ratio: float = 0.1
+    seed: int = 42
+    lora: bool = True
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    lora_targets: list[str] | None = None
+    checkpoint_every: int = 50
+
+
+def group_losses(logits: torch.Tensor, group_size: int, config: RerankTrainConfig) -> torch.Tensor:
+    """Loss of ``[groups * group_size, 2]`` (yes, no) logits, each group's first row the positive."""
+    s = (logits[:, 0] - logits[:, 1]).view(-1, group_size)
+    y = logits[:, 0].view(-1, group_size)
+    labels = torch.zeros_like(s)
+    labels[:, 0] = 1.0
+    if config.objective == "sft":
+        return F.binary_cross_entropy_with_logits(s, labels)
+    if config.objective == "cl":
+        return F.cross_entropy(y / config.temperature, torch.zeros(len(y), dtype=torch.long, device=y.device))
+    if config.objective == "unified":
+        w = gradient_weights(logits.detach(), group_size, config.weight, config.temperature)
+        d = s if config.direction == "sft" else y
+        sign = 1.0 - 2.0 * labels  # -1 positive, +1 negatives
+        return (sign * w * d).sum() / len(s)
+    raise ValueError(f"unknown objective {config.objective!r}: use sft, cl or unified")
+
+
+def gradient_weights(logits: torch.Tensor, group_size: int, kind: str, temperature: float = 1.0) -> torch.Tensor:
+    """Per-example gradient magnitudes ``[groups, group_size]``: SFT ``|sigmoid(s) - label|`` or
+    CL ``|softmax(y / tau) - onehot| / tau`` (the factor multiplying the direction's gradient)."""
+    s = (logits[:, 0] - logits[:, 1]).view(-1, group_size)
+    y = logits[:, 0].view(-1, group_size)
+    labels = torch.zeros_like(s)
+    labels[:, 0] = 1.0
+    if kind == "sft":
+        return (torch.sigmoid(s) - labels).abs()
+    if kind == "cl":
+        return (torch.softmax(y / temperature, dim=1) - labels).abs() / temperature
+    raise ValueError(f"unknown weight kind {kind!r}: use sft or cl")
+
+
+def make_groups(examples: list[dict], group_size: int, seed: int, epoch: int) -> list[tuple[str, list[str]]]:
+    """One epoch of groups ``(query, [positive, negatives...])``, shuffled by (seed, epoch); examples with
+    fewer negatives than needed are filled by sampling their negatives with replacement."""
+    rng = random.Random(seed * 1_000_003 + epoch)
+    order = list(range(len(examples)))
+    rng.shuffle(order)
+    groups = []
+    for i in order:
+        e = examples[i]
+        need = group_size - 1
+        negs = rng.sample(e["negatives"], need) if len(e["negatives"]) >= need else [rng.choice(e["negatives"]) for _ in range(need)]
+        groups.append((e["query"], [rng.choice(e["positives"])] + negs))
+    return groups
+
+
+def train_reranker(reranker: LLMReranker, examples: list[dict], out: str | os.PathLike, config: RerankTrainConfig,
+                   resume: bool = False, show_progress: bool = True, log_weights: bool = True) -> LLMReranker:
+    """Train in place (LoRA through peft by default) and save to ``out/model``; ``out/train_log.jsonl``
+    holds loss and the mean SFT and CL gradient weights of positives and negatives per step."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from tqdm.auto import tqdm
+    from transformers import get_linear_schedule_with_warmup
+
+    examples = [e for e in examples if e["positives"] and e["negatives"]]
+    if not examples:
+        raise ValueError("no training group has both a positive and a negative")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    set_seed(config.seed)
+    if config.lora and not hasattr(reranker.model, "peft_config"):
+        from peft import LoraConfig, get_peft_model
+
+        reranker.model = get_peft_model(reranker.model, LoraConfig(
+            r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout, task_type="CAUSAL_LM",
+            target_modules=config.lora_targets or ["q_proj", "k_proj", "v_proj", "o_proj"]))
+    groups = [g for epoch in range(config.epochs) for g in make_groups(examples, config.group_size, config.seed, epoch)]
+    steps_total = len(groups) // config.batch_size
+    if config.max_steps is not None:
+        steps_total = min(steps_total, config.max_steps)
+    if steps_total == 0:
+        raise ValueError(f"{len(examples)} groups make no full step of {config.batch_size}")
+    accelerator = Accelerator()
+    params = [p for p in reranker.model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr)
+    scheduler = get_linear_schedule_with_warmup(optimizer, math.ceil(config.warmup_ratio * steps_total), steps_total)
+    reranker, optimizer, scheduler = accelerator.prepare(reranker, optimizer, scheduler)
+    model = accelerator.unwrap_model(reranker)
+
+    step = resume_step(accelerator, out) if resume else 0
+    atomic_write_text(out / "train_config.json", json.dumps(asdict(config), indent=2))
+    log_path = out / "train_log.jsonl"
+    if step == 0:
+        log_path.unlink(missing_ok=True)
+    model.model.train()
+    bar = tqdm(total=steps_total, initial=step, desc=f"train reranker {config.objective}", disable=not show_progress)
+    while step < steps_total:
+        start = time.perf_counter()
+        chunk = groups[step * config.batch_size:(step + 1) * config.batch_size]
+        ids = [model.encode_pair(q, d) for q, docs in chunk for d in docs]
+        logits = model.answer_logits(ids)
+        loss = group_losses(logits, config.group_size, config)
+        accelerator.backward(loss)
+        accelerator.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        record = {"step": step, "loss": loss.item(), "seconds": round(time.perf_counter() - start, 3)}
+        if log_weights:
+            for kind in ("sft", "cl"):
+                w = gradient_weights(logits.detach(), config.group_size, kind, config.temperature)
+                record[f"w_{kind}_pos"] = w[:, 0].mean().item()
+                record[f"w_{kind}_neg"] = w[:, 1:].mean().item()
+        with open(log_path, "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+        bar.update(1)
+        if step % config.checkpoint_every == 0 or step == steps_total:
+            save_checkpoint(accelerator, out, step)
+    bar.close()
+    model.model.eval()
+    model.save(out / "model")
+    return model
