@@ -27,6 +27,9 @@ def _add_eval(sub) -> None:
     p.add_argument("--relevance-level", type=int, default=1, help="min grade counted relevant by binary measures")
     p.add_argument("--keep-identical-ids", action="store_true", help="do not drop docs whose id equals the query id")
     p.add_argument("--save-run", help="write the (final) run as a TREC run file")
+    p.add_argument("--reranker", help="rerank with a trained reranker folder or a causal LM name (zero-shot prompt)")
+    p.add_argument("--rerank-top-k", type=int, default=20)
+    p.add_argument("--rerank-batch-size", type=int, default=8)
     p.add_argument("--roc", help="draw the ROC curves (top-k candidates) of every evaluated system into this PNG")
     p.add_argument("--json", action="store_true", help="print one JSON object per system instead of a table")
 
@@ -99,6 +102,38 @@ def _add_train(sub) -> None:
     r.add_argument("--query-max-length", type=int)
     r.add_argument("--doc-max-length", type=int)
     r.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+    _add_train_reranker(tsub)
+
+
+def _add_train_reranker(tsub) -> None:
+    from reranker.train import RerankTrainConfig
+
+    d = RerankTrainConfig()
+    r = tsub.add_parser("reranker", help="train the pointwise LLM reranker (SFT or CL objective, LoRA)")
+    r.add_argument("--data", required=True)
+    r.add_argument("--split", default="train")
+    r.add_argument("--model", default="HuggingFaceTB/SmolLM2-135M-Instruct")
+    r.add_argument("--out", required=True)
+    r.add_argument("--objective", choices=["sft", "cl", "unified"], default=d.objective)
+    r.add_argument("--weight", choices=["sft", "cl"], default=d.weight, help="unified: gradient weight source")
+    r.add_argument("--direction", choices=["sft", "cl"], default=d.direction, help="unified: gradient direction source")
+    r.add_argument("--temperature", type=float, default=d.temperature)
+    r.add_argument("--first-stage", choices=["dense", "bm25"], default="dense", help="where hard negatives come from")
+    r.add_argument("--retriever-model", default="sentence-transformers/all-MiniLM-L6-v2")
+    r.add_argument("--index", help="dense index folder of the corpus (built there when absent)")
+    r.add_argument("--depth", type=int, default=30, help="negatives: first-stage top-depth minus positives")
+    r.add_argument("--group-size", type=int, default=d.group_size)
+    r.add_argument("--batch-size", type=int, default=d.batch_size)
+    r.add_argument("--lr", type=float, default=d.lr)
+    r.add_argument("--epochs", type=int, default=d.epochs)
+    r.add_argument("--max-steps", type=int)
+    r.add_argument("--max-queries", type=int, help="only the first N training queries (sorted ids)")
+    r.add_argument("--lora-r", type=int, default=d.lora_r)
+    r.add_argument("--full", action="store_true", help="full fine-tuning instead of LoRA")
+    r.add_argument("--doc-max-tokens", type=int, default=192)
+    r.add_argument("--seed", type=int, default=d.seed)
+    r.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
+    r.add_argument("--resume", action="store_true")
 
 
 def _add_mine(sub) -> None:
@@ -143,6 +178,9 @@ def cmd_eval(args) -> int:
         run = pipeline.first_stage(args.retriever, ds.corpus, queries, args.top_k, model=model,
                                    index_dir=args.index, factory=args.factory, batch_size=args.batch_size)
         label = args.retriever if model is None else f"dense:{model}"
+        if args.reranker:
+            run = pipeline.rerank_stage(run, ds.corpus, queries, args.reranker, args.rerank_top_k, args.rerank_batch_size)
+            label += f">{args.reranker}@{args.rerank_top_k}"
         _, means = pipeline.evaluate(run, ds.qrels, metric_names, args.relevance_level,
                                      ignore_identical_ids=not args.keep_identical_ids, auc_k=args.top_k)
         runs[label] = pipeline.drop_identical_ids(run) if not args.keep_identical_ids else run
@@ -205,6 +243,32 @@ def cmd_search(args) -> int:
 
 
 def cmd_train(args) -> int:
+    return cmd_train_reranker(args) if args.train_command == "reranker" else cmd_train_retriever(args)
+
+
+def cmd_train_reranker(args) -> int:
+    from reranker.pointwise import LLMReranker, RerankerConfig
+    from reranker.train import RerankTrainConfig, train_reranker
+
+    from . import pipeline
+    from .data import load_dataset, resolve_dataset, select_queries
+
+    ds = load_dataset(resolve_dataset(args.data), args.split)
+    queries = select_queries(ds.queries, args.max_queries)
+    run = pipeline.first_stage(args.first_stage, ds.corpus, queries, args.depth, model=args.retriever_model,
+                               index_dir=args.index)
+    examples = pipeline.training_groups(ds.corpus, queries, ds.qrels, run, args.depth)
+    config = RerankTrainConfig(objective=args.objective, weight=args.weight, direction=args.direction,
+                               temperature=args.temperature, group_size=args.group_size, batch_size=args.batch_size,
+                               lr=args.lr, epochs=args.epochs, max_steps=args.max_steps, seed=args.seed,
+                               lora=not args.full, lora_r=args.lora_r, checkpoint_every=args.checkpoint_every)
+    reranker = LLMReranker.from_pretrained(args.model, RerankerConfig(doc_max_tokens=args.doc_max_tokens))
+    train_reranker(reranker, examples, args.out, config, resume=args.resume)
+    print(json.dumps({"model": str(Path(args.out) / "model"), "groups": len(examples), "objective": args.objective}))
+    return 0
+
+
+def cmd_train_retriever(args) -> int:
     import random
 
     from retriever import examples as ex

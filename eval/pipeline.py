@@ -97,3 +97,30 @@ def first_stage(retriever: str, corpus: dict, queries: dict[str, str], k: int, m
 
         return dense_search(corpus, queries, k, model=model, index_dir=index_dir, factory=factory, batch_size=batch_size)
     raise ValueError(f"unknown retriever {retriever!r}: use bm25 or dense")
+
+
+def load_reranker(spec: str):
+    """``spec`` is a folder saved by reranker training (adapter + reranker.json) or a causal LM name/folder
+    (zero-shot prompt)."""
+    from reranker.pointwise import LLMReranker
+
+    if (Path(spec) / "reranker.json").exists():
+        return LLMReranker.load(spec)
+    return LLMReranker.from_pretrained(spec)
+
+
+def rerank_stage(run: Run, corpus: dict, queries: dict[str, str], reranker, top_k: int, batch_size: int = 8) -> Run:
+    """Re-score each query's top ``top_k`` with ``reranker`` (an LLMReranker or a spec for ``load_reranker``)."""
+    if isinstance(reranker, str):
+        reranker = load_reranker(reranker)
+    return reranker.rerank(run, corpus, queries, top_k=top_k, batch_size=batch_size)
+
+
+def training_groups(corpus: dict, queries: dict[str, str], qrels: Qrels, first_stage_run: Run, depth: int = 30,
+                    min_negatives: int = 1) -> list[dict]:
+    """Reranker/retriever training examples: qrels positives + the first stage's top ``depth`` minus positives."""
+    from retriever.examples import from_qrels
+    from retriever.mining import select_negatives
+
+    negatives = select_negatives(first_stage_run, qrels, 0, depth)
+    return from_qrels(corpus, queries, qrels, negatives, n_negatives=min_negatives)

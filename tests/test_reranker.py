@@ -116,3 +116,19 @@ def test_training_lowers_loss_and_adapter_roundtrip(tiny_causal_lm, tmp_path, ob
     assert loaded.score("qa", ["a a a", "b b"]) == trained.score("qa", ["a a a", "b b"])
     meta = json.loads((tmp_path / "out" / "model" / "reranker.json").read_text())
     assert meta["base_model"] == str(tiny_causal_lm) and not meta["full_model"]
+
+
+def test_cli_train_reranker_then_rerank_eval(tiny_beir, tiny_bert, tiny_causal_lm, tmp_path, capsys):
+    from eval.cli import main
+
+    assert main(["train", "reranker", "--data", str(tiny_beir), "--split", "test", "--model", str(tiny_causal_lm),
+                 "--retriever-model", str(tiny_bert), "--objective", "cl", "--group-size", "3", "--batch-size", "1",
+                 "--epochs", "2", "--out", str(tmp_path / "rr")]) == 0
+    assert json.loads(capsys.readouterr().out)["groups"] == 2
+    base = ["eval", "--data", str(tiny_beir), "--retriever", "bm25", "--top-k", "6", "--json"]
+    assert main(base) == 0
+    plain = json.loads(capsys.readouterr().out)
+    assert main(base + ["--reranker", str(tmp_path / "rr" / "model"), "--rerank-top-k", "3"]) == 0
+    reranked = json.loads(capsys.readouterr().out)
+    assert reranked["recall@6"] == plain["recall@6"]  # reranking the top 3 of 6 cannot change recall@6
+    assert main(base + ["--reranker", str(tiny_causal_lm), "--rerank-top-k", "3"]) == 0  # zero-shot prompt
