@@ -27,7 +27,10 @@ def _add_eval(sub) -> None:
     p.add_argument("--relevance-level", type=int, default=1, help="min grade counted relevant by binary measures")
     p.add_argument("--keep-identical-ids", action="store_true", help="do not drop docs whose id equals the query id")
     p.add_argument("--save-run", help="write the (final) run as a TREC run file")
-    p.add_argument("--reranker", help="rerank with a trained reranker folder or a causal LM name (zero-shot prompt)")
+    p.add_argument("--reranker", help="rerank with a trained reranker folder, a causal LM name (zero-shot pointwise "
+                   "prompt) or blockrank:<folder or model>")
+    p.add_argument("--rerank-mode", choices=["attention", "decode"], default="attention",
+                   help="BlockRank: rank by attention mass, or put the decoded answer first")
     p.add_argument("--rerank-top-k", type=int, default=20)
     p.add_argument("--rerank-batch-size", type=int, default=8)
     p.add_argument("--roc", help="draw the ROC curves (top-k candidates) of every evaluated system into this PNG")
@@ -110,19 +113,31 @@ def _add_train_reranker(tsub) -> None:
 
     d = RerankTrainConfig()
     r = tsub.add_parser("reranker", help="train the pointwise LLM reranker (SFT or CL objective, LoRA)")
-    r.add_argument("--data", required=True)
-    r.add_argument("--split", default="train")
-    r.add_argument("--model", default="HuggingFaceTB/SmolLM2-135M-Instruct")
-    r.add_argument("--out", required=True)
+    _reranker_data_args(r, d)
     r.add_argument("--objective", choices=["sft", "cl", "unified"], default=d.objective)
     r.add_argument("--weight", choices=["sft", "cl"], default=d.weight, help="unified: gradient weight source")
     r.add_argument("--direction", choices=["sft", "cl"], default=d.direction, help="unified: gradient direction source")
     r.add_argument("--temperature", type=float, default=d.temperature)
+    r.add_argument("--group-size", type=int, default=d.group_size)
+    r.add_argument("--doc-max-tokens", type=int, default=192)
+    b = tsub.add_parser("blockrank", help="train BlockRank (LM loss on the answer id + attention InfoNCE, LoRA)")
+    _reranker_data_args(b, d)
+    b.add_argument("--group-size", type=int, default=20, help="documents per prompt (1 positive + negatives)")
+    b.add_argument("--aux-weight", type=float, default=d.aux_weight)
+    b.add_argument("--aux-temperature", type=float, default=d.aux_temperature)
+    b.add_argument("--score-layer", type=int, help="0-based layer read for attention scores (default 60%% depth)")
+    b.add_argument("--doc-max-tokens", type=int, default=128)
+
+
+def _reranker_data_args(r, d) -> None:
+    r.add_argument("--data", required=True)
+    r.add_argument("--split", default="train")
+    r.add_argument("--model", default="HuggingFaceTB/SmolLM2-135M-Instruct")
+    r.add_argument("--out", required=True)
     r.add_argument("--first-stage", choices=["dense", "bm25"], default="dense", help="where hard negatives come from")
     r.add_argument("--retriever-model", default="sentence-transformers/all-MiniLM-L6-v2")
     r.add_argument("--index", help="dense index folder of the corpus (built there when absent)")
     r.add_argument("--depth", type=int, default=30, help="negatives: first-stage top-depth minus positives")
-    r.add_argument("--group-size", type=int, default=d.group_size)
     r.add_argument("--batch-size", type=int, default=d.batch_size)
     r.add_argument("--lr", type=float, default=d.lr)
     r.add_argument("--epochs", type=int, default=d.epochs)
@@ -130,7 +145,6 @@ def _add_train_reranker(tsub) -> None:
     r.add_argument("--max-queries", type=int, help="only the first N training queries (sorted ids)")
     r.add_argument("--lora-r", type=int, default=d.lora_r)
     r.add_argument("--full", action="store_true", help="full fine-tuning instead of LoRA")
-    r.add_argument("--doc-max-tokens", type=int, default=192)
     r.add_argument("--seed", type=int, default=d.seed)
     r.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
     r.add_argument("--resume", action="store_true")
@@ -179,7 +193,8 @@ def cmd_eval(args) -> int:
                                    index_dir=args.index, factory=args.factory, batch_size=args.batch_size)
         label = args.retriever if model is None else f"dense:{model}"
         if args.reranker:
-            run = pipeline.rerank_stage(run, ds.corpus, queries, args.reranker, args.rerank_top_k, args.rerank_batch_size)
+            run = pipeline.rerank_stage(run, ds.corpus, queries, args.reranker, args.rerank_top_k, args.rerank_batch_size,
+                                        args.rerank_mode)
             label += f">{args.reranker}@{args.rerank_top_k}"
         _, means = pipeline.evaluate(run, ds.qrels, metric_names, args.relevance_level,
                                      ignore_identical_ids=not args.keep_identical_ids, auc_k=args.top_k)
@@ -243,10 +258,13 @@ def cmd_search(args) -> int:
 
 
 def cmd_train(args) -> int:
-    return cmd_train_reranker(args) if args.train_command == "reranker" else cmd_train_retriever(args)
+    if args.train_command in ("reranker", "blockrank"):
+        return cmd_train_reranker(args)
+    return cmd_train_retriever(args)
 
 
 def cmd_train_reranker(args) -> int:
+    from reranker.blockrank import BlockRankConfig, BlockRanker
     from reranker.pointwise import LLMReranker, RerankerConfig
     from reranker.train import RerankTrainConfig, train_reranker
 
@@ -258,13 +276,21 @@ def cmd_train_reranker(args) -> int:
     run = pipeline.first_stage(args.first_stage, ds.corpus, queries, args.depth, model=args.retriever_model,
                                index_dir=args.index)
     examples = pipeline.training_groups(ds.corpus, queries, ds.qrels, run, args.depth)
-    config = RerankTrainConfig(objective=args.objective, weight=args.weight, direction=args.direction,
-                               temperature=args.temperature, group_size=args.group_size, batch_size=args.batch_size,
-                               lr=args.lr, epochs=args.epochs, max_steps=args.max_steps, seed=args.seed,
-                               lora=not args.full, lora_r=args.lora_r, checkpoint_every=args.checkpoint_every)
-    reranker = LLMReranker.from_pretrained(args.model, RerankerConfig(doc_max_tokens=args.doc_max_tokens))
+    block = args.train_command == "blockrank"
+    objective = "blockrank" if block else args.objective
+    shared = dict(group_size=args.group_size, batch_size=args.batch_size, lr=args.lr, epochs=args.epochs,
+                  max_steps=args.max_steps, seed=args.seed, lora=not args.full, lora_r=args.lora_r,
+                  checkpoint_every=args.checkpoint_every)
+    if block:
+        config = RerankTrainConfig(objective=objective, aux_weight=args.aux_weight, aux_temperature=args.aux_temperature, **shared)
+        reranker = BlockRanker.from_pretrained(args.model, BlockRankConfig(doc_max_tokens=args.doc_max_tokens,
+                                                                           score_layer=args.score_layer))
+    else:
+        config = RerankTrainConfig(objective=objective, weight=args.weight, direction=args.direction,
+                                   temperature=args.temperature, **shared)
+        reranker = LLMReranker.from_pretrained(args.model, RerankerConfig(doc_max_tokens=args.doc_max_tokens))
     train_reranker(reranker, examples, args.out, config, resume=args.resume)
-    print(json.dumps({"model": str(Path(args.out) / "model"), "groups": len(examples), "objective": args.objective}))
+    print(json.dumps({"model": str(Path(args.out) / "model"), "groups": len(examples), "objective": objective}))
     return 0
 
 

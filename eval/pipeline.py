@@ -6,6 +6,8 @@ Run files use the TREC format ``qid Q0 docid rank score tag``, written atomicall
 """
 from __future__ import annotations
 
+import json
+
 import math
 from pathlib import Path
 from typing import Iterable
@@ -100,20 +102,29 @@ def first_stage(retriever: str, corpus: dict, queries: dict[str, str], k: int, m
 
 
 def load_reranker(spec: str):
-    """``spec`` is a folder saved by reranker training (adapter + reranker.json) or a causal LM name/folder
-    (zero-shot prompt)."""
+    """``spec``: a folder saved by reranker training (``reranker.json`` says pointwise or blockrank), a
+    causal LM name/folder (zero-shot pointwise prompt), or ``blockrank:<folder or model>`` (BlockRank)."""
+    from reranker.blockrank import BlockRanker
     from reranker.pointwise import LLMReranker
 
-    if (Path(spec) / "reranker.json").exists():
-        return LLMReranker.load(spec)
-    return LLMReranker.from_pretrained(spec)
+    cls = LLMReranker
+    if spec.startswith("blockrank:"):
+        cls, spec = BlockRanker, spec[len("blockrank:"):]
+    saved = Path(spec) / "reranker.json"
+    if saved.exists():
+        kind = json.loads(saved.read_text()).get("kind", "pointwise")
+        return (BlockRanker if kind == "blockrank" else LLMReranker).load(spec)
+    return cls.from_pretrained(spec)
 
 
-def rerank_stage(run: Run, corpus: dict, queries: dict[str, str], reranker, top_k: int, batch_size: int = 8) -> Run:
-    """Re-score each query's top ``top_k`` with ``reranker`` (an LLMReranker or a spec for ``load_reranker``)."""
+def rerank_stage(run: Run, corpus: dict, queries: dict[str, str], reranker, top_k: int, batch_size: int = 8,
+                 mode: str = "attention") -> Run:
+    """Re-score each query's top ``top_k`` with ``reranker`` (a reranker or a spec for ``load_reranker``);
+    ``mode`` (attention | decode) applies to BlockRank."""
     if isinstance(reranker, str):
         reranker = load_reranker(reranker)
-    return reranker.rerank(run, corpus, queries, top_k=top_k, batch_size=batch_size)
+    extra = {"mode": mode} if getattr(reranker, "kind", "") == "blockrank" else {}
+    return reranker.rerank(run, corpus, queries, top_k=top_k, batch_size=batch_size, **extra)
 
 
 def training_groups(corpus: dict, queries: dict[str, str], qrels: Qrels, first_stage_run: Run, depth: int = 30,

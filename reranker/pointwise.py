@@ -12,18 +12,16 @@ ids ``prefix + doc[:budget] + suffix`` so training and inference see identical i
 """
 from __future__ import annotations
 
-import json
-import os
 import warnings
-from dataclasses import asdict, dataclass, fields
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 
-from retriever import models
 from retriever.runs import rank
 from retriever.text import doc_text
+
+from .base import CausalLMRanker, leading_special_tokens
 
 DOC_SLOT = "\x00DOC\x00"
 
@@ -52,70 +50,17 @@ def _single_token(tokenizer, word: str) -> int:
                      f"choose other answer words in RerankerConfig(yes=..., no=...)")
 
 
-class LLMReranker(torch.nn.Module):
+class LLMReranker(CausalLMRanker):
+    kind = "pointwise"
+    config_class = RerankerConfig
+
     def __init__(self, model, tokenizer, config: RerankerConfig | None = None, name: str = ""):
-        super().__init__()
-        self.model, self.tokenizer, self.config, self.name = model, tokenizer, config or RerankerConfig(), name
+        super().__init__(model, tokenizer, config or RerankerConfig(), name)
         self.yes_id = _single_token(tokenizer, self.config.yes)
         self.no_id = _single_token(tokenizer, self.config.no)
-        if tokenizer.pad_token_id is None:
-            tokenizer.pad_token = tokenizer.eos_token
         self._prefix_suffix = self._template_parts()
-        # special tokens the tokenizer itself adds in front (e.g. BOS, [CLS]) when no chat template renders them
-        with_special = tokenizer.encode("x", add_special_tokens=True)
-        plain = tokenizer.encode("x", add_special_tokens=False)
         chat = self.config.use_chat_template and getattr(tokenizer, "chat_template", None)
-        self._bos = [] if chat else with_special[: with_special.index(plain[0])] if plain and plain[0] in with_special else []
-
-    # ------------------------------------------------------------ loading / saving
-    @classmethod
-    def from_pretrained(cls, name_or_path: str, config: RerankerConfig | None = None, adapter: str | None = None,
-                        dtype=torch.float32) -> "LLMReranker":
-        """A base causal LM (packaged name, folder or hub id), optionally with a saved LoRA adapter folder."""
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        path = models.resolve(name_or_path)
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-        if adapter is not None:
-            from peft import PeftModel
-
-            model = PeftModel.from_pretrained(model, adapter)
-            saved = Path(adapter) / "reranker.json"
-            if config is None and saved.exists():
-                config = RerankerConfig(**json.loads(saved.read_text())["config"])
-        model.eval()
-        return cls(model, tokenizer, config, name=models.canonical_name(str(name_or_path)))
-
-    @classmethod
-    def load(cls, folder: str | os.PathLike) -> "LLMReranker":
-        """Load a folder written by ``save`` (adapter + ``reranker.json`` naming the base model)."""
-        meta = json.loads((Path(folder) / "reranker.json").read_text())
-        if meta.get("full_model"):
-            return cls.from_pretrained(str(folder), RerankerConfig(**meta["config"]))
-        return cls.from_pretrained(meta["base_model"], RerankerConfig(**meta["config"]), adapter=str(folder))
-
-    def save(self, folder: str | os.PathLike) -> Path:
-        """Save the LoRA adapter (or the full model) plus ``reranker.json`` (base model, prompt config)."""
-        import shutil
-        import tempfile
-
-        folder = Path(folder)
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
-        try:
-            full = not hasattr(self.model, "peft_config")
-            self.model.save_pretrained(tmp)
-            if full:
-                self.tokenizer.save_pretrained(tmp)
-            (tmp / "reranker.json").write_text(json.dumps({"base_model": self.name, "full_model": full,
-                                                           "config": asdict(self.config)}, indent=2))
-            if folder.exists():
-                shutil.rmtree(folder)
-            os.replace(tmp, folder)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        return folder
+        self._bos = [] if chat else leading_special_tokens(tokenizer)
 
     # ------------------------------------------------------------ prompts
     def _template_parts(self) -> tuple[str, str]:

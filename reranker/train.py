@@ -31,12 +31,13 @@ import torch.nn.functional as F
 from retriever.checkpoints import resume_step, save_checkpoint
 from retriever.io import atomic_write_text
 
+from .blockrank import BlockRanker, blockrank_groups
 from .pointwise import LLMReranker
 
 
 @dataclass
 class RerankTrainConfig:
-    objective: str = "sft"          # sft | cl | unified
+    objective: str = "sft"          # sft | cl | unified (pointwise LLMReranker) | blockrank (BlockRanker)
     weight: str = "sft"             # unified: where the per-example weight comes from
     direction: str = "sft"          # unified: where the gradient direction comes from
     temperature: float = 1.0        # CL softmax temperature on the yes logit
@@ -53,6 +54,8 @@ class RerankTrainConfig:
     lora_dropout: float = 0.05
     lora_targets: list[str] | None = None
     checkpoint_every: int = 50
+    aux_weight: float = 0.1         # blockrank: total = LM loss + aux_weight * attention InfoNCE
+    aux_temperature: float = 0.05   # blockrank: tau of the attention InfoNCE
 
 
 def group_losses(logits: torch.Tensor, group_size: int, config: RerankTrainConfig) -> torch.Tensor:
@@ -102,10 +105,40 @@ def make_groups(examples: list[dict], group_size: int, seed: int, epoch: int) ->
     return groups
 
 
-def train_reranker(reranker: LLMReranker, examples: list[dict], out: str | os.PathLike, config: RerankTrainConfig,
-                   resume: bool = False, show_progress: bool = True, log_weights: bool = True) -> LLMReranker:
+def pointwise_step(model: LLMReranker, chunk: list[tuple[str, list[str]]], config: RerankTrainConfig, step: int):
+    """Loss of one step of pointwise groups, and the mean SFT and CL gradient weights of positives/negatives."""
+    ids = [model.encode_pair(q, d) for q, docs in chunk for d in docs]
+    logits = model.answer_logits(ids)
+    record = {}
+    for kind in ("sft", "cl"):
+        w = gradient_weights(logits.detach(), config.group_size, kind, config.temperature)
+        record[f"w_{kind}_pos"] = w[:, 0].mean().item()
+        record[f"w_{kind}_neg"] = w[:, 1:].mean().item()
+    return group_losses(logits, config.group_size, config), record
+
+
+def blockrank_step(model: BlockRanker, chunk: list[tuple[str, list[str]]], config: RerankTrainConfig, step: int):
+    """Mean BlockRank loss (LM + aux_weight * attention InfoNCE) over the step's groups, each group one
+    prompt with its documents shuffled by (seed, step); logs the LM and aux parts and the attention hit rate."""
+    losses, parts = [], []
+    for query, docs, answer in blockrank_groups(chunk, config.seed, step):
+        loss, part = model.loss(model.build_prompt(query, docs, answer), answer, config.aux_weight, config.aux_temperature)
+        losses.append(loss)
+        parts.append(part)
+    record = {k: sum(p[k] for p in parts) / len(parts) for k in ("lm", "aux", "hit")}
+    return torch.stack(losses).mean(), record
+
+
+def train_reranker(reranker: LLMReranker | BlockRanker, examples: list[dict], out: str | os.PathLike,
+                   config: RerankTrainConfig, resume: bool = False, show_progress: bool = True) -> LLMReranker | BlockRanker:
     """Train in place (LoRA through peft by default) and save to ``out/model``; ``out/train_log.jsonl``
-    holds loss and the mean SFT and CL gradient weights of positives and negatives per step."""
+    holds the loss per step plus, for the pointwise objectives, the mean SFT and CL gradient weights of
+    positives and negatives, and for BlockRank the LM and auxiliary parts."""
+    is_block = isinstance(reranker, BlockRanker)
+    if is_block != (config.objective == "blockrank"):
+        raise ValueError(f"objective {config.objective!r} does not fit a {type(reranker).__name__}: "
+                         "use objective='blockrank' with a BlockRanker and sft/cl/unified with an LLMReranker")
+    step_loss = blockrank_step if is_block else pointwise_step
     from accelerate import Accelerator
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm
@@ -146,21 +179,14 @@ def train_reranker(reranker: LLMReranker, examples: list[dict], out: str | os.Pa
     while step < steps_total:
         start = time.perf_counter()
         chunk = groups[step * config.batch_size:(step + 1) * config.batch_size]
-        ids = [model.encode_pair(q, d) for q, docs in chunk for d in docs]
-        logits = model.answer_logits(ids)
-        loss = group_losses(logits, config.group_size, config)
+        loss, record = step_loss(model, chunk, config, step)
         accelerator.backward(loss)
         accelerator.clip_grad_norm_(params, 1.0)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
-        record = {"step": step, "loss": loss.item(), "seconds": round(time.perf_counter() - start, 3)}
-        if log_weights:
-            for kind in ("sft", "cl"):
-                w = gradient_weights(logits.detach(), config.group_size, kind, config.temperature)
-                record[f"w_{kind}_pos"] = w[:, 0].mean().item()
-                record[f"w_{kind}_neg"] = w[:, 1:].mean().item()
+        record = {"step": step, "loss": loss.item(), **record, "seconds": round(time.perf_counter() - start, 3)}
         with open(log_path, "a") as fh:
             fh.write(json.dumps(record) + "\n")
         bar.update(1)

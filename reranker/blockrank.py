@@ -1,0 +1,388 @@
+"""BlockRank: blockwise in-context ranking ("Scalable In-context Ranking with Generative Models").
+
+Prompt (token ids, each block tokenized on its own)::
+
+    [instruction][doc 0][doc 1] ... [doc N-1][query block][answer]
+    instruction = leading special tokens + task text (with the query)
+    doc i       = "ID: [i] | CONTENT: <title + text cut to doc_max_tokens> | END ID: [i]\\n"
+    query block = "Query: <query>\\nFinal Answer: ["      (its last ``signal_tokens`` tokens are the signal tokens)
+    answer      = "<i>]"                                   (training target: the relevant document's id)
+
+Attention is block-sparse: the instruction is causal in itself; doc block i sees the instruction and,
+causally, itself; the query block (and answer) sees everything before it and, causally, itself.
+Position ids: the instruction takes 0..L0-1; every doc block restarts at L0 (``L0 .. L0+len_i-1``);
+the query block starts at ``L0 + max_i len_i``. So no block ever sees positions beyond
+instruction + one document + query, whatever N is.
+
+Two paths compute the same thing:
+
+- ``reference_forward``: the whole sequence in one standard forward with the pattern as an explicit
+  4-D mask (``dense_mask``) and eager attention; O((N*L)^2). For tests.
+- ``forward_blocks`` (efficient): the instruction is prefilled once; the N doc blocks run as ONE
+  batch against the instruction's keys/values (cost N * L * (L0 + L), linear in N); the query block
+  then attends to the concatenated keys/values. Our own layer loop runs the model's decoder layers, so
+  scoring stops at the scoring layer: layers above it never run.
+
+Scores: at layer ``l`` (default ``round(0.6 * n_layers)``, 0-based), the attention logits from each
+signal token (each head) to the document tokens, softmaxed over document tokens only; a document's
+mass ``m_i`` is the sum over its tokens, averaged over heads and signal tokens (``sum_i m_i = 1``).
+Auxiliary loss: ``-log softmax(m / tau)[positive]`` (InfoNCE, tau ~ 0.05); training loss =
+LM cross-entropy on the answer tokens + ``lambda * aux`` (lambda ~ 0.1).
+"""
+from __future__ import annotations
+
+import random
+import re
+import warnings
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from retriever.runs import rank
+from retriever.text import doc_text
+
+from .base import CausalLMRanker, leading_special_tokens
+
+ATTENTION_NAME = "densekit_blockrank"
+
+
+@dataclass
+class BlockRankConfig:
+    instruction: str = ("You are given a search query and a list of documents, each shown as "
+                        "'ID: [i] | CONTENT: ... | END ID: [i]'. Find the document that best answers the query "
+                        "and reply with its ID.\nQuery: {query}\n")
+    query_template: str = "Query: {query}\nFinal Answer: ["
+    answer_template: str = "{id}]"
+    doc_max_tokens: int = 128
+    query_max_tokens: int = 64
+    score_layer: int | None = None   # 0-based; None: round(0.6 * n_layers)
+    signal_tokens: int = 2           # the last tokens of the query block: "[" and the one before it
+
+
+@dataclass
+class BlockPrompt:
+    """Token ids of one prompt, block by block."""
+
+    instruction: list[int]
+    docs: list[list[int]]
+    query: list[int]
+    answer: list[int] = field(default_factory=list)
+
+    @property
+    def tail(self) -> list[int]:
+        return self.query + self.answer
+
+    def ids(self) -> list[int]:
+        return self.instruction + [t for d in self.docs for t in d] + self.tail
+
+    def block_ids(self) -> list[int]:
+        """Per token, in sequence order: 0 instruction, i + 1 doc i, N + 1 query block and answer."""
+        out = [0] * len(self.instruction)
+        for i, d in enumerate(self.docs):
+            out += [i + 1] * len(d)
+        return out + [len(self.docs) + 1] * len(self.tail)
+
+    def positions(self) -> list[int]:
+        """Position ids: docs restart after the instruction; the query block follows the longest doc."""
+        start = len(self.instruction)
+        longest = max((len(d) for d in self.docs), default=0)
+        out = list(range(start))
+        for d in self.docs:
+            out += list(range(start, start + len(d)))
+        return out + list(range(start + longest, start + longest + len(self.tail)))
+
+    def signal_rows(self, n: int) -> list[int]:
+        """Indices within ``tail`` of the last ``n`` query-block tokens (before the answer)."""
+        return list(range(len(self.query) - n, len(self.query)))
+
+
+def dense_mask(prompt: BlockPrompt) -> torch.Tensor:
+    """``[T, T]`` bool, True where token i may attend token j (the reference pattern)."""
+    b = torch.tensor(prompt.block_ids())
+    i = torch.arange(len(b))
+    causal = i[:, None] >= i[None, :]
+    same = b[:, None] == b[None, :]
+    to_instruction = b[None, :] == 0
+    from_query = b[:, None] == len(prompt.docs) + 1
+    return causal & (same | to_instruction | from_query)
+
+
+def doc_masks(prompt: BlockPrompt) -> torch.Tensor:
+    """``[N, Ld, L0 + Ld]`` bool for the batched doc blocks (right-padded to ``Ld``): every row sees the
+    instruction and, causally, the real tokens of its own doc."""
+    L0, lens = len(prompt.instruction), [len(d) for d in prompt.docs]
+    Ld = max(lens)
+    r = torch.arange(Ld)
+    own = (r[None, :, None] >= r[None, None, :]) & (r[None, None, :] < torch.tensor(lens)[:, None, None])
+    return torch.cat([torch.ones(len(lens), Ld, L0, dtype=torch.bool), own], dim=2)
+
+
+class _PrefixCache:
+    """Stands in for a transformers Cache inside our layer loop: layer i's new keys/values are put after
+    ``prefix[i]`` (already rotated; broadcast over the batch) and the concatenation is kept in ``full``."""
+
+    def __init__(self, prefix: list[tuple[torch.Tensor, torch.Tensor]] | None = None):
+        self.prefix, self.full = prefix, {}
+
+    def update(self, key, value, layer_idx, *args, **kwargs):
+        if self.prefix is not None:
+            pk, pv = self.prefix[layer_idx]
+            key = torch.cat([pk.expand(key.shape[0], -1, -1, -1), key], dim=2)
+            value = torch.cat([pv.expand(value.shape[0], -1, -1, -1), value], dim=2)
+        self.full[layer_idx] = (key, value)
+        return key, value
+
+
+def _capturing_attention(module, query, key, value, attention_mask, **kwargs):
+    """SDPA attention that also hands the scoring layer's (rotated) queries and keys to the caller."""
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    capture = kwargs.pop("blockrank_capture", None)
+    if capture is not None and module.layer_idx == capture["layer"]:
+        capture.update(query=query, key=key, scaling=module.scaling, groups=module.num_key_value_groups)
+    return ALL_ATTENTION_FUNCTIONS["sdpa"](module, query, key, value, attention_mask, **kwargs)
+
+
+def _additive(mask: torch.Tensor, dtype) -> torch.Tensor:
+    return torch.zeros(mask.shape, dtype=dtype).masked_fill(~mask, torch.finfo(dtype).min)
+
+
+def _doc_mass(probs: torch.Tensor, lens: Sequence[int]) -> torch.Tensor:
+    """``[heads, signals, doc tokens]`` probabilities -> ``[N]`` per-document mass, heads and signals averaged."""
+    owner = torch.repeat_interleave(torch.arange(len(lens), device=probs.device), torch.tensor(lens, device=probs.device))
+    per_doc = torch.zeros(*probs.shape[:2], len(lens), dtype=probs.dtype, device=probs.device)
+    per_doc = per_doc.index_add(2, owner, probs)
+    return per_doc.mean(dim=(0, 1))
+
+
+class BlockRanker(CausalLMRanker):
+    kind = "blockrank"
+    config_class = BlockRankConfig
+
+    def __init__(self, model, tokenizer, config: BlockRankConfig | None = None, name: str = ""):
+        from transformers import AttentionInterface
+
+        super().__init__(model, tokenizer, config or BlockRankConfig(), name)
+        AttentionInterface.register(ATTENTION_NAME, _capturing_attention)
+        self._base().set_attn_implementation(ATTENTION_NAME)
+        self._bos = leading_special_tokens(tokenizer)
+
+    def _base(self):
+        return self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+
+    @property
+    def n_layers(self) -> int:
+        return len(self._base().model.layers)
+
+    @property
+    def score_layer(self) -> int:
+        layer = self.config.score_layer if self.config.score_layer is not None else round(0.6 * self.n_layers)
+        return min(max(layer, 0), self.n_layers - 1)
+
+    # ------------------------------------------------------------ prompts
+    def _encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def build_prompt(self, query: str, docs: Sequence[str], answer: int | None = None) -> BlockPrompt:
+        """Token blocks for ``query`` and document texts; the query is cut to ``query_max_tokens``
+        tokens, each document's content to ``doc_max_tokens`` (the id markers are never cut)."""
+        if not docs:
+            raise ValueError("BlockRank needs at least one document")
+        c = self.config
+        query = self.tokenizer.decode(self._encode(query)[: c.query_max_tokens])
+        blocks = []
+        for i, text in enumerate(docs):
+            blocks.append(self._encode(f"ID: [{i}] | CONTENT: ") + self._encode(text)[: c.doc_max_tokens]
+                          + self._encode(f" | END ID: [{i}]\n"))
+        prompt = BlockPrompt(self._bos + self._encode(c.instruction.format(query=query)), blocks,
+                             self._encode(c.query_template.format(query=query)))
+        if len(prompt.query) < c.signal_tokens:
+            raise ValueError(f"query block has {len(prompt.query)} tokens, fewer than signal_tokens={c.signal_tokens}")
+        if answer is not None:
+            prompt.answer = self._encode(c.answer_template.format(id=answer))
+        return prompt
+
+    # ------------------------------------------------------------ the two paths
+    def _run(self, ids, positions, allowed, cache, n_layers, capture=None) -> torch.Tensor:
+        """Embed ``ids`` and run decoder layers ``0 .. n_layers-1`` with the boolean mask ``allowed``
+        ``[batch, rows, keys]``; keys/values go through ``cache``."""
+        inner = self._base().model
+        h = inner.embed_tokens(ids)
+        pe = inner.rotary_emb(h, positions)
+        mask = _additive(allowed, h.dtype).to(h.device)[:, None]
+        extra = {"blockrank_capture": capture} if capture is not None else {}
+        for layer in inner.layers[:n_layers]:
+            h = layer(h, attention_mask=mask, position_ids=positions, past_key_values=cache, position_embeddings=pe, **extra)
+        return h
+
+    def forward_blocks(self, prompt: BlockPrompt, n_layers: int | None = None) -> dict:
+        """Efficient path. Runs layers ``0 .. n_layers-1`` (default: up to the scoring layer) and returns
+        ``hidden`` (the tail's last hidden states ``[1, len(tail), H]``), ``caches`` (per stage) and
+        ``capture`` (the scoring layer's queries of the tail and keys of the whole sequence)."""
+        n_layers = self.score_layer + 1 if n_layers is None else n_layers
+        device = next(self.model.parameters()).device
+        L0, lens = len(prompt.instruction), [len(d) for d in prompt.docs]
+        N, Ld = len(lens), max(lens)
+        # 1) instruction, causal
+        c1 = _PrefixCache()
+        self._run(torch.tensor([prompt.instruction], device=device), torch.arange(L0, device=device)[None],
+                  torch.ones(L0, L0, dtype=torch.bool).tril()[None], c1, n_layers)
+        # 2) all doc blocks as one batch against the instruction's keys/values
+        pad = self.tokenizer.pad_token_id
+        ids = torch.tensor([d + [pad] * (Ld - len(d)) for d in prompt.docs], device=device)
+        c2 = _PrefixCache([c1.full[i] for i in range(n_layers)])
+        self._run(ids, (L0 + torch.arange(Ld, device=device)).expand(N, Ld), doc_masks(prompt), c2, n_layers)
+        # 3) query block (+ answer) against instruction + every doc's real tokens
+        valid = (torch.arange(Ld)[None, :] < torch.tensor(lens)[:, None]).reshape(-1).to(device)
+
+        def flatten(x):  # [N, kv, L0 + Ld, d] -> [1, kv, sum(lens), d]
+            x = x[:, :, L0:].transpose(1, 2).reshape(N * Ld, x.shape[1], x.shape[3])[valid]
+            return x.transpose(0, 1)[None]
+
+        prefix = []
+        for i in range(n_layers):
+            (k1, v1), (k2, v2) = c1.full[i], c2.full[i]
+            prefix.append((torch.cat([k1, flatten(k2)], dim=2), torch.cat([v1, flatten(v2)], dim=2)))
+        tail = prompt.tail
+        n_prefix = L0 + sum(lens)
+        allowed = torch.cat([torch.ones(len(tail), n_prefix, dtype=torch.bool),
+                             torch.ones(len(tail), len(tail), dtype=torch.bool).tril()], dim=1)[None]
+        start = L0 + Ld
+        capture = {"layer": self.score_layer}
+        c3 = _PrefixCache(prefix)
+        hidden = self._run(torch.tensor([tail], device=device), (start + torch.arange(len(tail), device=device))[None],
+                           allowed, c3, n_layers, capture)
+        return {"hidden": hidden, "capture": capture, "cache": c3, "n_layers": n_layers}
+
+    def doc_mass(self, prompt: BlockPrompt, capture: dict) -> torch.Tensor:
+        """``[N]`` attention mass per document from the captured scoring-layer queries/keys (see module doc)."""
+        L0, lens = len(prompt.instruction), [len(d) for d in prompt.docs]
+        rows = prompt.signal_rows(self.config.signal_tokens)
+        q = capture["query"][0, :, rows]                                    # [heads, S, d]
+        k = capture["key"][0, :, L0:L0 + sum(lens)]                         # [kv, doc tokens, d]
+        k = k.repeat_interleave(capture["groups"], dim=0)
+        probs = torch.softmax((q @ k.transpose(-1, -2)).float() * capture["scaling"], dim=-1)
+        return _doc_mass(probs, lens)
+
+    def reference_forward(self, prompt: BlockPrompt, n_layers: int | None = None) -> dict:
+        """Reference path: one standard forward of the whole sequence with ``dense_mask`` and eager
+        attention. Returns the tail's hidden states after ``n_layers`` and the per-document mass."""
+        base = self._base()
+        device = next(self.model.parameters()).device
+        ids = torch.tensor([prompt.ids()], device=device)
+        mask = _additive(dense_mask(prompt), torch.float32)[None, None].to(device)
+        base.set_attn_implementation("eager")
+        try:
+            out = base.model(input_ids=ids, attention_mask=mask, position_ids=torch.tensor([prompt.positions()], device=device),
+                             output_attentions=True, output_hidden_states=True)
+        finally:
+            base.set_attn_implementation(ATTENTION_NAME)
+        blocks = torch.tensor(prompt.block_ids())
+        n_tail = len(prompt.tail)
+        rows = [len(blocks) - n_tail + r for r in prompt.signal_rows(self.config.signal_tokens)]
+        is_doc = ((blocks >= 1) & (blocks <= len(prompt.docs))).to(device)
+        probs = out.attentions[self.score_layer][0][:, rows][:, :, is_doc].float()
+        probs = probs / probs.sum(-1, keepdim=True)
+        n_layers = self.score_layer + 1 if n_layers is None else n_layers
+        hidden = out.hidden_states[n_layers][:, -n_tail:] if n_layers < self.n_layers else out.last_hidden_state[:, -n_tail:]
+        return {"hidden": hidden, "mass": _doc_mass(probs, [len(d) for d in prompt.docs])}
+
+    # ------------------------------------------------------------ training
+    def loss(self, prompt: BlockPrompt, positive: int, aux_weight: float = 0.1, temperature: float = 0.05) -> tuple[torch.Tensor, dict]:
+        """``LM cross-entropy(answer tokens) + aux_weight * InfoNCE(mass / temperature, positive)``."""
+        if not prompt.answer:
+            raise ValueError("the prompt has no answer tokens (build_prompt(..., answer=i))")
+        out = self.forward_blocks(prompt, n_layers=self.n_layers)
+        base = self._base()
+        n_q, n_a = len(prompt.query), len(prompt.answer)
+        h = base.model.norm(out["hidden"][0, n_q - 1:n_q + n_a - 1])
+        logits = base.lm_head(h).float()
+        target = torch.tensor(prompt.answer, device=logits.device)
+        lm = F.cross_entropy(logits, target)
+        mass = self.doc_mass(prompt, out["capture"])
+        aux = F.cross_entropy((mass / temperature)[None], torch.tensor([positive], device=mass.device))
+        total = lm + aux_weight * aux
+        return total, {"lm": lm.item(), "aux": aux.item(), "hit": int(mass.argmax().item() == positive)}
+
+    # ------------------------------------------------------------ inference
+    @torch.inference_mode()
+    def score(self, query: str, docs: Sequence[str | dict]) -> list[float]:
+        """Attention mass per document (sums to 1); layers above the scoring layer are not run."""
+        prompt = self.build_prompt(query, [doc_text(d) for d in docs])
+        was = self.model.training
+        self.model.eval()
+        try:
+            return self.doc_mass(prompt, self.forward_blocks(prompt)["capture"]).tolist()
+        finally:
+            self.model.train(was)
+
+    @torch.inference_mode()
+    def decode(self, query: str, docs: Sequence[str | dict], max_new_tokens: int = 6) -> int | None:
+        """Greedy-decode the answer id after "Final Answer: ["; None when it names no listed document."""
+        prompt = self.build_prompt(query, [doc_text(d) for d in docs])
+        base = self._base()
+        out = self.forward_blocks(prompt, n_layers=self.n_layers)
+        cache, hidden = out["cache"], out["hidden"]
+        device = hidden.device
+        position = len(prompt.instruction) + max(len(d) for d in prompt.docs) + len(prompt.tail)
+        generated: list[int] = []
+        for _ in range(max_new_tokens):
+            token = int(base.lm_head(base.model.norm(hidden[0, -1:])).argmax(-1).item())
+            generated.append(token)
+            text = self.tokenizer.decode(generated)
+            if "]" in text or token == self.tokenizer.eos_token_id:
+                break
+            prefix = [cache.full[i] for i in range(self.n_layers)]
+            cache = _PrefixCache(prefix)
+            hidden = self._run(torch.tensor([[token]], device=device), torch.tensor([[position]], device=device),
+                               torch.ones(1, 1, prefix[0][0].shape[2] + 1, dtype=torch.bool), cache, self.n_layers)
+            position += 1
+        match = re.match(r"\s*(\d+)", self.tokenizer.decode(generated))
+        found = int(match.group(1)) if match else None
+        return found if found is not None and found < len(docs) else None
+
+    def rerank(self, run: dict, corpus: dict, queries: dict[str, str], top_k: int = 20, batch_size: int = 8,
+               show_progress: bool = True, mode: str = "attention") -> dict[str, dict[str, float]]:
+        """Re-rank each query's top ``top_k`` in one prompt (in first-stage order). ``mode="attention"``:
+        score = attention mass; ``mode="decode"``: the decoded document first, the rest in first-stage
+        order. Documents below ``top_k`` keep their order under the reranked ones; doc ids absent from
+        the corpus are dropped (one warning with the count). ``batch_size`` is unused (one prompt per query)."""
+        from tqdm.auto import tqdm
+
+        if mode not in ("attention", "decode"):
+            raise ValueError(f"unknown mode {mode!r}: use attention or decode")
+        out, missing = {}, 0
+        for qid, docs in tqdm(run.items(), desc=f"blockrank {mode}", disable=not show_progress):
+            ranking = rank(docs)
+            head = [d for d in ranking[:top_k] if d in corpus]
+            missing += sum(1 for d in ranking[:top_k] if d not in corpus)
+            texts = [corpus[d] for d in head]
+            if not head:
+                scores = []
+            elif mode == "attention":
+                scores = self.score(queries[qid], texts)
+            else:
+                chosen = self.decode(queries[qid], texts)
+                scores = [float(len(head) - i) for i in range(len(head))]
+                if chosen is not None:
+                    scores[chosen] = float(len(head) + 1)
+            out[qid] = dict(zip(head, scores))
+            floor = min(scores, default=0.0)
+            for position, doc in enumerate(ranking[top_k:], start=1):
+                out[qid][doc] = floor - position
+        if missing:
+            warnings.warn(f"rerank: skipped {missing} doc id(s) absent from the corpus", stacklevel=2)
+        return out
+
+
+def blockrank_groups(groups: list[tuple[str, list[str]]], seed: int, step: int) -> list[tuple[str, list[str], int]]:
+    """Shuffle each group's documents (positive first on input) with an RNG fixed by (seed, step), so the
+    answer position carries no signal and a resumed run sees the same order; returns (query, docs, answer)."""
+    out = []
+    for i, (query, docs) in enumerate(groups):
+        order = list(range(len(docs)))
+        random.Random(f"{seed}-{step}-{i}").shuffle(order)
+        out.append((query, [docs[j] for j in order], order.index(0)))
+    return out

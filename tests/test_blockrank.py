@@ -1,0 +1,234 @@
+"""BlockRank: masks vs a loop-built reference, positions, efficient vs reference path, aux loss by hand,
+early stop at the scoring layer, training, save/load, decode and rerank."""
+import json
+import math
+
+import pytest
+import torch
+
+from reranker.blockrank import BlockPrompt, BlockRankConfig, BlockRanker, blockrank_groups, dense_mask, doc_masks
+from reranker.train import RerankTrainConfig, train_reranker
+
+DOCS = ["cats are small animals that purr and sleep most of the day", "dogs bark",
+        "the stock market fell today by a large number of points", "a kitten is a young cat"]
+
+
+def loop_mask(instr: int, docs: list[int], tail: int) -> torch.Tensor:
+    """The pattern written out token by token (independent of ``dense_mask``)."""
+    spans, start = [("instr", 0, instr)], instr
+    for i, n in enumerate(docs):
+        spans.append((f"doc{i}", start, start + n))
+        start += n
+    spans.append(("query", start, start + tail))
+    T = start + tail
+    block = {t: name for name, a, b in spans for t in range(a, b)}
+    m = torch.zeros(T, T, dtype=torch.bool)
+    for i in range(T):
+        for j in range(i + 1):
+            if block[i] == "query" or block[j] == "instr" or block[i] == block[j]:
+                m[i, j] = True
+    return m
+
+
+def ragged_prompt() -> BlockPrompt:
+    return BlockPrompt(instruction=[1, 2, 3], docs=[[10, 11, 12, 13], [20], [30, 31, 32]], query=[40, 41], answer=[50])
+
+
+def test_dense_mask_matches_loop_reference_on_ragged_blocks():
+    p = ragged_prompt()
+    assert torch.equal(dense_mask(p), loop_mask(3, [4, 1, 3], 3))
+
+
+def test_doc_masks_are_the_dense_rows_of_each_doc_block():
+    p = ragged_prompt()
+    dense, batched = dense_mask(p), doc_masks(p)
+    L0, lens = 3, [4, 1, 3]
+    assert batched.shape == (3, 4, 3 + 4)
+    start = L0
+    for k, n in enumerate(lens):
+        for r in range(n):
+            row = dense[start + r]
+            expected = torch.cat([row[:L0], row[start:start + n], torch.zeros(4 - n, dtype=torch.bool)])
+            assert torch.equal(batched[k, r], expected)
+            # nothing outside the instruction and the own block
+            outside = row.clone()
+            outside[:L0] = False
+            outside[start:start + n] = False
+            assert not outside.any()
+        start += n
+
+
+def test_position_ids_restart_per_doc_and_query_follows_longest_doc():
+    assert ragged_prompt().positions() == [0, 1, 2, 3, 4, 5, 6, 3, 3, 4, 5, 7, 8, 9]
+
+
+@pytest.fixture(scope="module")
+def ranker(tiny_causal_lm):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_causal_lm).eval()
+    return BlockRanker(model, AutoTokenizer.from_pretrained(tiny_causal_lm), BlockRankConfig(doc_max_tokens=12, score_layer=0),
+                       name=str(tiny_causal_lm))
+
+
+@pytest.fixture(scope="module")
+def deep_ranker():
+    """4 layers, GQA, scoring layer 1: the reference's hidden states after 2 layers are comparable."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from retriever.models import resolve
+
+    torch.manual_seed(1)
+    tok = AutoTokenizer.from_pretrained(resolve("sentence-transformers/all-MiniLM-L6-v2"))
+    cfg = LlamaConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
+                      num_key_value_heads=2, intermediate_size=64, max_position_embeddings=1024, pad_token_id=tok.pad_token_id)
+    return BlockRanker(LlamaForCausalLM(cfg).eval(), tok, BlockRankConfig(doc_max_tokens=12, score_layer=1))
+
+
+@torch.no_grad()
+def test_efficient_path_matches_reference(deep_ranker):
+    r = deep_ranker
+    p = r.build_prompt("what is a cat", DOCS, answer=3)
+    assert len({len(d) for d in p.docs}) > 1  # ragged
+    eff, ref = r.forward_blocks(p), r.reference_forward(p)
+    mass = r.doc_mass(p, eff["capture"])
+    assert torch.allclose(mass, ref["mass"], atol=1e-5)
+    assert mass.sum().item() == pytest.approx(1.0, abs=1e-5)
+    assert eff["hidden"].shape == ref["hidden"].shape
+    assert torch.allclose(eff["hidden"], ref["hidden"], atol=1e-4)
+    full_eff, full_ref = r.forward_blocks(p, n_layers=4), r.reference_forward(p, n_layers=4)
+    assert torch.allclose(r._base().model.norm(full_eff["hidden"]), full_ref["hidden"], atol=1e-4)
+
+
+def test_scoring_never_runs_layers_above_the_scoring_layer(deep_ranker):
+    layers = deep_ranker._base().model.layers
+
+    def boom(*args):
+        raise AssertionError("layer above the scoring layer ran")
+
+    handles = [layer.register_forward_pre_hook(boom) for layer in layers[2:]]
+    try:
+        scores = deep_ranker.score("what is a cat", DOCS)
+    finally:
+        for h in handles:
+            h.remove()
+    assert len(scores) == len(DOCS) and sum(scores) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_aux_loss_equals_hand_computed_value(deep_ranker, monkeypatch):
+    r = deep_ranker
+    p = r.build_prompt("what is a cat", DOCS[:3], answer=1)
+    fixed = torch.tensor([0.5, 0.3, 0.2])
+    monkeypatch.setattr(r, "doc_mass", lambda prompt, capture: fixed)
+    total, parts = r.loss(p, positive=1, aux_weight=0.1, temperature=0.1)
+    # logits 5, 3, 2; positive 3: log(e^5 + e^3 + e^2) - 3
+    hand = math.log(math.exp(5) + math.exp(3) + math.exp(2)) - 3
+    assert parts["aux"] == pytest.approx(hand, abs=1e-5)
+    assert total.item() == pytest.approx(parts["lm"] + 0.1 * hand, abs=1e-5)
+
+
+def test_lm_part_is_cross_entropy_of_the_answer_tokens(deep_ranker):
+    r = deep_ranker
+    p = r.build_prompt("what is a cat", DOCS[:3], answer=2)
+    with torch.no_grad():
+        _, parts = r.loss(p, positive=2)
+        ref = r.reference_forward(p, n_layers=4)["hidden"][0]  # normed last hidden states of the tail
+        logits = r._base().lm_head(ref).float()
+    n_q = len(p.query)
+    hand = torch.nn.functional.cross_entropy(logits[n_q - 1:n_q - 1 + len(p.answer)], torch.tensor(p.answer))
+    assert parts["lm"] == pytest.approx(hand.item(), abs=1e-5)
+
+
+def test_groups_are_shuffled_reproducibly_and_answer_tracks_the_positive():
+    groups = [("q", ["pos", "n1", "n2", "n3", "n4"])] * 3
+    a, b = blockrank_groups(groups, 7, 3), blockrank_groups(groups, 7, 3)
+    assert a == b
+    for _, docs, answer in a:
+        assert docs[answer] == "pos" and sorted(docs) == sorted(groups[0][1])
+    assert len({answer for _, _, answer in blockrank_groups(groups * 10, 7, 3)}) > 1
+
+
+def test_training_lowers_loss_and_saved_adapter_reproduces_scores(tiny_causal_lm, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(0)
+    r = BlockRanker(AutoModelForCausalLM.from_pretrained(tiny_causal_lm), AutoTokenizer.from_pretrained(tiny_causal_lm),
+                    BlockRankConfig(doc_max_tokens=8, score_layer=1), name=str(tiny_causal_lm))
+    examples = [{"query": f"topic {i} question", "positives": [f"topic {i} answer text"],
+                 "negatives": [f"unrelated {j} words" for j in range(5)]} for i in range(4)]
+    config = RerankTrainConfig(objective="blockrank", group_size=4, batch_size=2, lr=5e-3, epochs=8, lora=True,
+                               lora_r=8, checkpoint_every=100, aux_weight=1.0)
+    model = train_reranker(r, examples, tmp_path / "br", config, show_progress=False)
+    log = [json.loads(line) for line in (tmp_path / "br" / "train_log.jsonl").read_text().splitlines()]
+    assert {"lm", "aux", "hit"} <= set(log[0])
+    first, last = sum(x["loss"] for x in log[:3]) / 3, sum(x["loss"] for x in log[-3:]) / 3
+    assert last < first
+    docs = ["topic 1 answer text", "unrelated 2 words", "unrelated 3 words"]
+    before = model.score("topic 1 question", docs)
+    loaded = BlockRanker.load(tmp_path / "br" / "model")
+    assert loaded.score("topic 1 question", docs) == pytest.approx(before, abs=1e-6)
+    meta = json.loads((tmp_path / "br" / "model" / "reranker.json").read_text())
+    assert meta["kind"] == "blockrank" and meta["config"]["score_layer"] == 1
+
+
+def test_objective_must_fit_the_model(ranker, tmp_path):
+    ex = [{"query": "q", "positives": ["p"], "negatives": ["n"]}]
+    with pytest.raises(ValueError, match="blockrank"):
+        train_reranker(ranker, ex, tmp_path, RerankTrainConfig(objective="sft", group_size=2, batch_size=1))
+
+
+def test_rerank_attention_and_decode_modes(ranker):
+    corpus = {f"d{i}": {"title": "", "text": t} for i, t in enumerate(DOCS)}
+    run = {"q1": {"d0": 3.0, "d1": 2.0, "d2": 1.0, "d3": 0.5, "gone": 0.7}}
+    with pytest.warns(UserWarning, match="1 doc id"):
+        out = ranker.rerank(run, corpus, {"q1": "cat"}, top_k=4, show_progress=False)
+    assert set(out["q1"]) == {"d0", "d1", "d2", "d3"}
+    head = ranker.score("cat", [corpus[d] for d in ("d0", "d1", "d2")])
+    assert [out["q1"][d] for d in ("d0", "d1", "d2")] == pytest.approx(head, abs=1e-6)
+    assert out["q1"]["d3"] < min(head)  # below top_k: under the reranked ones
+    dec = ranker.rerank({"q1": {"d0": 2.0, "d1": 1.0}}, corpus, {"q1": "cat"}, top_k=2, mode="decode", show_progress=False)
+    assert set(dec["q1"]) == {"d0", "d1"}
+    chosen = ranker.decode("cat", [corpus["d0"], corpus["d1"]])
+    assert chosen is None or chosen in (0, 1)
+
+
+def test_bad_input(ranker):
+    with pytest.raises(ValueError, match="at least one document"):
+        ranker.build_prompt("q", [])
+    p = ranker.build_prompt("q", ["word " * 500, ""])
+    assert len(p.docs[0]) <= 12 + 20  # content cut to doc_max_tokens, id markers kept
+    assert p.docs[1]  # an empty document still has its id markers
+    with pytest.raises(ValueError, match="answer"):
+        ranker.loss(ranker.build_prompt("q", ["a"]), 0)
+
+
+@pytest.mark.slow
+@torch.no_grad()
+def test_paths_agree_on_smollm2():
+    from retriever.models import ModelNotAvailable
+
+    try:
+        r = BlockRanker.from_pretrained("HuggingFaceTB/SmolLM2-135M-Instruct", BlockRankConfig(doc_max_tokens=32))
+    except ModelNotAvailable as e:
+        pytest.skip(str(e))
+    p = r.build_prompt("what do cats eat", DOCS)
+    eff, ref = r.forward_blocks(p), r.reference_forward(p)
+    assert torch.allclose(r.doc_mass(p, eff["capture"]), ref["mass"], atol=1e-4)
+    assert torch.allclose(eff["hidden"], ref["hidden"], atol=1e-3 * ref["hidden"].abs().max().item())
+
+
+def test_cli_train_blockrank_then_eval_both_modes(tiny_beir, tiny_bert, tiny_causal_lm, tmp_path, capsys):
+    from eval.cli import main
+
+    assert main(["train", "blockrank", "--data", str(tiny_beir), "--split", "test", "--model", str(tiny_causal_lm),
+                 "--retriever-model", str(tiny_bert), "--group-size", "3", "--batch-size", "1", "--epochs", "1",
+                 "--score-layer", "1", "--doc-max-tokens", "16", "--out", str(tmp_path / "br")]) == 0
+    assert json.loads(capsys.readouterr().out)["objective"] == "blockrank"
+    base = ["eval", "--data", str(tiny_beir), "--retriever", "bm25", "--top-k", "6", "--json"]
+    assert main(base) == 0
+    plain = json.loads(capsys.readouterr().out)
+    for spec, mode in ((str(tmp_path / "br" / "model"), "attention"), (f"blockrank:{tmp_path / 'br' / 'model'}", "decode"),
+                       (f"blockrank:{tiny_causal_lm}", "attention")):
+        assert main(base + ["--reranker", spec, "--rerank-top-k", "3", "--rerank-mode", mode]) == 0
+        reranked = json.loads(capsys.readouterr().out)
+        assert reranked["recall@6"] == plain["recall@6"]  # reranking the top 3 of 6 cannot change recall@6
