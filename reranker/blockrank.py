@@ -120,19 +120,28 @@ def doc_masks(prompt: BlockPrompt) -> torch.Tensor:
 
 
 class _PrefixCache:
-    """Stands in for a transformers Cache inside our layer loop: layer i's new keys/values are put after
-    ``prefix[i]`` (already rotated; broadcast over the batch) and the concatenation is kept in ``full``."""
+    """Stands in for a transformers Cache inside our layer loop: layer i attends to ``prefix[i]`` (keys and
+    values already rotated; broadcast over the batch) followed by the new keys/values, which are kept in
+    ``new`` (the prefix is not copied into it, so memory holds each block's keys/values once)."""
 
     def __init__(self, prefix: list[tuple[torch.Tensor, torch.Tensor]] | None = None):
-        self.prefix, self.full = prefix, {}
+        self.prefix, self.new = prefix, {}
 
     def update(self, key, value, layer_idx, *args, **kwargs):
+        self.new[layer_idx] = (key, value)
         if self.prefix is not None:
             pk, pv = self.prefix[layer_idx]
             key = torch.cat([pk.expand(key.shape[0], -1, -1, -1), key], dim=2)
             value = torch.cat([pv.expand(value.shape[0], -1, -1, -1), value], dim=2)
-        self.full[layer_idx] = (key, value)
         return key, value
+
+    def joined(self, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prefix + new keys/values of one layer (batch 1)."""
+        k, v = self.new[layer_idx]
+        if self.prefix is None:
+            return k, v
+        pk, pv = self.prefix[layer_idx]
+        return torch.cat([pk, k], dim=2), torch.cat([pv, v], dim=2)
 
 
 def _capturing_attention(module, query, key, value, attention_mask, **kwargs):
@@ -232,18 +241,18 @@ class BlockRanker(CausalLMRanker):
         # 2) all doc blocks as one batch against the instruction's keys/values
         pad = self.tokenizer.pad_token_id
         ids = torch.tensor([d + [pad] * (Ld - len(d)) for d in prompt.docs], device=device)
-        c2 = _PrefixCache([c1.full[i] for i in range(n_layers)])
+        c2 = _PrefixCache([c1.new[i] for i in range(n_layers)])
         self._run(ids, (L0 + torch.arange(Ld, device=device)).expand(N, Ld), doc_masks(prompt), c2, n_layers)
         # 3) query block (+ answer) against instruction + every doc's real tokens
         valid = (torch.arange(Ld)[None, :] < torch.tensor(lens)[:, None]).reshape(-1).to(device)
 
-        def flatten(x):  # [N, kv, L0 + Ld, d] -> [1, kv, sum(lens), d]
-            x = x[:, :, L0:].transpose(1, 2).reshape(N * Ld, x.shape[1], x.shape[3])[valid]
+        def flatten(x):  # [N, kv, Ld, d] -> [1, kv, sum(lens), d]
+            x = x.transpose(1, 2).reshape(N * Ld, x.shape[1], x.shape[3])[valid]
             return x.transpose(0, 1)[None]
 
         prefix = []
-        for i in range(n_layers):
-            (k1, v1), (k2, v2) = c1.full[i], c2.full[i]
+        for i in range(n_layers):  # layer by layer, dropping the padded copy as we go (memory ~ one copy)
+            (k1, v1), (k2, v2) = c1.new[i], c2.new.pop(i)
             prefix.append((torch.cat([k1, flatten(k2)], dim=2), torch.cat([v1, flatten(v2)], dim=2)))
         tail = prompt.tail
         n_prefix = L0 + sum(lens)
@@ -334,7 +343,7 @@ class BlockRanker(CausalLMRanker):
             text = self.tokenizer.decode(generated)
             if "]" in text or token == self.tokenizer.eos_token_id:
                 break
-            prefix = [cache.full[i] for i in range(self.n_layers)]
+            prefix = [cache.joined(i) for i in range(self.n_layers)]
             cache = _PrefixCache(prefix)
             hidden = self._run(torch.tensor([[token]], device=device), torch.tensor([[position]], device=device),
                                torch.ones(1, 1, prefix[0][0].shape[2] + 1, dtype=torch.bool), cache, self.n_layers)

@@ -133,7 +133,7 @@ class Index:
             return [[] for _ in range(len(x))], np.zeros((len(x), 0), dtype=np.float32)
         k = min(int(k), self.ntotal)
         scores, rows = self.faiss.search(x, k)
-        ids = [[self.ids[r] for r in row if r >= 0] for row in rows]
+        ids = [[self.ids[r] for r in row if r >= 0] for row in rows.tolist()]
         return ids, scores
 
     def search_run(self, query_ids: Sequence[str], queries, k: int = 10) -> dict[str, dict[str, float]]:
