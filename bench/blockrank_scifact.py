@@ -6,7 +6,7 @@ beside these. Training groups: scifact train queries, 1 positive + (group size -
 dense top-30, documents shuffled per step. Prints JSON lines: dense alone, BlockRank attention scores,
 BlockRank decode (the decoded document first, the rest in first-stage order), with training seconds.
 
-    python bench/blockrank_scifact.py --max-queries 100 --steps 40 --out runs/blockrank_scifact
+    python bench/blockrank_scifact.py --max-queries 50 --steps 40 --out runs/blockrank_scifact
 """
 from __future__ import annotations
 

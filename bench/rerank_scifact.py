@@ -7,7 +7,7 @@ queries, 1 positive + dense top-30 negatives), steps, batch, learning rate, seed
 (nDCG@10, Recall@k -- unchanged by reranking, as a check -- training seconds, scoring docs/s) and
 draws the per-step SFT and CL gradient weights of both runs (the paper's analysis, in small).
 
-    python bench/rerank_scifact.py --max-queries 100 --steps 60 --out runs/rerank_scifact
+    python bench/rerank_scifact.py --max-queries 50 --steps 30 --out runs/rerank_scifact
 """
 from __future__ import annotations
 

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 from retriever import models
+from retriever.io import atomic_dir
 
 
 def leading_special_tokens(tokenizer) -> list[int]:
@@ -68,19 +67,11 @@ class CausalLMRanker(torch.nn.Module):
 
     def save(self, folder: str | os.PathLike) -> Path:
         """Save the LoRA adapter (or the full model) plus ``reranker.json`` (kind, base model, config)."""
-        folder = Path(folder)
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
-        try:
+        with atomic_dir(folder) as tmp:
             full = not hasattr(self.model, "peft_config")
             self.model.save_pretrained(tmp)
             if full:
                 self.tokenizer.save_pretrained(tmp)
             (tmp / "reranker.json").write_text(json.dumps({"kind": self.kind, "base_model": self.name, "full_model": full,
                                                            "config": asdict(self.config)}, indent=2))
-            if folder.exists():
-                shutil.rmtree(folder)
-            os.replace(tmp, folder)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        return folder
+        return Path(folder)

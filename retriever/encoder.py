@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Sequence
@@ -27,6 +25,7 @@ import numpy as np
 import torch
 
 from . import models
+from .io import atomic_dir
 from .text import doc_text
 
 POOLINGS = ("mean", "cls", "last")
@@ -221,10 +220,7 @@ class DualEncoder(torch.nn.Module):
     # ------------------------------------------------------------ saving
     def save(self, folder: str | os.PathLike) -> Path:
         """Write a sentence-transformers-compatible folder (atomically: temp folder, then rename)."""
-        folder = Path(folder)
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
-        try:
+        with atomic_dir(folder) as tmp:
             self.model.save_pretrained(tmp)
             self.tokenizer.save_pretrained(tmp)
             modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
@@ -240,9 +236,4 @@ class DualEncoder(torch.nn.Module):
             prompts = {"query": self.config.query_prefix, "document": self.config.doc_prefix}
             (tmp / "config_sentence_transformers.json").write_text(json.dumps({"prompts": prompts, "default_prompt_name": None}))
             (tmp / "densekit_encoder.json").write_text(json.dumps(asdict(self.config), indent=2))
-            if folder.exists():
-                shutil.rmtree(folder)
-            os.replace(tmp, folder)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        return folder
+        return Path(folder)

@@ -16,13 +16,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
+
+from .io import atomic_dir
 
 FORMAT_VERSION = 1
 
@@ -154,24 +154,12 @@ class Index:
         """Write the folder atomically (temp sibling + rename); an existing folder is replaced."""
         import faiss
 
-        folder = Path(folder)
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.tmp-"))
-        try:
+        with atomic_dir(folder) as tmp:
             faiss.write_index(self.faiss, str(tmp / "index.faiss"))
             (tmp / "ids.json").write_text(json.dumps(self.ids))
             meta = {**self.meta, "format": FORMAT_VERSION, "dim": self.dim, "factory": self.factory, "ntotal": self.ntotal}
             (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
-            old = None
-            if folder.exists():
-                old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
-                os.replace(folder, old)
-            os.replace(tmp, folder)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        return folder
+        return Path(folder)
 
     @classmethod
     def load(cls, folder: str | os.PathLike, expect_dim: int | None = None, expect_model: str | None = None,

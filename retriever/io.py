@@ -8,7 +8,9 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
@@ -65,3 +67,24 @@ def write_jsonl(path: str | Path, rows) -> None:
     atomic_write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
 
+
+
+@contextmanager
+def atomic_dir(folder: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty temporary sibling of ``folder`` to fill; when the block ends without error it takes
+    ``folder``'s place by rename (an existing folder is first renamed aside, then deleted), otherwise it
+    is removed. Readers see the old folder or the complete new one, never a half-written one."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.tmp-"))
+    try:
+        yield tmp
+        old = None
+        if folder.exists():
+            old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
+            os.replace(folder, old)
+        os.replace(tmp, folder)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
