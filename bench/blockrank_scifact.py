@@ -11,16 +11,12 @@ BlockRank decode (the decoded document first, the rest in first-stage order), wi
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
-from eval.data import load_dataset, resolve_dataset, select_queries
-from eval.pipeline import evaluate, training_groups
-from rerank_scifact import LLM, RETRIEVER, dense_index
+from rerank_scifact import LLM, Setup
 from reranker.blockrank import BlockRankConfig, BlockRanker
 from reranker.train import RerankTrainConfig, train_reranker
-from retriever.encoder import DualEncoder
 
 
 def main() -> None:
@@ -38,24 +34,10 @@ def main() -> None:
     args = p.parse_args()
     k, out = args.rerank_top_k, Path(args.out)
 
-    folder = resolve_dataset("scifact")
-    test, train = load_dataset(folder, "test"), load_dataset(folder, "train")
-    queries = select_queries(test.queries, args.max_queries)
-    encoder = DualEncoder.from_pretrained(RETRIEVER)
-    index = dense_index(test.corpus, encoder)
-    qids = list(queries)
-    first = index.search_run(qids, encoder.encode([queries[q] for q in qids], is_query=True), 100)
-    metrics = ["ndcg@10", f"recall@{k}"]
-
-    def report(system: str, run: dict, **extra) -> None:
-        _, means = evaluate(run, test.qrels, metrics)
-        print(json.dumps({"bench": "blockrank_scifact", "system": system, "queries": len(qids), "rerank_top_k": k,
-                          **{m: round(v, 4) for m, v in means.items()}, **extra}), flush=True)
-
-    report("dense (no rerank)", first)
-    tq = list(train.queries)
-    groups = training_groups(train.corpus, train.queries, train.qrels,
-                             index.search_run(tq, encoder.encode([train.queries[q] for q in tq], is_query=True), 30), depth=30)
+    setup = Setup.make(args.max_queries, k)
+    report = setup.reporter("blockrank_scifact")
+    report("dense (no rerank)", setup.first)
+    groups = setup.train_groups()
     config = RerankTrainConfig(objective="blockrank", group_size=args.group_size, batch_size=1, lr=args.lr,
                                max_steps=args.steps, seed=args.seed, checkpoint_every=10, aux_weight=args.aux_weight)
     start = time.perf_counter()
@@ -64,10 +46,10 @@ def main() -> None:
     train_s = round(time.perf_counter() - start, 1)
     for mode in args.modes:
         start = time.perf_counter()
-        run = model.rerank(first, test.corpus, queries, top_k=k, mode=mode, show_progress=False)
+        run = model.rerank(setup.first, setup.test.corpus, setup.queries, top_k=k, mode=mode, show_progress=False)
         seconds = time.perf_counter() - start
         report(f"SmolLM2 BlockRank {mode} (LoRA r={config.lora_r}, {args.steps} steps x {args.group_size} docs)", run,
-               train_seconds=train_s, score_layer=model.score_layer, queries_per_s=round(len(qids) / seconds, 3))
+               train_seconds=train_s, score_layer=model.score_layer, queries_per_s=round(len(setup.queries) / seconds, 3))
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +36,47 @@ def dense_index(corpus: dict, encoder: DualEncoder) -> Index:
     cached = cache_dir() / "bench-scifact-minilm.npy"  # written by bench/encode.py (same model, same texts)
     vectors = np.load(cached) if cached.exists() else encoder.encode([doc_text(d) for d in corpus.values()], show_progress=True)
     return Index.build(vectors, list(corpus))
+
+
+@dataclass
+class Setup:
+    """What the scifact reranking benches share: data, the first ``max_queries`` test queries (sorted
+    ids), the dense first stage (all-MiniLM-L6-v2, Flat) and its top-100 run, and a JSON-line reporter."""
+
+    test: object
+    train: object
+    queries: dict
+    encoder: DualEncoder
+    index: Index
+    first: dict
+    k: int
+
+    @classmethod
+    def make(cls, max_queries: int, k: int) -> "Setup":
+        folder = resolve_dataset("scifact")
+        test, train = load_dataset(folder, "test"), load_dataset(folder, "train")
+        queries = select_queries(test.queries, max_queries)
+        encoder = DualEncoder.from_pretrained(RETRIEVER)
+        index = dense_index(test.corpus, encoder)
+        qids = list(queries)
+        first = index.search_run(qids, encoder.encode([queries[q] for q in qids], is_query=True), 100)
+        return cls(test, train, queries, encoder, index, first, k)
+
+    def train_groups(self, depth: int = 30) -> list[dict]:
+        """scifact train queries: qrels positives + the dense top-``depth`` minus positives as negatives."""
+        tq = list(self.train.queries)
+        run = self.index.search_run(tq, self.encoder.encode([self.train.queries[q] for q in tq], is_query=True), depth)
+        return training_groups(self.train.corpus, self.train.queries, self.train.qrels, run, depth=depth)
+
+    def reporter(self, bench: str):
+        metrics = ["ndcg@10", f"recall@{self.k}"]
+
+        def report(system: str, run: dict, **extra) -> None:
+            _, means = evaluate(run, self.test.qrels, metrics)
+            print(json.dumps({"bench": bench, "system": system, "queries": len(self.queries), "rerank_top_k": self.k,
+                              **{m: round(v, 4) for m, v in means.items()}, **extra}), flush=True)
+
+        return report
 
 
 def plot_weights(logs: dict[str, Path], path: Path) -> None:
@@ -73,34 +115,20 @@ def main() -> None:
     out = Path(args.out)
     k = args.rerank_top_k
 
-    folder = resolve_dataset("scifact")
-    test, train = load_dataset(folder, "test"), load_dataset(folder, "train")
-    queries = select_queries(test.queries, args.max_queries)
-    encoder = DualEncoder.from_pretrained(RETRIEVER)
-    index = dense_index(test.corpus, encoder)
-    qids = list(queries)
-    first = index.search_run(qids, encoder.encode([queries[q] for q in qids], is_query=True), 100)
-    metrics = ["ndcg@10", f"recall@{k}"]
-
-    def report(system: str, run: dict, **extra) -> None:
-        _, means = evaluate(run, test.qrels, metrics)
-        print(json.dumps({"bench": "rerank_scifact", "system": system, "queries": len(qids), "rerank_top_k": k,
-                          **{m: round(v, 4) for m, v in means.items()}, **extra}), flush=True)
-
-    report("dense (no rerank)", first)
+    setup = Setup.make(args.max_queries, k)
+    report = setup.reporter("rerank_scifact")
+    report("dense (no rerank)", setup.first)
 
     def rerank_with(reranker: LLMReranker, system: str, **extra) -> None:
         start = time.perf_counter()
-        run = reranker.rerank(first, test.corpus, queries, top_k=k, batch_size=8, show_progress=False)
+        run = reranker.rerank(setup.first, setup.test.corpus, setup.queries, top_k=k, batch_size=8, show_progress=False)
         seconds = time.perf_counter() - start
-        report(system, run, docs_per_s=round(len(qids) * k / seconds, 2), **extra)
+        report(system, run, docs_per_s=round(len(setup.queries) * k / seconds, 2), **extra)
 
     config = RerankerConfig(doc_max_tokens=args.doc_max_tokens)
     rerank_with(LLMReranker.from_pretrained(LLM, config), "SmolLM2 zero-shot")
 
-    tq = list(train.queries)
-    tvec = encoder.encode([train.queries[q] for q in tq], is_query=True)
-    groups = training_groups(train.corpus, train.queries, train.qrels, index.search_run(tq, tvec, 30), depth=30)
+    groups = setup.train_groups()
     logs = {}
     for objective in args.objectives:
         tconf = RerankTrainConfig(objective=objective, group_size=args.group_size, batch_size=args.batch_size,

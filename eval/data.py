@@ -11,7 +11,6 @@ Ids are always strings. Every parse error names the file and the 1-based line nu
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import tempfile
 import urllib.error

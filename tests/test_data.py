@@ -2,7 +2,6 @@ import gzip
 import http.server
 import io
 import hashlib
-import shutil
 import socket
 import threading
 import zipfile

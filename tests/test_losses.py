@@ -1,9 +1,7 @@
 import math
 
-import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from eval.metrics import auc
 from retriever.losses import InfoNCELoss, MWLoss, mw_from_scores, score_matrix
