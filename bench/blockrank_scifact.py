@@ -14,7 +14,7 @@ import argparse
 import time
 from pathlib import Path
 
-from rerank_scifact import LLM, Setup
+from rerank_scifact import LLM, Setup, train_seconds
 from reranker.blockrank import BlockRankConfig, BlockRanker
 from reranker.train import RerankTrainConfig, train_reranker
 
@@ -40,10 +40,9 @@ def main() -> None:
     groups = setup.train_groups()
     config = RerankTrainConfig(objective="blockrank", group_size=args.group_size, batch_size=1, lr=args.lr,
                                max_steps=args.steps, seed=args.seed, checkpoint_every=10, aux_weight=args.aux_weight)
-    start = time.perf_counter()
     model = train_reranker(BlockRanker.from_pretrained(LLM, BlockRankConfig(doc_max_tokens=args.doc_max_tokens)),
                            groups, out / "train", config, resume=True)
-    train_s = round(time.perf_counter() - start, 1)
+    train_s = train_seconds(out / "train" / "train_log.jsonl")
     for mode in args.modes:
         start = time.perf_counter()
         run = model.rerank(setup.first, setup.test.corpus, setup.queries, top_k=k, mode=mode, show_progress=False)

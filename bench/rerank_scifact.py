@@ -79,6 +79,11 @@ class Setup:
         return report
 
 
+def train_seconds(log: Path) -> float:
+    """Training time summed over the steps of a run's log, so a resumed run reports its full cost."""
+    return round(sum(json.loads(line)["seconds"] for line in log.read_text().splitlines()), 1)
+
+
 def plot_weights(logs: dict[str, Path], path: Path) -> None:
     import matplotlib
 
@@ -134,12 +139,10 @@ def main() -> None:
         tconf = RerankTrainConfig(objective=objective, group_size=args.group_size, batch_size=args.batch_size,
                                   lr=args.lr, max_steps=args.steps, seed=args.seed, checkpoint_every=20,
                                   temperature=1.0)
-        start = time.perf_counter()
         model = train_reranker(LLMReranker.from_pretrained(LLM, config), groups, out / objective, tconf, resume=True)
-        train_s = time.perf_counter() - start
         logs[objective.upper()] = out / objective / "train_log.jsonl"
         rerank_with(model, f"SmolLM2 {objective.upper()} (LoRA r={tconf.lora_r}, {args.steps} steps)",
-                    train_seconds=round(train_s, 1), groups_seen=args.steps * args.batch_size)
+                    train_seconds=train_seconds(logs[objective.upper()]), groups_seen=args.steps * args.batch_size)
     plot_weights(logs, Path("bench/results/rerank_gradient_weights.png"))
 
 
