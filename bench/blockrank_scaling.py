@@ -14,7 +14,7 @@ itself with a fixed glibc mmap threshold so freed tensors leave RSS and each cal
 pointwise are skipped above ``--full-max-n`` (their cost at N = 500 exceeds this CPU's budget).
 Prints one JSON line per (model, N) with seconds, MiB and ratios, and draws a PNG of latency vs N.
 
-    python bench/blockrank_scaling.py --out bench/results/blockrank_scaling.png
+    python bench/blockrank_scaling.py --threads 1 > bench/results/blockrank_scaling.jsonl
 """
 from __future__ import annotations
 
@@ -150,7 +150,7 @@ def main() -> None:
     p.add_argument("--models", nargs="+", default=["smollm2", "larger"])
     p.add_argument("--n", nargs="+", type=int, default=[10, 20, 50, 100, 200, 500])
     p.add_argument("--doc-tokens", type=int, default=128)
-    p.add_argument("--full-max-n", type=int, default=200)
+    p.add_argument("--full-max-n", type=int, default=100)
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--out", default="bench/results/blockrank_scaling.png")
     args = p.parse_args()

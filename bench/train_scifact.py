@@ -56,10 +56,11 @@ def throughput(batch_size: int, examples: list[dict], steps: int) -> dict:
     enc.model.train()
     acc = Accelerator()
     opt = torch.optim.AdamW(enc.parameters(), lr=2e-5)
-    loss_fn = TrainConfig(loss="infonce").make_loss()
+    config = TrainConfig(loss="infonce")
+    loss_fn = config.make_loss()
 
     def densekit_step(b) -> None:
-        _loss_and_backward(enc, loss_fn, b, acc, None, 1.0)
+        _loss_and_backward(enc, loss_fn, b, acc, config, 1.0)
         opt.step()
         opt.zero_grad()
 

@@ -18,8 +18,8 @@ Two paths compute the same thing:
 
 - ``reference_forward``: the whole sequence in one standard forward with the pattern as an explicit
   4-D mask (``dense_mask``) and eager attention; O((N*L)^2). For tests.
-- ``forward_blocks`` (efficient): the instruction is prefilled once; the N doc blocks run as ONE
-  batch against the instruction's keys/values (cost N * L * (L0 + L), linear in N); the query block
+- ``forward_blocks`` (efficient): the instruction is prefilled once; the N doc blocks run in batches
+  of ``doc_batch`` against the instruction's keys/values (cost N * L * (L0 + L), linear in N); the query block
   then attends to the concatenated keys/values. Our own layer loop runs the model's decoder layers, so
   scoring stops at the scoring layer: layers above it never run.
 
@@ -59,6 +59,7 @@ class BlockRankConfig:
     query_max_tokens: int = 64
     score_layer: int | None = None   # 0-based; None: round(0.6 * n_layers)
     signal_tokens: int = 2           # the last tokens of the query block: "[" and the one before it
+    doc_batch: int = 32              # doc blocks per forward of the efficient path (bounds activation memory)
 
 
 @dataclass
@@ -238,22 +239,29 @@ class BlockRanker(CausalLMRanker):
         c1 = _PrefixCache()
         self._run(torch.tensor([prompt.instruction], device=device), torch.arange(L0, device=device)[None],
                   torch.ones(L0, L0, dtype=torch.bool).tril()[None], c1, n_layers)
-        # 2) all doc blocks as one batch against the instruction's keys/values
+        # 2) doc blocks, ``doc_batch`` at a time, against the instruction's keys/values; each batch's
+        #    new keys/values are kept without their padding, in document order
         pad = self.tokenizer.pad_token_id
-        ids = torch.tensor([d + [pad] * (Ld - len(d)) for d in prompt.docs], device=device)
-        c2 = _PrefixCache([c1.new[i] for i in range(n_layers)])
-        self._run(ids, (L0 + torch.arange(Ld, device=device)).expand(N, Ld), doc_masks(prompt), c2, n_layers)
+        instruction_kv = [c1.new[i] for i in range(n_layers)]
+        doc_kv: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[] for _ in range(n_layers)]
+        for first in range(0, N, self.config.doc_batch):
+            part = BlockPrompt(prompt.instruction, prompt.docs[first:first + self.config.doc_batch], [])
+            plens = [len(d) for d in part.docs]
+            width = max(plens)
+            ids = torch.tensor([d + [pad] * (width - len(d)) for d in part.docs], device=device)
+            c2 = _PrefixCache(instruction_kv)
+            self._run(ids, (L0 + torch.arange(width, device=device)).expand(len(plens), width), doc_masks(part), c2, n_layers)
+            valid = (torch.arange(width)[None, :] < torch.tensor(plens)[:, None]).reshape(-1).to(device)
+            for i in range(n_layers):  # [n, kv, width, d] -> [1, kv, real tokens, d]
+                k, v = c2.new.pop(i)
+                doc_kv[i].append(tuple(x.transpose(1, 2).reshape(-1, x.shape[1], x.shape[3])[valid].transpose(0, 1)[None]
+                                       for x in (k, v)))
         # 3) query block (+ answer) against instruction + every doc's real tokens
-        valid = (torch.arange(Ld)[None, :] < torch.tensor(lens)[:, None]).reshape(-1).to(device)
-
-        def flatten(x):  # [N, kv, Ld, d] -> [1, kv, sum(lens), d]
-            x = x.transpose(1, 2).reshape(N * Ld, x.shape[1], x.shape[3])[valid]
-            return x.transpose(0, 1)[None]
-
         prefix = []
-        for i in range(n_layers):  # layer by layer, dropping the padded copy as we go (memory ~ one copy)
-            (k1, v1), (k2, v2) = c1.new[i], c2.new.pop(i)
-            prefix.append((torch.cat([k1, flatten(k2)], dim=2), torch.cat([v1, flatten(v2)], dim=2)))
+        for i in range(n_layers):
+            (k1, v1), parts = instruction_kv[i], doc_kv[i]
+            prefix.append((torch.cat([k1] + [k for k, _ in parts], dim=2), torch.cat([v1] + [v for _, v in parts], dim=2)))
+            doc_kv[i] = None  # drop the per-batch pieces as we go (memory ~ one copy)
         tail = prompt.tail
         n_prefix = L0 + sum(lens)
         allowed = torch.cat([torch.ones(len(tail), n_prefix, dtype=torch.bool),

@@ -151,11 +151,24 @@ class DualEncoder(torch.nn.Module):
         out = self.model(**features)
         return self.pool(out.last_hidden_state, features["attention_mask"])
 
-    def embed(self, texts: Sequence[str], is_query: bool) -> torch.Tensor:
-        """Tokenize and embed one batch, keeping gradients (training)."""
+    def embed(self, texts: Sequence[str], is_query: bool, chunk: int | None = None) -> torch.Tensor:
+        """Tokenize and embed texts, keeping gradients (training); rows in input order.
+
+        With ``chunk`` the texts are forwarded ``chunk`` at a time in order of token length, each
+        chunk padded only to its own longest text (same embeddings, less padding work).
+        """
         device = next(self.model.parameters()).device
-        features = {k: v.to(device) for k, v in self.tokenize(texts, is_query).items()}
-        return self(features)
+        if not chunk or len(texts) <= chunk:
+            return self({k: v.to(device) for k, v in self.tokenize(texts, is_query).items()})
+        prefix = self.config.query_prefix if is_query else self.config.doc_prefix
+        max_length = self.config.query_max_length if is_query else self.config.doc_max_length
+        ids = self.tokenizer([prefix + t for t in texts], truncation=True, max_length=max_length)["input_ids"]
+        order = sorted(range(len(texts)), key=lambda i: -len(ids[i]))
+        parts = [self.embed([texts[i] for i in order[start:start + chunk]], is_query)
+                 for start in range(0, len(order), chunk)]
+        inverse = torch.empty(len(order), dtype=torch.long)
+        inverse[torch.tensor(order)] = torch.arange(len(order))
+        return torch.cat(parts)[inverse.to(device)]
 
     # ------------------------------------------------------------ inference
     @torch.inference_mode()

@@ -86,8 +86,10 @@ def deep_ranker():
 
 
 @torch.no_grad()
-def test_efficient_path_matches_reference(deep_ranker):
+@pytest.mark.parametrize("doc_batch", [32, 2, 3])
+def test_efficient_path_matches_reference(deep_ranker, doc_batch, monkeypatch):
     r = deep_ranker
+    monkeypatch.setattr(r.config, "doc_batch", doc_batch)  # one batch; even batches; a ragged last batch
     p = r.build_prompt("what is a cat", DOCS, answer=3)
     assert len({len(d) for d in p.docs}) > 1  # ragged
     eff, ref = r.forward_blocks(p), r.reference_forward(p)

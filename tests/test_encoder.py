@@ -48,6 +48,21 @@ def test_batched_bucketed_encode_equals_one_by_one(pooling, model, request):
         np.testing.assert_allclose(vec, manual_embedding(enc, text, pooling), atol=1e-5)
 
 
+@pytest.mark.parametrize("model", ["tiny_bert", "tiny_llama"])
+def test_training_embed_in_sorted_chunks_keeps_rows_and_gradients(model, request):
+    enc = DualEncoder.from_pretrained(str(request.getfixturevalue(model)))
+    whole = enc.embed(TEXTS, is_query=False)
+    chunked = enc.embed(TEXTS, is_query=False, chunk=2)
+    torch.testing.assert_close(chunked, whole, atol=1e-5, rtol=0)
+    weights = torch.arange(len(TEXTS), dtype=torch.float32)[:, None]  # a row mix-up changes the gradient
+    grads = []
+    for emb in (whole, chunked):
+        enc.zero_grad()
+        (emb * weights).sum().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in enc.parameters() if p.grad is not None]))
+    torch.testing.assert_close(grads[1], grads[0], atol=1e-4, rtol=1e-3)
+
+
 def test_decoder_defaults_to_last_token_and_padding_side_does_not_matter(tiny_llama):
     enc = DualEncoder.from_pretrained(str(tiny_llama))
     assert enc.config.pooling == "last"
