@@ -101,6 +101,7 @@ def _add_train(sub) -> None:
     r.add_argument("--lora", action="store_true")
     r.add_argument("--lora-r", type=int, default=defaults.lora_r)
     r.add_argument("--grad-cache-chunk", type=int, help="GradCache: encode in chunks of this many texts")
+    r.add_argument("--embed-chunk", type=int, help="documents per forward, sorted by length (default 8 on CPU, the batch on GPU)")
     r.add_argument("--checkpoint-every", type=int, default=defaults.checkpoint_every)
     r.add_argument("--query-max-length", type=int)
     r.add_argument("--doc-max-length", type=int)
@@ -325,7 +326,7 @@ def cmd_train_retriever(args) -> int:
                          per_query=args.per_query, batch_size=args.batch_size, grad_accum=args.grad_accum,
                          n_negatives=n_neg, lr=args.lr, epochs=args.epochs, max_steps=args.max_steps,
                          warmup_ratio=args.warmup_ratio, seed=args.seed, bf16=args.bf16, lora=args.lora, lora_r=args.lora_r,
-                         grad_cache_chunk=args.grad_cache_chunk, checkpoint_every=args.checkpoint_every,
+                         grad_cache_chunk=args.grad_cache_chunk, embed_chunk=args.embed_chunk, checkpoint_every=args.checkpoint_every,
                          query_max_length=args.query_max_length, doc_max_length=args.doc_max_length)
     encoder = DualEncoder.from_pretrained(args.model)
     train(encoder, examples, args.out, config, resume=args.resume)
