@@ -125,12 +125,30 @@ class DualEncoder(torch.nn.Module):
         return int(self.model.config.hidden_size)
 
     # ------------------------------------------------------------ forward
+    def _side(self, is_query: bool) -> tuple[str, int]:
+        """(prefix, max length) of queries or of documents."""
+        if is_query:
+            return self.config.query_prefix, self.config.query_max_length
+        return self.config.doc_prefix, self.config.doc_max_length
+
     def tokenize(self, texts: Sequence[str], is_query: bool) -> dict[str, torch.Tensor]:
         """Prefix, truncate to the side's max length and pad to the longest text in the batch."""
-        prefix = self.config.query_prefix if is_query else self.config.doc_prefix
-        max_length = self.config.query_max_length if is_query else self.config.doc_max_length
+        prefix, max_length = self._side(is_query)
         return self.tokenizer([prefix + t for t in texts], padding=True, truncation=True,
                               max_length=max_length, return_tensors="pt")
+
+    def sorted_batches(self, texts: Sequence[str], is_query: bool, batch_size: int):
+        """Yield ``(rows, features)``: the texts tokenized once, ordered by token length (longest
+        first, stable) and cut into batches of ``batch_size``, each padded only to its own longest text;
+        ``rows`` are the batch's positions in ``texts`` (numpy int array), features on the model's device."""
+        prefix, max_length = self._side(is_query)
+        device = next(self.model.parameters()).device
+        ids = self.tokenizer([prefix + t for t in texts], truncation=True, max_length=max_length, padding=False)["input_ids"]
+        order = np.argsort([-len(x) for x in ids], kind="stable")
+        for b in range(0, len(order), batch_size):
+            rows = order[b:b + batch_size]
+            batch = self.tokenizer.pad({"input_ids": [ids[r] for r in rows]}, return_tensors="pt")
+            yield rows, {k: v.to(device) for k, v in batch.items()}
 
     def pool(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         if self.config.pooling == "mean":
@@ -157,18 +175,17 @@ class DualEncoder(torch.nn.Module):
         With ``chunk`` the texts are forwarded ``chunk`` at a time in order of token length, each
         chunk padded only to its own longest text (same embeddings, less padding work).
         """
-        device = next(self.model.parameters()).device
         if not chunk or len(texts) <= chunk:
+            device = next(self.model.parameters()).device
             return self({k: v.to(device) for k, v in self.tokenize(texts, is_query).items()})
-        prefix = self.config.query_prefix if is_query else self.config.doc_prefix
-        max_length = self.config.query_max_length if is_query else self.config.doc_max_length
-        ids = self.tokenizer([prefix + t for t in texts], truncation=True, max_length=max_length)["input_ids"]
-        order = sorted(range(len(texts)), key=lambda i: -len(ids[i]))
-        parts = [self.embed([texts[i] for i in order[start:start + chunk]], is_query)
-                 for start in range(0, len(order), chunk)]
+        order, parts = [], []
+        for rows, features in self.sorted_batches(texts, is_query, chunk):
+            order.extend(rows.tolist())
+            parts.append(self(features))
+        out = torch.cat(parts)
         inverse = torch.empty(len(order), dtype=torch.long)
         inverse[torch.tensor(order)] = torch.arange(len(order))
-        return torch.cat(parts)[inverse.to(device)]
+        return out[inverse.to(out.device)]
 
     # ------------------------------------------------------------ inference
     @torch.inference_mode()
@@ -193,20 +210,10 @@ class DualEncoder(torch.nn.Module):
             result = np.empty((n, self.dim), dtype=np.float32)
         was_training = self.model.training
         self.model.eval()
-        device = next(self.model.parameters()).device
-        prefix = self.config.query_prefix if is_query else self.config.doc_prefix
-        max_length = self.config.query_max_length if is_query else self.config.doc_max_length
         with tqdm(total=n, desc="encode queries" if is_query else "encode docs", disable=not show_progress, unit="text") as bar:
             for start in range(0, n, chunk_size):
-                chunk = [prefix + t for t in texts[start:start + chunk_size]]
-                ids = self.tokenizer(chunk, truncation=True, max_length=max_length, padding=False)["input_ids"]
-                order = np.argsort([-len(x) for x in ids], kind="stable")
-                for b in range(0, len(order), batch_size):
-                    rows = order[b:b + batch_size]
-                    batch = self.tokenizer.pad({"input_ids": [ids[r] for r in rows]}, return_tensors="pt")
-                    batch = {k: v.to(device) for k, v in batch.items()}
-                    emb = self(batch).float().cpu().numpy()
-                    result[start + rows] = emb
+                for rows, batch in self.sorted_batches(texts[start:start + chunk_size], is_query, batch_size):
+                    result[start + rows] = self(batch).float().cpu().numpy()
                     bar.update(len(rows))
         self.model.train(was_training)
         if out is not None:
