@@ -11,6 +11,7 @@ Ids are always strings. Every parse error names the file and the 1-based line nu
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import tempfile
 import urllib.error
@@ -60,6 +61,14 @@ class Dataset:
 
 # ---------------------------------------------------------------- readers
 
+def _record_id(path: Path, number: int, value) -> str:
+    """The ``_id`` of a JSONL record as a string; null, empty, boolean or non-scalar ids are refused
+    (``str(None)`` would silently become the id "None")."""
+    if isinstance(value, bool) or not isinstance(value, (str, int)) or str(value) == "":
+        raise DataError(f"{path}:{number}: _id must be a non-empty string or integer, got {json.dumps(value)}")
+    return str(value)
+
+
 def _check_unique(path: Path, number: int, key: str, seen: dict) -> None:
     if key in seen:
         raise DataError(f"{path}:{number}: duplicate id {key!r}")
@@ -70,7 +79,7 @@ def load_corpus(path: str | Path) -> Corpus:
     path = Path(path)
     corpus: Corpus = {}
     for number, obj in read_jsonl(path, required=("_id", "text")):
-        doc_id = str(obj["_id"])
+        doc_id = _record_id(path, number, obj["_id"])
         _check_unique(path, number, doc_id, corpus)
         corpus[doc_id] = {"title": str(obj.get("title") or ""), "text": str(obj["text"] or "")}
     if not corpus:
@@ -83,28 +92,50 @@ def load_queries(path: str | Path) -> Queries:
     path = Path(path)
     queries: Queries = {}
     for number, obj in read_jsonl(path, required=("_id", "text")):
-        query_id = str(obj["_id"])
+        query_id = _record_id(path, number, obj["_id"])
         _check_unique(path, number, query_id, queries)
         queries[query_id] = str(obj["text"])
     return queries
 
 
 def load_qrels(path: str | Path) -> Qrels:
-    """Read qrels: BEIR TSV (``query-id corpus-id score``, header optional) or TREC (``qid 0 docid rel``)."""
+    """Read qrels: BEIR TSV (``query-id<TAB>corpus-id<TAB>score``, header optional) or TREC (``qid 0 docid rel``).
+
+    The separator is decided once per file, from its first non-blank line: a file whose first line holds a
+    tab is tab-separated and every line is split at tabs only (as BEIR's own reader does), so an id may
+    contain spaces (``q1<TAB>doc 1<TAB>1`` is doc ``"doc 1"``); 3 columns are BEIR, 4 columns TREC. A
+    file without tabs is split at any whitespace and must have TREC's 4 columns (3 are read as BEIR).
+    """
     path = Path(path)
     qrels: Qrels = {}
+    tabbed = None
     for number, line in _lines(path):
-        fields = line.split()
-        if not fields:
+        line = line.rstrip("\r\n")
+        if not line.strip():
             continue
-        if number == 1 and not _is_int(fields[-1]):  # header row
+        if tabbed is None:
+            tabbed = "\t" in line
+            first = True
+        else:
+            first = False
+        if tabbed:
+            if "\t" not in line:
+                raise DataError(f"{path}:{number}: no tab in a tab-separated qrels file (expected "
+                                "query-id<TAB>corpus-id<TAB>score)")
+            fields = [field.strip() for field in line.split("\t")]
+        else:
+            fields = line.split()
+        if first and not _is_int(fields[-1]):  # header row
             continue
         if len(fields) == 4:  # TREC qrels
             query_id, doc_id, score = fields[0], fields[2], fields[3]
         elif len(fields) == 3:
             query_id, doc_id, score = fields
         else:
-            raise DataError(f"{path}:{number}: expected 3 (BEIR) or 4 (TREC) columns, got {len(fields)}")
+            sep = "tab-separated " if tabbed else ""
+            raise DataError(f"{path}:{number}: expected 3 (BEIR) or 4 (TREC) {sep}columns, got {len(fields)}")
+        if not query_id or not doc_id:
+            raise DataError(f"{path}:{number}: empty {'query' if not query_id else 'doc'} id")
         if not _is_int(score):
             raise DataError(f"{path}:{number}: relevance {score!r} is not an integer")
         qrels.setdefault(query_id, {})[doc_id] = int(score)

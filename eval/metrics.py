@@ -70,8 +70,17 @@ def _query_metrics(judged: dict[str, int], ranking: list[str], parsed: list[tupl
     return out
 
 
+def check_relevance_level(relevance_level: int) -> None:
+    """pytrec_eval (trec_eval) refuses a relevance level below 1: grade-0 (judged non-relevant) documents
+    would count as relevant and every binary measure would be wrong. Raise ValueError for it."""
+    if isinstance(relevance_level, bool) or not isinstance(relevance_level, (int, np.integer)) or relevance_level < 1:
+        raise ValueError(f"relevance level must be an integer >= 1 (pytrec_eval refuses {relevance_level!r}); "
+                         "use 1 for BEIR, 2 for TREC DL binary measures")
+
+
 def compute(qrels: Qrels, run: Run, metrics: Iterable[str], relevance_level: int = 1) -> dict[str, dict[str, float]]:
     """Per-query metric values for the queries present in both ``run`` and ``qrels``."""
+    check_relevance_level(relevance_level)
     parsed = [(name, *parse_metric(name)) for name in metrics]
     if not parsed:
         raise ValueError("no metrics requested")
@@ -94,6 +103,7 @@ def mean(per_query: dict[str, dict[str, float]]) -> dict[str, float]:
 
 def labelled_scores(qrels: Qrels, run: Run, k: int | None = None, relevance_level: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """Scores and 0/1 labels of every (query, doc) pair in the top ``k`` of each judged query."""
+    check_relevance_level(relevance_level)
     scores, labels = [], []
     for qid, doc_scores in run.items():
         if qid not in qrels:

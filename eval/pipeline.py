@@ -15,6 +15,8 @@ from typing import Iterable
 from . import metrics as M
 from retriever.runs import top_k  # noqa: F401  (re-exported)
 
+from .fusion import fuse  # noqa: F401  (re-exported)
+
 from .data import DataError, atomic_write_text
 
 Run = dict[str, dict[str, float]]
@@ -32,9 +34,14 @@ def evaluate(run: Run, qrels: Qrels, metrics: Iterable[str] = DEFAULT_METRICS, r
              ignore_identical_ids: bool = True, auc_k: int | None = None) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
     """Per-query values and their means over the queries present in both run and qrels.
 
+    This is pytrec_eval's convention (and beir's): a query of ``run`` with an empty ranking counts 0, a
+    query absent from ``run`` is not averaged at all. ``densekit eval`` therefore puts every evaluated
+    query into the run (empty when it has no hits). ``relevance_level`` must be >= 1 (ValueError).
+
     With ``auc_k`` set, the means also hold ``auc@<k>``: the global ROC-AUC of relevant vs non-relevant
     scores over every query's top ``auc_k`` (see ``metrics.roc_auc``).
     """
+    M.check_relevance_level(relevance_level)
     if ignore_identical_ids:
         run = drop_identical_ids(run)
     per_query = M.compute(qrels, run, list(metrics), relevance_level)
@@ -44,34 +51,64 @@ def evaluate(run: Run, qrels: Qrels, metrics: Iterable[str] = DEFAULT_METRICS, r
     return per_query, means
 
 
+def check_trec_id(value: str, what: str = "id") -> str:
+    """A TREC run/qrels id: non-empty, no whitespace (the format is whitespace-separated columns).
+    Raise DataError naming the id otherwise."""
+    if not isinstance(value, str) or not value or any(ch.isspace() for ch in value):
+        raise DataError(f"cannot write {what} {value!r} to a TREC run file: ids must be non-empty and contain no "
+                        "whitespace (TREC files are whitespace-separated); rename it in the corpus/queries/qrels")
+    return value
+
+
 def write_run(path: str | Path, run: Run, tag: str = "densekit") -> None:
-    """Write a TREC run file (``qid Q0 docid rank score tag``), ranks in trec_eval order, atomically."""
+    """Write a TREC run file (``qid Q0 docid rank score tag``), ranks in trec_eval order, atomically.
+
+    Ids are written as they are: a query or doc id that is empty or contains whitespace (space, tab,
+    newline ...) would make a line of the wrong column count, so it is refused with a DataError naming
+    it, before anything is written. Whitespace in ``tag`` is replaced by ``_``. A query with an empty
+    ranking has no line (TREC files cannot express it): ``trec_eval`` without ``-c`` then averages over
+    fewer queries than densekit, which counts it 0 (``trec_eval -c`` with qrels of the evaluated queries
+    gives densekit's figure).
+    """
+    tag = "_".join(str(tag).split()) or "densekit"
     lines = []
     for qid in sorted(run):
         docs = run[qid]
+        check_trec_id(qid, "query id")
+        for doc in docs:
+            check_trec_id(doc, f"doc id (query {qid})")
         for position, doc in enumerate(M.rank(docs), start=1):
             lines.append(f"{qid} Q0 {doc} {position} {float(docs[doc])!r} {tag}\n")
     atomic_write_text(path, "".join(lines))
 
 
 def read_run(path: str | Path) -> Run:
-    """Read a TREC run file; a malformed line raises DataError naming the file and line."""
+    """Read a TREC run file; a malformed line, a NaN score or a repeated (query, doc) pair raises
+    DataError naming the file and line (trec_eval refuses duplicate docs too)."""
+    from retriever.io import lines as numbered_lines
+
     path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder, not a TREC run file")
+    if not path.exists():
+        raise DataError(f"{path}: no such run file")
     run: Run = {}
-    with open(path, encoding="utf-8") as fh:
-        for number, line in enumerate(fh, start=1):
-            fields = line.split()
-            if not fields:
-                continue
-            if len(fields) != 6:
-                raise DataError(f"{path}:{number}: expected 6 columns 'qid Q0 docid rank score tag', got {len(fields)}")
-            try:
-                score = float(fields[4])
-            except ValueError:
-                raise DataError(f"{path}:{number}: score {fields[4]!r} is not a number") from None
-            if math.isnan(score):
-                raise DataError(f"{path}:{number}: score is NaN")
-            run.setdefault(fields[0], {})[fields[2]] = score
+    for number, line in numbered_lines(path):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != 6:
+            raise DataError(f"{path}:{number}: expected 6 columns 'qid Q0 docid rank score tag', got {len(fields)}")
+        try:
+            score = float(fields[4])
+        except ValueError:
+            raise DataError(f"{path}:{number}: score {fields[4]!r} is not a number") from None
+        if math.isnan(score):
+            raise DataError(f"{path}:{number}: score is NaN")
+        docs = run.setdefault(fields[0], {})
+        if fields[2] in docs:
+            raise DataError(f"{path}:{number}: doc {fields[2]!r} appears twice for query {fields[0]!r}")
+        docs[fields[2]] = score
     return run
 
 
@@ -82,14 +119,17 @@ def format_table(rows: dict[str, dict[str, float]], digits: int = 4) -> str:
     columns = list(dict.fromkeys(c for values in rows.values() for c in values))
     lines = ["| system | " + " | ".join(columns) + " |", "| --- |" + " --- |" * len(columns)]
     for system, values in rows.items():
-        cells = [f"{values[c]:.{digits}f}" if isinstance(values.get(c), float) else str(values.get(c, "")) for c in columns]
+        cells = [f"{values[c]:.{digits}f}" if isinstance(values.get(c), float)
+                 else "n/a" if c in values and values[c] is None else str(values.get(c, "")) for c in columns]
         lines.append(f"| {system} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def first_stage(retriever: str, corpus: dict, queries: dict[str, str], k: int, model: str | None = None,
-                index_dir: str | None = None, factory: str = "Flat", batch_size: int = 64) -> Run:
-    """Top-``k`` run from ``bm25`` or ``dense`` (a densekit encoder + FAISS index, built or reused)."""
+                index_dir: str | None = None, factory: str = "Flat", batch_size: int = 64,
+                nprobe: int | None = None, ef_search: int | None = None) -> Run:
+    """Top-``k`` run from ``bm25`` or ``dense`` (a densekit encoder + FAISS index, built or reused;
+    ``nprobe``/``ef_search`` are the IVF/HNSW search knobs, see ``Index.set_params``)."""
     if retriever == "bm25":
         from .bm25 import bm25_search
 
@@ -97,34 +137,21 @@ def first_stage(retriever: str, corpus: dict, queries: dict[str, str], k: int, m
     if retriever == "dense":
         from retriever.search import dense_search
 
-        return dense_search(corpus, queries, k, model=model, index_dir=index_dir, factory=factory, batch_size=batch_size)
+        return dense_search(corpus, queries, k, model=model, index_dir=index_dir, factory=factory, batch_size=batch_size,
+                            nprobe=nprobe, ef_search=ef_search)
     raise ValueError(f"unknown retriever {retriever!r}: use bm25 or dense")
 
 
-def load_reranker(spec: str):
-    """``spec``: a folder saved by reranker training (``reranker.json`` says pointwise or blockrank), a
-    causal LM name/folder (zero-shot pointwise prompt), or ``blockrank:<folder or model>`` (BlockRank)."""
-    from reranker.blockrank import BlockRanker
-    from reranker.pointwise import LLMReranker
-
-    cls = LLMReranker
-    if spec.startswith("blockrank:"):
-        cls, spec = BlockRanker, spec[len("blockrank:"):]
-    saved = Path(spec) / "reranker.json"
-    if saved.exists():
-        kind = json.loads(saved.read_text()).get("kind", "pointwise")
-        return (BlockRanker if kind == "blockrank" else LLMReranker).load(spec)
-    return cls.from_pretrained(spec)
-
-
 def rerank_stage(run: Run, corpus: dict, queries: dict[str, str], reranker, top_k: int, batch_size: int = 8,
-                 mode: str = "attention") -> Run:
-    """Re-score each query's top ``top_k`` with ``reranker`` (a reranker or a spec for ``load_reranker``);
-    ``mode`` (attention | decode) applies to BlockRank."""
+                 mode: str | None = None, show_progress: bool = True) -> Run:
+    """Re-score each query's top ``top_k`` with ``reranker`` (a reranker, or a spec for
+    ``reranker.base.load_reranker``: ``qlm:<model>``, ``blockrank:<folder>``, a saved folder, ...);
+    ``mode`` is the kind's scoring mode (BlockRank: attention | decode)."""
+    from reranker.base import load_reranker
+
     if isinstance(reranker, str):
         reranker = load_reranker(reranker)
-    extra = {"mode": mode} if getattr(reranker, "kind", "") == "blockrank" else {}
-    return reranker.rerank(run, corpus, queries, top_k=top_k, batch_size=batch_size, **extra)
+    return reranker.rerank(run, corpus, queries, top_k=top_k, batch_size=batch_size, show_progress=show_progress, mode=mode)
 
 
 def training_groups(corpus: dict, queries: dict[str, str], qrels: Qrels, first_stage_run: Run, depth: int = 30,
@@ -135,3 +162,46 @@ def training_groups(corpus: dict, queries: dict[str, str], qrels: Qrels, first_s
 
     negatives = select_negatives(first_stage_run, qrels, 0, depth)
     return from_qrels(corpus, queries, qrels, negatives, n_negatives=min_negatives)
+
+
+def tuning_split(folder: str | Path, split: str, requested: str | None = None) -> str:
+    """The split whose qrels choose a fusion weight for ``split``: ``requested``, else dl20 for dl19
+    (and back), else dev, else train. Never ``split`` itself."""
+    from .data import available_splits
+
+    splits = available_splits(folder)
+    if requested is not None:
+        if requested == split:
+            raise ValueError(f"--tune-split {requested!r} is the evaluated split: tuning on it would report a tuned score")
+        if requested not in splits:
+            raise ValueError(f"{folder} has no split {requested!r} to tune on; it has {', '.join(splits)}")
+        return requested
+    for candidate in {"dl19": ("dl20",), "dl20": ("dl19",)}.get(split, ("dev", "train")):
+        if candidate in splits and candidate != split:
+            return candidate
+    raise ValueError(f"--fuse auto needs a tuning split other than {split!r}, and {folder} has only "
+                     f"{', '.join(splits)}: pass --tune-split NAME or a fixed --fuse W")
+
+
+def tune_fusion(folder: str | Path, split: str, reranker, k: int, norm: str = "z", max_queries: int = 100,
+                retriever: str = "bm25", model: str | None = None, index_dir: str | None = None,
+                run_file: str | None = None, mode: str | None = None, batch_size: int = 8,
+                relevance_level: int = 1) -> tuple[float, int]:
+    """``(weight, queries used)``: the fusion weight with the best nDCG@10 on ``split``'s first
+    ``max_queries`` judged queries (sorted ids), their first stage's top ``k`` (``retriever``, or ``run_file``)
+    reranked by ``reranker``. Only ``split``'s qrels are read."""
+    from .data import load_dataset, select_queries
+    from .fusion import tune_weight
+
+    ds = load_dataset(folder, split)
+    queries = select_queries({q: t for q, t in ds.queries.items() if q in ds.qrels}, max_queries)
+    if run_file is not None:
+        saved = read_run(run_file)
+        run = {q: saved.get(q, {}) for q in queries}
+    else:
+        run = first_stage(retriever, ds.corpus, queries, k, model=model, index_dir=index_dir)
+    run = {q: {d: s for d, s in docs.items() if d in ds.corpus} for q, docs in top_k(run, k).items()}
+    reranked = rerank_stage(run, ds.corpus, queries, reranker, k, batch_size, mode)
+    weight, _ = tune_weight(run, reranked, {q: ds.qrels[q] for q in queries}, k, norm=norm,
+                            relevance_level=relevance_level)
+    return weight, len(queries)

@@ -33,17 +33,15 @@ from __future__ import annotations
 
 import random
 import re
-import warnings
 from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 
-from retriever.runs import rank
 from retriever.text import doc_text
 
-from .base import CausalLMRanker, leading_special_tokens
+from .base import CausalLMRanker, leading_special_tokens, register
 
 ATTENTION_NAME = "densekit_blockrank"
 
@@ -167,9 +165,11 @@ def _doc_mass(probs: torch.Tensor, lens: Sequence[int]) -> torch.Tensor:
     return per_doc.mean(dim=(0, 1))
 
 
+@register
 class BlockRanker(CausalLMRanker):
     kind = "blockrank"
     config_class = BlockRankConfig
+    modes = ("attention", "decode")
 
     def __init__(self, model, tokenizer, config: BlockRankConfig | None = None, name: str = ""):
         from transformers import AttentionInterface
@@ -360,37 +360,24 @@ class BlockRanker(CausalLMRanker):
         found = int(match.group(1)) if match else None
         return found if found is not None and found < len(docs) else None
 
-    def rerank(self, run: dict, corpus: dict, queries: dict[str, str], top_k: int = 20, batch_size: int = 8,
-               show_progress: bool = True, mode: str = "attention") -> dict[str, dict[str, float]]:
-        """Re-rank each query's top ``top_k`` in one prompt (in first-stage order). ``mode="attention"``:
-        score = attention mass; ``mode="decode"``: the decoded document first, the rest in first-stage
-        order. Documents below ``top_k`` keep their order under the reranked ones; doc ids absent from
-        the corpus are dropped (one warning with the count). ``batch_size`` is unused (one prompt per query)."""
+    def score_groups(self, groups: Sequence[tuple[str, list[str]]], batch_size: int = 8, show_progress: bool = False,
+                     mode: str | None = None) -> list[list[float]]:
+        """One prompt per group (documents in the given order). ``mode="attention"``: score = attention
+        mass; ``mode="decode"``: the given order, with the decoded document moved first.
+        ``batch_size`` is unused (the doc blocks are batched by ``config.doc_batch``)."""
         from tqdm.auto import tqdm
 
-        if mode not in ("attention", "decode"):
-            raise ValueError(f"unknown mode {mode!r}: use attention or decode")
-        out, missing = {}, 0
-        for qid, docs in tqdm(run.items(), desc=f"blockrank {mode}", disable=not show_progress):
-            ranking = rank(docs)
-            head = [d for d in ranking[:top_k] if d in corpus]
-            missing += sum(1 for d in ranking[:top_k] if d not in corpus)
-            texts = [corpus[d] for d in head]
-            if not head:
-                scores = []
-            elif mode == "attention":
-                scores = self.score(queries[qid], texts)
-            else:
-                chosen = self.decode(queries[qid], texts)
-                scores = [float(len(head) - i) for i in range(len(head))]
-                if chosen is not None:
-                    scores[chosen] = float(len(head) + 1)
-            out[qid] = dict(zip(head, scores))
-            floor = min(scores, default=0.0)
-            for position, doc in enumerate(ranking[top_k:], start=1):
-                out[qid][doc] = floor - position
-        if missing:
-            warnings.warn(f"rerank: skipped {missing} doc id(s) absent from the corpus", stacklevel=2)
+        mode = self.check_mode(mode)
+        out = []
+        for query, docs in tqdm(groups, desc=f"blockrank {mode}", disable=not show_progress):
+            if mode == "attention":
+                out.append(self.score(query, docs))
+                continue
+            chosen = self.decode(query, docs)
+            scores = [float(len(docs) - i) for i in range(len(docs))]
+            if chosen is not None:
+                scores[chosen] = float(len(docs) + 1)
+            out.append(scores)
         return out
 
 

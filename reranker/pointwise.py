@@ -12,16 +12,12 @@ ids ``prefix + doc[:budget] + suffix`` so training and inference see identical i
 """
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 
-from retriever.runs import rank
-from retriever.text import doc_text
-
-from .base import CausalLMRanker, leading_special_tokens
+from .base import CausalLMRanker, leading_special_tokens, register
 
 DOC_SLOT = "\x00DOC\x00"
 
@@ -50,6 +46,7 @@ def _single_token(tokenizer, word: str) -> int:
                      f"choose other answer words in RerankerConfig(yes=..., no=...)")
 
 
+@register
 class LLMReranker(CausalLMRanker):
     kind = "pointwise"
     config_class = RerankerConfig
@@ -84,68 +81,12 @@ class LLMReranker(CausalLMRanker):
         tail = self.tokenizer.encode(suffix, add_special_tokens=False)
         return self._bos + head + doc + tail
 
-    def _batch(self, ids: Sequence[list[int]]) -> dict[str, torch.Tensor]:
-        """Left-pad so that the answer position is the last column of every row."""
-        width = max(len(x) for x in ids)
-        pad = self.tokenizer.pad_token_id
-        input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in ids])
-        mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids])
-        device = next(self.model.parameters()).device
-        return {"input_ids": input_ids.to(device), "attention_mask": mask.to(device)}
-
     def answer_logits(self, ids: Sequence[list[int]]) -> torch.Tensor:
         """``[batch, 2]`` logits of (yes, no) at the answer position (with gradients when training)."""
-        batch = self._batch(ids)
-        positions = (batch["attention_mask"].cumsum(1) - 1).clamp(min=0)
-        out = self.model(**batch, position_ids=positions, logits_to_keep=1)
-        last = out.logits[:, -1, :]
-        return last[:, [self.yes_id, self.no_id]].float()
+        out = self.model(**self.left_padded(ids), logits_to_keep=1)
+        return out.logits[:, -1, [self.yes_id, self.no_id]].float()
 
-    # ------------------------------------------------------------ inference
-    @torch.inference_mode()
-    def score_pairs(self, pairs: Sequence[tuple[str, str]], batch_size: int = 8, show_progress: bool = False) -> list[float]:
-        """``logit(yes) - logit(no)`` for each (query, document text), batched by prompt length."""
-        from tqdm.auto import tqdm
-
-        ids = [self.encode_pair(q, d) for q, d in pairs]
-        order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
-        scores = [0.0] * len(ids)
-        was = self.model.training
-        self.model.eval()
-        for start in tqdm(range(0, len(order), batch_size), desc="rerank", disable=not show_progress):
-            rows = order[start:start + batch_size]
-            logits = self.answer_logits([ids[i] for i in rows])
-            for i, value in zip(rows, (logits[:, 0] - logits[:, 1]).tolist()):
-                scores[i] = value
-        self.model.train(was)
-        return scores
-
-    def score(self, query: str, docs: Sequence[str | dict], batch_size: int = 8) -> list[float]:
-        return self.score_pairs([(query, doc_text(d)) for d in docs], batch_size)
-
-    def rerank(self, run: dict, corpus: dict, queries: dict[str, str], top_k: int = 20, batch_size: int = 8,
-               show_progress: bool = True) -> dict[str, dict[str, float]]:
-        """Re-score each query's top ``top_k``; documents below keep their order under the reranked ones.
-
-        Doc ids absent from the corpus are dropped (one warning with the count).
-        """
-        pairs, keys, missing = [], [], 0
-        tails = {}
-        for qid, docs in run.items():
-            ranking = rank(docs)
-            head = [d for d in ranking[:top_k] if d in corpus]
-            missing += sum(1 for d in ranking[:top_k] if d not in corpus)
-            tails[qid] = [d for d in ranking[top_k:]]
-            pairs += [(queries[qid], doc_text(corpus[d])) for d in head]
-            keys += [(qid, d) for d in head]
-        if missing:
-            warnings.warn(f"rerank: skipped {missing} doc id(s) absent from the corpus", stacklevel=2)
-        scores = self.score_pairs(pairs, batch_size, show_progress)
-        out: dict[str, dict[str, float]] = {qid: {} for qid in run}
-        for (qid, doc), s in zip(keys, scores):
-            out[qid][doc] = s
-        for qid, tail in tails.items():
-            floor = min(out[qid].values(), default=0.0)
-            for position, doc in enumerate(tail, start=1):
-                out[qid][doc] = floor - position
-        return out
+    def batch_scores(self, ids: Sequence[list[int]]) -> torch.Tensor:
+        """``logit(yes) - logit(no)`` of each prompt."""
+        logits = self.answer_logits(ids)
+        return logits[:, 0] - logits[:, 1]

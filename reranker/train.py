@@ -28,11 +28,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from retriever.checkpoints import resume_step, save_checkpoint
-from retriever.io import atomic_write_text
+from retriever.checkpoints import (check_finite_loss, check_finite_params, resume_step, run_id, run_identity,
+                                   save_checkpoint, start_run, truncate_log)
+from retriever.models import weights_hash
+from retriever.train import check_config
 
 from .blockrank import BlockRanker, blockrank_groups
 from .pointwise import LLMReranker
+from .qlm import QLMReranker
 
 
 @dataclass
@@ -56,6 +59,21 @@ class RerankTrainConfig:
     checkpoint_every: int = 50
     aux_weight: float = 0.1         # blockrank: total = LM loss + aux_weight * attention InfoNCE
     aux_temperature: float = 0.05   # blockrank: tau of the attention InfoNCE
+    train_layers: int | None = None  # LoRA (or full tuning) on the top L decoder layers only; lower layers get no gradient
+    micro_batch: int | None = None   # groups per forward (gradient accumulation up to batch_size); default batch_size
+
+    def __post_init__(self):
+        if self.objective not in ("sft", "cl", "unified", "blockrank"):
+            raise ValueError(f"unknown objective {self.objective!r}: use sft, cl, unified or blockrank")
+        for name in ("weight", "direction"):
+            if getattr(self, name) not in ("sft", "cl"):
+                raise ValueError(f"--{name} must be sft or cl, got {getattr(self, name)!r}")
+        check_config(self, positive=("temperature", "lr", "aux_temperature"),
+                     at_least_one=("batch_size", "epochs", "lora_r", "lora_alpha", "checkpoint_every"),
+                     optional_at_least_one=("max_steps", "train_layers", "micro_batch"), non_negative=("aux_weight",),
+                     fractions=("warmup_ratio", "lora_dropout"))
+        if not (isinstance(self.group_size, int) and self.group_size >= 2):
+            raise ValueError(f"--group-size must be an integer >= 2 (1 positive + negatives), got {self.group_size!r}")
 
 
 def group_losses(logits: torch.Tensor, group_size: int, config: RerankTrainConfig) -> torch.Tensor:
@@ -129,16 +147,112 @@ def blockrank_step(model: BlockRanker, chunk: list[tuple[str, list[str]]], confi
     return torch.stack(losses).mean(), record
 
 
+def qlm_losses(scores: torch.Tensor, config: RerankTrainConfig) -> torch.Tensor:
+    """Loss of ``[groups, group_size]`` query-likelihood scores ``s`` (column 0 the positive):
+
+    - ``sft``: the generative loss, ``-mean_groups s_pos`` (with ``reduce="mean"``, the positive query's
+      mean token NLL given its document; the negatives play no part);
+    - ``cl``: InfoNCE over the group, ``mean_groups -log softmax(s / tau)[positive]``;
+    - ``unified``: ``sum sign_i * stopgrad(w_i) * s_i / groups`` with ``w`` from ``qlm_gradient_weights``
+      (``weight="sft"`` reproduces SFT's gradient, ``"cl"`` CL's). Both objectives move the same score
+      ``s``, so for this scorer there is one direction and ``direction`` is not used."""
+    if config.objective == "sft":
+        return -scores[:, 0].mean()
+    if config.objective == "cl":
+        return F.cross_entropy(scores / config.temperature, torch.zeros(len(scores), dtype=torch.long, device=scores.device))
+    if config.objective == "unified":
+        labels = torch.zeros_like(scores)
+        labels[:, 0] = 1.0
+        w = qlm_gradient_weights(scores.detach(), config.weight, config.temperature)
+        return ((1.0 - 2.0 * labels) * w * scores).sum() / len(scores)
+    raise ValueError(f"objective {config.objective!r} does not apply to the qlm reranker: use sft, cl or unified")
+
+
+def qlm_gradient_weights(scores: torch.Tensor, kind: str, temperature: float = 1.0) -> torch.Tensor:
+    """``|dL/ds|`` per example ``[groups, group_size]``: SFT 1 for the positive and 0 for negatives;
+    CL ``|softmax(s / tau) - onehot| / tau``."""
+    labels = torch.zeros_like(scores)
+    labels[:, 0] = 1.0
+    if kind == "sft":
+        return labels
+    if kind == "cl":
+        return (torch.softmax(scores / temperature, dim=1) - labels).abs() / temperature
+    raise ValueError(f"unknown weight kind {kind!r}: use sft or cl")
+
+
+def qlm_step(model: QLMReranker, chunk: list[tuple[str, list[str]]], config: RerankTrainConfig, step: int):
+    """Loss of one step of query-likelihood groups. SFT forwards the positives only (its loss ignores
+    the negatives); CL and unified forward every (query, document) pair of the group."""
+    docs_used = 1 if config.objective == "sft" else config.group_size
+    encoded = [model.encode_pair(q, d) for q, docs in chunk for d in docs[:docs_used]]
+    scores = model.batch_scores(encoded).view(len(chunk), docs_used)
+    record = {"s_pos": scores[:, 0].mean().item()}
+    if docs_used > 1:
+        record["s_neg"] = scores[:, 1:].mean().item()
+        record["hit"] = (scores.argmax(1) == 0).float().mean().item()
+    return qlm_losses(scores, config), record
+
+
+# kind -> (step function, objectives it trains with)
+STEPS = {
+    "pointwise": (pointwise_step, ("sft", "cl", "unified")),
+    "qlm": (qlm_step, ("sft", "cl", "unified")),
+    "blockrank": (blockrank_step, ("blockrank",)),
+}
+
+
+def top_layer_names(model, layers: int) -> tuple[list[int], int]:
+    """Indices of the top ``layers`` decoder layers and the model's layer count."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    n = base.config.num_hidden_layers
+    if not 1 <= layers <= n:
+        raise ValueError(f"train_layers must be between 1 and the model's {n} layers, got {layers}")
+    return list(range(n - layers, n)), n
+
+
+def restrict_to_top_layers(model, layers: int) -> None:
+    """Full fine-tuning of the top ``layers`` decoder layers only: every other parameter is frozen
+    (embeddings, lower layers, LM head), so no gradient flows below layer ``n - layers``."""
+    keep, _ = top_layer_names(model, layers)
+    prefixes = tuple(f"layers.{i}." for i in keep)
+    for name, param in model.named_parameters():
+        param.requires_grad_(any(p in name for p in prefixes) or name.endswith("model.norm.weight"))
+
+
+def accumulate(step_loss, model, chunk, config: RerankTrainConfig, step: int, backward, check) -> tuple[float, dict]:
+    """Forward/backward ``chunk`` in micro-batches of ``config.micro_batch`` groups, each loss scaled by
+    its share of the step (the sum of gradients equals one pass over the whole chunk); returns the
+    step's loss and its records averaged the same way."""
+    size = config.micro_batch or len(chunk)
+    total, record = 0.0, {}
+    for start in range(0, len(chunk), size):
+        part = chunk[start:start + size]
+        loss, rec = step_loss(model, part, config, step)
+        check(loss.item())
+        share = len(part) / len(chunk)
+        backward(loss * share)
+        total += loss.item() * share
+        for key, value in rec.items():
+            record[key] = record.get(key, 0.0) + value * share
+    return total, record
+
+
 def train_reranker(reranker: LLMReranker | BlockRanker, examples: list[dict], out: str | os.PathLike,
-                   config: RerankTrainConfig, resume: bool = False, show_progress: bool = True) -> LLMReranker | BlockRanker:
+                   config: RerankTrainConfig, resume: bool = False, show_progress: bool = True,
+                   overwrite: bool = False) -> LLMReranker | BlockRanker:
     """Train in place (LoRA through peft by default) and save to ``out/model``; ``out/train_log.jsonl``
     holds the loss per step plus, for the pointwise objectives, the mean SFT and CL gradient weights of
-    positives and negatives, and for BlockRank the LM and auxiliary parts."""
-    is_block = isinstance(reranker, BlockRanker)
-    if is_block != (config.objective == "blockrank"):
-        raise ValueError(f"objective {config.objective!r} does not fit a {type(reranker).__name__}: "
-                         "use objective='blockrank' with a BlockRanker and sft/cl/unified with an LLMReranker")
-    step_loss = blockrank_step if is_block else pointwise_step
+    positives and negatives, and for BlockRank the LM and auxiliary parts.
+
+    The folder rules are ``retriever.checkpoints``'s: ``resume`` continues only the same run (same
+    config, data, base model and reranker config; a raised ``max_steps`` is refused) and truncates the
+    log to the resumed step; a fresh run replaces a run in ``out`` only with ``overwrite``. A NaN/inf
+    loss or gradient stops training (naming the step and the config) before the optimizer step."""
+    if reranker.kind not in STEPS:
+        raise ValueError(f"no training step for reranker kind {reranker.kind!r}: known {', '.join(STEPS)}")
+    step_loss, objectives = STEPS[reranker.kind]
+    if config.objective not in objectives:
+        raise ValueError(f"objective {config.objective!r} does not fit the {reranker.kind} reranker: use {' or '.join(objectives)}")
     from accelerate import Accelerator
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm
@@ -148,20 +262,27 @@ def train_reranker(reranker: LLMReranker | BlockRanker, examples: list[dict], ou
     if not examples:
         raise ValueError("no training group has both a positive and a negative")
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    set_seed(config.seed)
-    if config.lora and not hasattr(reranker.model, "peft_config"):
-        from peft import LoraConfig, get_peft_model
-
-        reranker.model = get_peft_model(reranker.model, LoraConfig(
-            r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout, task_type="CAUSAL_LM",
-            target_modules=config.lora_targets or ["q_proj", "k_proj", "v_proj", "o_proj"]))
     groups = [g for epoch in range(config.epochs) for g in make_groups(examples, config.group_size, config.seed, epoch)]
     steps_total = len(groups) // config.batch_size
     if config.max_steps is not None:
         steps_total = min(steps_total, config.max_steps)
     if steps_total == 0:
         raise ValueError(f"{len(examples)} groups make no full step of {config.batch_size}")
+    base = {"kind": reranker.kind, "config": asdict(reranker.config),
+            "content_hash": weights_hash(reranker.model, asdict(reranker.config))}
+    identity = run_identity("reranker", asdict(config), examples, base)
+    start_run(out, identity, asdict(config), resume, overwrite)
+    rid = run_id(identity)
+    set_seed(config.seed)
+    if config.lora and not hasattr(reranker.model, "peft_config"):
+        from peft import LoraConfig, get_peft_model
+
+        layers = top_layer_names(reranker.model, config.train_layers)[0] if config.train_layers else None
+        reranker.model = get_peft_model(reranker.model, LoraConfig(
+            r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout, task_type="CAUSAL_LM",
+            target_modules=config.lora_targets or ["q_proj", "k_proj", "v_proj", "o_proj"], layers_to_transform=layers))
+    elif not config.lora and config.train_layers:
+        restrict_to_top_layers(reranker.model, config.train_layers)
     accelerator = Accelerator()
     params = [p for p in reranker.model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr)
@@ -169,30 +290,32 @@ def train_reranker(reranker: LLMReranker | BlockRanker, examples: list[dict], ou
     reranker, optimizer, scheduler = accelerator.prepare(reranker, optimizer, scheduler)
     model = accelerator.unwrap_model(reranker)
 
-    step = resume_step(accelerator, out) if resume else 0
-    atomic_write_text(out / "train_config.json", json.dumps(asdict(config), indent=2))
+    step = resume_step(accelerator, out, rid) if resume else 0
     log_path = out / "train_log.jsonl"
-    if step == 0:
-        log_path.unlink(missing_ok=True)
+    truncate_log(log_path, step)  # a resumed log never repeats a step
+    settings = asdict(config)
+    watched = ("objective", "temperature", "aux_temperature", "aux_weight", "lr", "batch_size")
     model.model.train()
     bar = tqdm(total=steps_total, initial=step, desc=f"train reranker {config.objective}", disable=not show_progress)
     while step < steps_total:
         start = time.perf_counter()
         chunk = groups[step * config.batch_size:(step + 1) * config.batch_size]
-        loss, record = step_loss(model, chunk, config, step)
-        accelerator.backward(loss)
-        accelerator.clip_grad_norm_(params, 1.0)
+        loss, record = accumulate(step_loss, model, chunk, config, step, accelerator.backward,
+                                  lambda value: check_finite_loss(value, step + 1, settings, watched))
+        norm = accelerator.clip_grad_norm_(params, 1.0)
+        check_finite_loss(float(norm), step + 1, settings, watched, what="gradient norm")
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
-        record = {"step": step, "loss": loss.item(), **record, "seconds": round(time.perf_counter() - start, 3)}
+        record = {"step": step, "loss": loss, **record, "seconds": round(time.perf_counter() - start, 3)}
         with open(log_path, "a") as fh:
             fh.write(json.dumps(record) + "\n")
         bar.update(1)
         if step % config.checkpoint_every == 0 or step == steps_total:
-            save_checkpoint(accelerator, out, step)
+            check_finite_params(params, step)
+            save_checkpoint(accelerator, out, step, run_id=rid)
     bar.close()
     model.model.eval()
-    model.save(out / "model")
+    model.save(out / "model", overwrite=True)  # the run's own model/ (the folder was claimed by start_run)
     return model

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from . import models
-from .io import atomic_dir
+from .io import DataError, atomic_dir
 from .text import doc_text
 
 POOLINGS = ("mean", "cls", "last")
@@ -124,6 +124,24 @@ class DualEncoder(torch.nn.Module):
     def dim(self) -> int:
         return int(self.model.config.hidden_size)
 
+    def content_hash(self) -> str:
+        """The encoder's identity: sha256 over its weights and its ``EncoderConfig`` (``models.weights_hash``),
+        independent of the path it was loaded from. Computed once and cached on the object until a weight
+        changes in place (training, ``load_state_dict``), which torch's tensor version counters reveal."""
+        versions = tuple(t._version for t in self.model.state_dict().values())
+        cached = getattr(self, "_content_hash", None)
+        if cached is None or cached[0] != versions:
+            cached = (versions, models.weights_hash(self.model, asdict(self.config)))
+            self._content_hash = cached
+        return cached[1]
+
+    def check_finite(self, what: str = "the encoder") -> None:
+        """Refuse (DataError) weights holding NaN or inf, naming the first tensors."""
+        bad = [name for name, t in self.model.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
+        if bad:
+            raise DataError(f"{what} ({self.name}) has non-finite weights in {len(bad)} tensor(s), e.g. "
+                            f"{', '.join(bad[:3])}: training diverged; nothing was saved")
+
     # ------------------------------------------------------------ forward
     def _side(self, is_query: bool) -> tuple[str, int]:
         """(prefix, max length) of queries or of documents."""
@@ -211,11 +229,24 @@ class DualEncoder(torch.nn.Module):
         was_training = self.model.training
         self.model.eval()
         with tqdm(total=n, desc="encode queries" if is_query else "encode docs", disable=not show_progress, unit="text") as bar:
-            for start in range(0, n, chunk_size):
-                for rows, batch in self.sorted_batches(texts[start:start + chunk_size], is_query, batch_size):
-                    result[start + rows] = self(batch).float().cpu().numpy()
-                    bar.update(len(rows))
-        self.model.train(was_training)
+            try:
+                for start in range(0, n, chunk_size):
+                    for rows, batch in self.sorted_batches(texts[start:start + chunk_size], is_query, batch_size):
+                        emb = self(batch).float()
+                        if not torch.isfinite(emb).all():
+                            row = int(rows[int((~torch.isfinite(emb)).any(dim=1).nonzero()[0])]) + start
+                            raise DataError(f"encoder {self.name}: non-finite embedding (NaN/inf) for text {row} "
+                                            f"({texts[row][:60]!r}); the model's weights are probably broken "
+                                            "(a diverged training run): use another model")
+                        result[start + rows] = emb.cpu().numpy()
+                        bar.update(len(rows))
+            except BaseException:
+                if out is not None:
+                    del result
+                    tmp.unlink(missing_ok=True)
+                raise
+            finally:
+                self.model.train(was_training)
         if out is not None:
             result.flush()
             del result
@@ -238,9 +269,12 @@ class DualEncoder(torch.nn.Module):
         return torch.from_numpy(emb) if kwargs.get("convert_to_tensor") else emb
 
     # ------------------------------------------------------------ saving
-    def save(self, folder: str | os.PathLike) -> Path:
-        """Write a sentence-transformers-compatible folder (atomically: temp folder, then rename)."""
-        with atomic_dir(folder) as tmp:
+    def save(self, folder: str | os.PathLike, overwrite: bool = False) -> Path:
+        """Write a sentence-transformers-compatible folder (atomically: temp folder, then rename; kind
+        ``encoder`` in ``densekit.json``). An existing densekit encoder folder is replaced only with
+        ``overwrite``; weights holding NaN/inf are refused (DataError) before anything is written."""
+        self.check_finite()
+        with atomic_dir(folder, "encoder", overwrite, {"content_hash": self.content_hash()}) as tmp:
             self.model.save_pretrained(tmp)
             self.tokenizer.save_pretrained(tmp)
             modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},

@@ -22,13 +22,43 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from .io import atomic_dir
+from .io import DataError, atomic_dir
 
 FORMAT_VERSION = 1
 
 
-class BadIndexError(ValueError):
-    """A wrong or unusable index (dimension, model, folder)."""
+class BadIndexError(DataError):
+    """A wrong or unusable index (dimension, model, folder, factory)."""
+
+
+def check_factory(factory: str, dim: int, num_vectors: int | None = None) -> None:
+    """Refuse, before any encoding, a factory string FAISS does not know, and an IVF/PQ factory that
+    needs more training vectors than ``num_vectors`` (k-means needs at least one point per centroid)."""
+    import faiss
+
+    try:
+        index = faiss.index_factory(int(dim), str(factory), faiss.METRIC_INNER_PRODUCT)
+    except (RuntimeError, TypeError) as err:
+        detail = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+        raise BadIndexError(f"--factory {factory!r} is not a FAISS factory string for dimension {dim} ({detail}); "
+                            "use e.g. Flat, HNSW32, IVF256,Flat or IVF256,PQ16") from None
+    if num_vectors is None or index.is_trained:
+        return
+    needs = []
+    try:
+        ivf = faiss.extract_index_ivf(index)
+        needs.append((int(ivf.nlist), f"IVF{int(ivf.nlist)} has {int(ivf.nlist)} lists"))
+        inner = faiss.downcast_index(ivf)
+    except RuntimeError:
+        inner = faiss.downcast_index(index)
+    pq = getattr(inner, "pq", None)
+    if pq is not None:
+        needs.append((int(pq.ksub), f"its product quantiser has {int(pq.ksub)} centroids per sub-vector"))
+    for need, what in needs:
+        if num_vectors < need:
+            raise BadIndexError(f"--factory {factory!r} cannot be trained on {num_vectors} vectors: {what}, which needs "
+                                f"at least {need} training vectors; use Flat or HNSW32 for a corpus this small, "
+                                "or fewer IVF lists / PQ bits")
 
 
 def corpus_fingerprint(corpus: dict[str, dict[str, str]]) -> str:
@@ -80,7 +110,11 @@ class Index:
         if len(x) > max_samples:
             rows = np.sort(np.random.default_rng(seed).choice(len(x), max_samples, replace=False))
             x = x[rows]
-        self.faiss.train(x)
+        try:
+            self.faiss.train(x)
+        except RuntimeError as err:
+            raise BadIndexError(f"factory {self.factory!r} could not be trained on {len(x)} vectors: "
+                                f"{str(err).strip().splitlines()[-1]}") from None
 
     def add(self, vectors, ids: Sequence[str], chunk_size: int = 65536) -> None:
         """Add vectors with their string ids (chunked). Ids must be unique across the index."""
@@ -103,6 +137,7 @@ class Index:
         x = _as_matrix(vectors)
         if len(x) == 0:
             raise BadIndexError("cannot build an index from zero vectors (empty corpus)")
+        check_factory(factory, x.shape[1], len(x))
         index = cls(dim=x.shape[1], factory=factory, meta=dict(meta or {}))
         if not index.is_trained:
             index.train(x)
@@ -114,6 +149,9 @@ class Index:
         """``nprobe`` for IVF indexes, ``ef_search`` for HNSW indexes."""
         import faiss
 
+        for name, value in (("nprobe", nprobe), ("ef_search", ef_search)):
+            if value is not None and int(value) < 1:
+                raise BadIndexError(f"{name} must be >= 1, got {value}")
         if nprobe is not None:
             try:
                 faiss.extract_index_ivf(self.faiss).nprobe = int(nprobe)
@@ -150,11 +188,12 @@ class Index:
         return np.stack([self.faiss.reconstruct(row_of[d]) for d in doc_ids])
 
     # ------------------------------------------------------------ disk
-    def save(self, folder: str | os.PathLike) -> Path:
-        """Write the folder atomically (temp sibling + rename); an existing folder is replaced."""
+    def save(self, folder: str | os.PathLike, overwrite: bool = False) -> Path:
+        """Write the folder atomically (temp sibling + rename, ``densekit.json`` kind ``index``); an
+        existing densekit index there is replaced only with ``overwrite`` (see ``io.check_target``)."""
         import faiss
 
-        with atomic_dir(folder) as tmp:
+        with atomic_dir(folder, "index", overwrite) as tmp:
             faiss.write_index(self.faiss, str(tmp / "index.faiss"))
             (tmp / "ids.json").write_text(json.dumps(self.ids))
             meta = {**self.meta, "format": FORMAT_VERSION, "dim": self.dim, "factory": self.factory, "ntotal": self.ntotal}
@@ -173,7 +212,11 @@ class Index:
             raise BadIndexError(f"{folder}: no such index folder")
         if not meta_path.exists() or not (folder / "index.faiss").exists() or not (folder / "ids.json").exists():
             raise BadIndexError(f"{folder}: incomplete index folder (index.faiss, ids.json and meta.json are all needed)")
-        meta = json.loads(meta_path.read_text())
+        meta = _read_json(meta_path, dict)
+        missing = [k for k in ("dim", "factory", "ntotal") if k not in meta]
+        if missing:
+            raise BadIndexError(f"{meta_path}: not a densekit index meta file (missing {', '.join(missing)}); "
+                                "rebuild the index with `densekit index build --overwrite`")
         if expect_dim is not None and meta["dim"] != expect_dim:
             raise BadIndexError(f"{folder}: index dimension {meta['dim']} does not match the encoder's {expect_dim}")
         if expect_model is not None and meta.get("model") not in (None, expect_model):
@@ -182,9 +225,26 @@ class Index:
         index = cls.__new__(cls)
         index.dim, index.factory = int(meta["dim"]), meta["factory"]
         index.meta = {k: v for k, v in meta.items() if k not in ("format", "dim", "factory", "ntotal")}
-        index.faiss = faiss.read_index(str(folder / "index.faiss"), flags)
-        index.ids = json.loads((folder / "ids.json").read_text())
+        try:
+            index.faiss = faiss.read_index(str(folder / "index.faiss"), flags)
+        except RuntimeError as err:
+            raise BadIndexError(f"{folder / 'index.faiss'}: unreadable FAISS index (truncated or corrupt: "
+                                f"{str(err).strip().splitlines()[-1] if str(err).strip() else 'read failed'}); "
+                                "rebuild it with `densekit index build --overwrite`") from None
+        index.ids = _read_json(folder / "ids.json", list)
         index._id_set = set(index.ids)
         if index.ntotal != len(index.ids) or index.ntotal != meta["ntotal"]:
             raise BadIndexError(f"{folder}: corrupt index ({index.ntotal} vectors, {len(index.ids)} ids, meta says {meta['ntotal']})")
         return index
+
+
+def _read_json(path: Path, expected: type):
+    """A JSON file of the ``expected`` type, or BadIndexError naming the file."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise BadIndexError(f"{path}: corrupt index file ({err}); rebuild the index with "
+                            "`densekit index build --overwrite`") from None
+    if not isinstance(value, expected):
+        raise BadIndexError(f"{path}: corrupt index file (expected a JSON {expected.__name__}, got {type(value).__name__})")
+    return value

@@ -11,7 +11,12 @@ bounded by activation memory. Multi-process runs (``accelerate launch``) give ea
 slice of the steps' micro-batches and average gradients.
 
 Output folder: ``model/`` (sentence-transformers folder), ``checkpoints/step-NNNNNN/``,
-``train_log.jsonl`` (one JSON line per optimizer step) and ``train_config.json``.
+``train_log.jsonl`` (one JSON line per optimizer step), ``train_config.json`` and ``densekit.json``
+(the run identity). The rules for reusing a folder and for ``resume`` are in ``checkpoints``: a resume
+continues only the same run (same config, data and base model; raising ``max_steps`` is refused), and
+a fresh run refuses a folder holding a run unless ``overwrite=True``. A NaN/inf loss or gradient stops
+training (``NonFiniteError`` naming the step and the config) before the optimizer step, so no
+checkpoint or model with non-finite weights is ever written.
 """
 from __future__ import annotations
 
@@ -24,10 +29,10 @@ from pathlib import Path
 
 import torch
 
-from .checkpoints import resume_step, save_checkpoint
+from .checkpoints import (check_finite_loss, check_finite_params, resume_step, run_id, run_identity, save_checkpoint,
+                          start_run, truncate_log)
 from .encoder import DualEncoder
 from .examples import Batch, batches
-from .io import atomic_write_text
 from .losses import InfoNCELoss, MWLoss
 
 
@@ -62,12 +67,46 @@ class TrainConfig:
     doc_max_length: int | None = None
     extra: dict = field(default_factory=dict)
 
+    def __post_init__(self):
+        check_config(self, positive=("temperature", "lr"), at_least_one=("batch_size", "grad_accum", "epochs", "lora_r",
+                     "lora_alpha", "checkpoint_every", "keep_checkpoints"),
+                     optional_at_least_one=("max_steps", "grad_cache_chunk", "embed_chunk", "query_max_length", "doc_max_length"),
+                     non_negative=("n_negatives", "weight_decay", "max_grad_norm"), fractions=("warmup_ratio", "lora_dropout"))
+        if self.loss not in ("infonce", "mw"):
+            raise ValueError(f"unknown loss {self.loss!r}: use infonce or mw")
+
     def make_loss(self) -> torch.nn.Module:
         if self.loss == "infonce":
             return InfoNCELoss(self.temperature, symmetric=self.symmetric, decoupled=self.decoupled)
         if self.loss == "mw":
             return MWLoss(self.temperature, per_query=self.per_query)
         raise ValueError(f"unknown loss {self.loss!r}: use infonce or mw")
+
+
+def check_config(config, positive=(), at_least_one=(), optional_at_least_one=(), non_negative=(), fractions=()) -> None:
+    """Range checks shared by the training configs: ValueError naming the field (as its CLI flag) and value."""
+    def bad(name, need):
+        raise ValueError(f"--{name.replace('_', '-')} must be {need}, got {getattr(config, name)!r}")
+
+    for name in positive:
+        value = getattr(config, name)
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+            bad(name, "a finite number > 0")
+    for name in at_least_one:
+        if not (isinstance(getattr(config, name), int) and getattr(config, name) >= 1):
+            bad(name, "an integer >= 1")
+    for name in optional_at_least_one:
+        value = getattr(config, name)
+        if value is not None and not (isinstance(value, int) and value >= 1):
+            bad(name, "an integer >= 1 (or unset)")
+    for name in non_negative:
+        value = getattr(config, name)
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+            bad(name, "a finite number >= 0")
+    for name in fractions:
+        value = getattr(config, name)
+        if not (isinstance(value, (int, float)) and 0 <= value <= 1):
+            bad(name, "between 0 and 1")
 
 
 def _exclude_duplicates(batch: Batch, device) -> torch.Tensor:
@@ -123,11 +162,14 @@ def _loss_and_backward(encoder, loss_fn, batch: Batch, accelerator, config: Trai
 
 
 def train(encoder: DualEncoder, examples: list[dict], out: str | os.PathLike, config: TrainConfig,
-          resume: bool = False, show_progress: bool = True, stop_after: int | None = None) -> DualEncoder:
+          resume: bool = False, show_progress: bool = True, stop_after: int | None = None,
+          overwrite: bool = False) -> DualEncoder:
     """Train ``encoder`` in place on ``examples`` and save it to ``out/model``; returns the encoder.
 
-    ``stop_after`` ends the run after that many optimizer steps without saving the final model
-    (used to simulate an interruption; the checkpoints stay).
+    ``resume`` continues the same run from its newest checkpoint (refused for another run or a changed
+    config, e.g. a raised ``max_steps``); ``overwrite`` lets a fresh run replace a run in ``out`` (see
+    ``checkpoints``). ``stop_after`` ends the run after that many optimizer steps without saving the
+    final model (used to simulate an interruption; the checkpoints stay).
     """
     from accelerate import Accelerator
     from accelerate.utils import set_seed
@@ -135,7 +177,19 @@ def train(encoder: DualEncoder, examples: list[dict], out: str | os.PathLike, co
     from transformers import get_linear_schedule_with_warmup
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    epochs = [batches(examples, config.batch_size, config.n_negatives, config.seed, e) for e in range(config.epochs)]
+    micro = [b for epoch in epochs for b in epoch]
+    steps_total = len(micro) // config.grad_accum
+    if config.max_steps is not None:
+        steps_total = min(steps_total, config.max_steps)
+    if steps_total == 0:
+        raise ValueError(f"{len(examples)} examples make no full step of batch {config.batch_size} x accumulation {config.grad_accum}")
+    identity = run_identity("retriever", asdict(config), examples, {"content_hash": encoder.content_hash()})
+    accelerator = Accelerator(mixed_precision="bf16" if config.bf16 else "no")
+    if accelerator.is_main_process:
+        start_run(out, identity, asdict(config), resume, overwrite)
+    accelerator.wait_for_everyone()
+    rid = run_id(identity)
     set_seed(config.seed)
     if config.query_max_length:
         encoder.config.query_max_length = config.query_max_length
@@ -148,15 +202,6 @@ def train(encoder: DualEncoder, examples: list[dict], out: str | os.PathLike, co
             r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
             target_modules=config.lora_targets or "all-linear"))
 
-    accelerator = Accelerator(mixed_precision="bf16" if config.bf16 else "no")
-    epochs = [batches(examples, config.batch_size, config.n_negatives, config.seed, e) for e in range(config.epochs)]
-    micro = [b for epoch in epochs for b in epoch]
-    steps_total = len(micro) // config.grad_accum
-    if config.max_steps is not None:
-        steps_total = min(steps_total, config.max_steps)
-    if steps_total == 0:
-        raise ValueError(f"{len(examples)} examples make no full step of batch {config.batch_size} x accumulation {config.grad_accum}")
-
     params = [p for p in encoder.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = get_linear_schedule_with_warmup(optimizer, math.ceil(config.warmup_ratio * steps_total), steps_total)
@@ -164,14 +209,12 @@ def train(encoder: DualEncoder, examples: list[dict], out: str | os.PathLike, co
     model = accelerator.unwrap_model(encoder)
     loss_fn = config.make_loss()
 
-    step = resume_step(accelerator, out) if resume else 0
-    atomic_write_text(out / "train_config.json", json.dumps(asdict(config), indent=2))
+    step = resume_step(accelerator, out, rid) if resume else 0
     log_path = out / "train_log.jsonl"
-    if step == 0:
-        log_path.unlink(missing_ok=True)
-    else:  # drop log lines past the checkpoint we resume from
-        kept = [l for l in log_path.read_text().splitlines() if json.loads(l)["step"] <= step] if log_path.exists() else []
-        atomic_write_text(log_path, "".join(l + "\n" for l in kept))
+    if accelerator.is_main_process:
+        truncate_log(log_path, step)  # a resumed log never repeats a step
+    settings = asdict(config)
+    watched = ("loss", "temperature", "lr", "batch_size", "grad_accum", "bf16", "max_grad_norm")
 
     model.train()
     rank, world = accelerator.process_index, accelerator.num_processes
@@ -180,9 +223,13 @@ def train(encoder: DualEncoder, examples: list[dict], out: str | os.PathLike, co
     while step < steps_total:
         start = time.perf_counter()
         step_micro = micro[step * config.grad_accum:(step + 1) * config.grad_accum][rank::world]
-        losses = [_loss_and_backward(model, loss_fn, b, accelerator, config, 1.0 / len(step_micro)) for b in step_micro]
+        losses = []
+        for b in step_micro:
+            losses.append(_loss_and_backward(model, loss_fn, b, accelerator, config, 1.0 / len(step_micro)))
+            check_finite_loss(losses[-1], step + 1, settings, watched)
         if config.max_grad_norm:
-            accelerator.clip_grad_norm_(params, config.max_grad_norm)
+            norm = accelerator.clip_grad_norm_(params, config.max_grad_norm)
+            check_finite_loss(float(norm), step + 1, settings, watched, what="gradient norm")
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -197,7 +244,8 @@ def train(encoder: DualEncoder, examples: list[dict], out: str | os.PathLike, co
         bar.update(1)
         bar.set_postfix(loss=f"{record['loss']:.4f}")
         if step % config.checkpoint_every == 0 or step == steps_total:
-            save_checkpoint(accelerator, out, step, config.keep_checkpoints)
+            check_finite_params(params, step)
+            save_checkpoint(accelerator, out, step, config.keep_checkpoints, rid)
         if stop_after is not None and done_here >= stop_after:
             bar.close()
             return model
@@ -207,5 +255,5 @@ def train(encoder: DualEncoder, examples: list[dict], out: str | os.PathLike, co
         model.model = model.model.merge_and_unload()
     model.eval()
     if accelerator.is_main_process:
-        model.save(out / "model")
+        model.save(out / "model", overwrite=True)  # the run's own model/ (the folder was claimed by start_run)
     return model

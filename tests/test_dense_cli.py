@@ -87,7 +87,7 @@ def test_search_cli(tiny_bert, tmp_path, capsys):
     corpus = synthetic_corpus(10)
     build_index(corpus, DualEncoder.from_pretrained(str(tiny_bert)), tmp_path / "idx", show_progress=False)
     assert main(["search", "--index", str(tmp_path / "idx"), "--query", "document 3", "--k", "3", "--json"]) == 0
-    out = json.loads(capsys.readouterr().out)
+    (out,) = json.loads(capsys.readouterr().out)  # always a list, one object per --query
     assert out["query"] == "document 3" and len(out["hits"]) == 3 and all(h["id"] in corpus for h in out["hits"])
     assert main(["search", "--index", str(tmp_path / "nope"), "--query", "x"]) == 2
     assert "no such index folder" in capsys.readouterr().err

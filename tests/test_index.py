@@ -88,6 +88,6 @@ def test_failed_save_keeps_previous_index(vectors, tmp_path, monkeypatch):
 
     monkeypatch.setattr(faiss, "write_index", broken)
     with pytest.raises(OSError, match="disk full"):
-        Index.build(x, ids).save(folder)
+        Index.build(x, ids).save(folder, overwrite=True)
     assert Index.load(folder).ntotal == 10
     assert sorted(p.name for p in tmp_path.iterdir()) == ["idx"]

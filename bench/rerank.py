@@ -1,0 +1,210 @@
+"""One reranking bench, one table: first stage vs rerankers vs fusion, with paired significance.
+
+Tasks (first stage -> candidates; each test task has a tuning task whose qrels choose the fusion weight):
+
+| task | queries | first stage | tuned on |
+| --- | --- | --- | --- |
+| scifact-test-dense | scifact test, all 300 | densekit all-MiniLM-L6-v2 Flat, top 20 | scifact-train-dense |
+| scifact-train-dense | scifact train, first 100 (sorted ids) | same | (tuning only) |
+| scifact-test-bm25 / scifact-train-bm25 | as above | BM25 (bm25s), top 20 | |
+| dl19-bm25 | TREC DL19, 43 judged queries | the shipped BM25 top 100 | dl20-bm25 |
+| dl20-bm25 | TREC DL20, first 30 judged queries (sorted ids) | the shipped BM25 top 100 | (tuning only) |
+
+``score`` computes a reranker's scores of a task's candidates and appends them, a few queries at a
+time, to ``<out>/scores/<task>/<reranker>.jsonl``: an interrupted run resumes where it stopped.
+``report`` reads every cached score file and prints one JSON line per row (and a Markdown table):
+nDCG@10, the difference to the first stage with a two-sided paired t-test over queries
+(``scipy.stats.ttest_rel``), the number of queries, scoring docs/s and, for fused rows, the weight chosen
+on the tuning task. Random order = each query's candidates shuffled (mean over 10 seeds per query).
+
+    python bench/rerank.py score --task scifact-test-dense --reranker qlm:HuggingFaceTB/SmolLM2-135M-Instruct
+    python bench/rerank.py report --save bench/results/rerank.jsonl
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from eval.data import load_dataset, resolve_dataset, select_queries
+from eval.fusion import fuse, tune_weight
+from eval.pipeline import evaluate, read_run, write_run
+from retriever.runs import rank, top_k
+
+METRIC = "ndcg@10"
+
+
+@dataclass(frozen=True)
+class Task:
+    dataset: str
+    split: str
+    first_stage: str            # dense | bm25 | a run file inside the dataset folder
+    k: int
+    max_queries: int | None = None
+    tune_on: str | None = None
+
+
+TASKS = {
+    "scifact-test-dense": Task("scifact", "test", "dense", 20, tune_on="scifact-train-dense"),
+    "scifact-train-dense": Task("scifact", "train", "dense", 20, max_queries=100),
+    "scifact-test-bm25": Task("scifact", "test", "bm25", 20, tune_on="scifact-train-bm25"),
+    "scifact-train-bm25": Task("scifact", "train", "bm25", 20, max_queries=100),
+    "dl19-bm25": Task("msmarco-trecdl-rerank", "dl19", "runs/bm25.dl19.top100.trec", 100, tune_on="dl20-bm25"),
+    "dl20-bm25": Task("msmarco-trecdl-rerank", "dl20", "runs/bm25.dl20.top100.trec", 100, max_queries=30),
+}
+
+
+def slug(spec: str) -> str:
+    return spec.replace("/", "--").replace(":", "__")
+
+
+def load_task(name: str, out: Path):
+    """``(dataset, judged queries, first-stage run cut to k)``; dense runs are cached as TREC files."""
+    task = TASKS[name]
+    folder = resolve_dataset(task.dataset)
+    ds = load_dataset(folder, task.split)
+    judged = {q: t for q, t in ds.queries.items() if q in ds.qrels}
+    queries = select_queries(judged, task.max_queries)
+    if task.first_stage == "bm25":
+        from eval.bm25 import bm25_search
+
+        run = bm25_search(ds.corpus, queries, task.k)
+    elif task.first_stage == "dense":
+        cached = out / "first" / f"{name}.trec"
+        if not cached.exists():
+            from retriever.search import dense_search
+
+            run = dense_search(ds.corpus, queries, task.k, index_dir=str(out / f"index-{task.dataset}-minilm"))
+            write_run(cached, run, tag="dense-minilm")
+        run = read_run(cached)
+    else:
+        run = read_run(folder / task.first_stage)
+    run = top_k({q: run.get(q, {}) for q in queries}, task.k)
+    return ds, queries, run
+
+
+def score(args) -> None:
+    from reranker.base import load_reranker
+
+    out = Path(args.out)
+    ds, queries, run = load_task(args.task, out)
+    path = out / "scores" / args.task / f"{slug(args.reranker)}.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    done = {json.loads(line)["qid"] for line in path.read_text().splitlines()} if path.exists() else set()
+    todo = [q for q in queries if q not in done]
+    print(f"{args.task}: {len(done)} queries scored, {len(todo)} to go", flush=True)
+    if not todo:
+        return
+    reranker = load_reranker(args.reranker)
+    for start in range(0, len(todo), args.chunk):
+        part = todo[start:start + args.chunk]
+        t0 = time.perf_counter()
+        scored = reranker.rerank({q: run[q] for q in part}, ds.corpus, queries, top_k=TASKS[args.task].k,
+                                 batch_size=args.batch_size, show_progress=False)
+        seconds = (time.perf_counter() - t0) / len(part)
+        with open(path, "a") as fh:
+            for q in part:
+                fh.write(json.dumps({"qid": q, "scores": scored[q], "seconds": seconds, "docs": len(run[q])}) + "\n")
+        print(f"{args.task} {args.reranker}: {len(done) + start + len(part)}/{len(queries)} queries "
+              f"({len(part) * TASKS[args.task].k / (seconds * len(part)):.2f} docs/s)", flush=True)
+
+
+def read_scores(path: Path) -> tuple[dict, float]:
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    return {r["qid"]: r["scores"] for r in rows}, sum(r["docs"] for r in rows) / sum(r["seconds"] for r in rows)
+
+
+def random_order(run: dict, qrels: dict, seeds: int = 10) -> dict[str, float]:
+    """Per-query nDCG@10 of a random permutation of the candidates, averaged over ``seeds`` shuffles."""
+    totals: dict[str, float] = {}
+    for seed in range(seeds):
+        rng = random.Random(seed)
+        shuffled = {}
+        for q, docs in run.items():
+            order = rank(docs)
+            rng.shuffle(order)
+            shuffled[q] = {d: float(len(order) - i) for i, d in enumerate(order)}
+        for q, v in evaluate(shuffled, qrels, [METRIC])[0].items():
+            totals[q] = totals.get(q, 0.0) + v[METRIC] / seeds
+    return totals
+
+
+def report(args) -> None:
+    from scipy.stats import ttest_rel
+
+    out = Path(args.out)
+    rows = []
+    for name, task in TASKS.items():
+        folder = out / "scores" / name
+        if task.tune_on is None or not folder.is_dir():
+            continue
+        ds, queries, run = load_task(name, out)
+        base = {q: v[METRIC] for q, v in evaluate(run, ds.qrels, [METRIC])[0].items()}
+        qids = sorted(base)
+
+        def row(system: str, per_query: dict, **extra) -> None:
+            values = [per_query.get(q, 0.0) for q in qids]
+            first = [base[q] for q in qids]
+            diff = statistics.fmean(values) - statistics.fmean(first)
+            p = None if values == first else float(ttest_rel(values, first).pvalue)
+            rows.append({"task": name, "system": system, "queries": len(qids), METRIC: round(statistics.fmean(values), 4),
+                         "delta": round(diff, 4), "p_ttest": None if p is None else float(f"{p:.3g}"), **extra})
+
+        row(f"first stage ({task.first_stage}, top {task.k})", base)
+        row("random order (10 shuffles)", random_order(run, ds.qrels))
+        tuning = None
+        for path in sorted(folder.glob("*.jsonl")):
+            spec = path.stem.replace("__", ":").replace("--", "/")
+            scores, docs_per_s = read_scores(path)
+            if set(scores) != set(queries):
+                print(f"skip {name} {spec}: {len(scores)}/{len(queries)} queries scored", flush=True)
+                continue
+            reranked = {q: {**run[q], **scores[q]} for q in queries}
+            row(f"{spec}", {q: v[METRIC] for q, v in evaluate(reranked, ds.qrels, [METRIC])[0].items()},
+                docs_per_s=round(docs_per_s, 2))
+            tune_path = out / "scores" / task.tune_on / path.name
+            if not tune_path.exists():
+                continue
+            if tuning is None:
+                tuning = load_task(task.tune_on, out)
+            t_ds, t_queries, t_run = tuning
+            t_scores, _ = read_scores(tune_path)
+            if set(t_scores) != set(t_queries):
+                print(f"skip fusion {name} {spec}: tuning task {len(t_scores)}/{len(t_queries)} scored", flush=True)
+                continue
+            w, curve = tune_weight(t_run, t_scores, t_ds.qrels, TASKS[task.tune_on].k)
+            fused = fuse(run, scores, w, task.k)
+            row(f"{spec} fused (z-score, w={w} tuned on {task.tune_on})",
+                {q: v[METRIC] for q, v in evaluate(fused, ds.qrels, [METRIC])[0].items()}, fuse_weight=w,
+                tuning_curve={str(k): round(v, 4) for k, v in curve.items()})
+    for r in rows:
+        print(json.dumps(r))
+    if args.save:
+        Path(args.save).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    print("\n| task | system | queries | nDCG@10 | delta | p (paired t) | docs/s |\n| --- | --- | --- | --- | --- | --- | --- |")
+    for r in rows:
+        print(f"| {r['task']} | {r['system']} | {r['queries']} | {r[METRIC]:.4f} | {r['delta']:+.4f} | "
+              f"{'' if r['p_ttest'] is None else r['p_ttest']} | {r.get('docs_per_s', '')} |")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", default="runs/bench-rerank", help="first-stage runs, indexes and score caches")
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("score")
+    s.add_argument("--task", required=True, choices=sorted(TASKS))
+    s.add_argument("--reranker", required=True, help="a reranker spec, e.g. qlm:HuggingFaceTB/SmolLM2-135M-Instruct")
+    s.add_argument("--batch-size", type=int, default=8)
+    s.add_argument("--chunk", type=int, default=4, help="queries scored between two appends to the cache")
+    r = sub.add_parser("report")
+    r.add_argument("--save", help="write the JSON lines here too")
+    args = p.parse_args()
+    (score if args.command == "score" else report)(args)
+
+
+if __name__ == "__main__":
+    main()

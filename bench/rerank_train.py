@@ -1,0 +1,133 @@
+"""Reranker training on scifact train: the top-L-layer path vs full-depth LoRA, and the training runs
+whose models ``bench/rerank.py`` scores.
+
+Groups: scifact train queries (all 809), 1 qrels positive + 7 negatives drawn from the dense
+(all-MiniLM-L6-v2) top 30 minus positives; documents cut to ``--doc-max-tokens``.
+
+``speed``: the same model and the same groups, steps alternating between (a) today's loop, LoRA on
+every layer (gradients flow through the whole depth) and (b) LoRA on the top ``--train-layers``
+layers only (the lower layers run without autograd); prints pairs/s of both and the ratio.
+
+``train``: one run (scorer x objective) under a budget of ``--groups`` training groups, checkpointed
+and resumable (``--resume``); the model lands in ``<out>/model`` and can be scored with
+``python bench/rerank.py score --reranker <out>/model``.
+
+    python bench/rerank_train.py speed --scorer qlm --steps 6
+    python bench/rerank_train.py train --scorer qlm --objective sft --groups 2000 --out runs/rr/qlm-sft
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from eval.data import load_dataset, resolve_dataset
+from eval.pipeline import training_groups
+from reranker.base import load_reranker
+from reranker.train import STEPS, RerankTrainConfig, accumulate, make_groups, train_reranker
+
+LLM = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+def scifact_groups(out: Path, depth: int = 30) -> list[dict]:
+    """Training examples of every scifact train query, negatives from the dense top ``depth`` (cached)."""
+    cached = out / "scifact-train-groups.json"
+    if cached.exists():
+        return json.loads(cached.read_text())
+    from retriever.search import dense_search
+
+    ds = load_dataset(resolve_dataset("scifact"), "train")
+    queries = {q: t for q, t in ds.queries.items() if q in ds.qrels}
+    run = dense_search(ds.corpus, queries, depth, index_dir=str(out / "index-scifact-minilm"))
+    examples = training_groups(ds.corpus, queries, ds.qrels, run, depth)
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    cached.write_text(json.dumps(examples))
+    return examples
+
+
+def make_reranker(scorer: str, doc_max_tokens: int):
+    reranker = load_reranker(f"{scorer}:{LLM}")
+    reranker.config.doc_max_tokens = doc_max_tokens
+    return reranker
+
+
+def speed(args) -> None:
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(0)
+    examples = scifact_groups(Path(args.out))
+    groups = make_groups(examples, 8, 0, 0)
+    objective = "cl"
+    sides = {}
+    for name, layers in (("full-depth LoRA", None), (f"top-{args.train_layers} LoRA", args.train_layers)):
+        rr = make_reranker(args.scorer, args.doc_max_tokens)
+        n = rr.model.config.num_hidden_layers
+        rr.model = get_peft_model(rr.model, LoraConfig(r=8, lora_alpha=16, task_type="CAUSAL_LM",
+                                                       target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+                                                       layers_to_transform=None if layers is None else list(range(n - layers, n))))
+        rr.model.train()
+        sides[name] = (rr, torch.optim.AdamW([p for p in rr.model.parameters() if p.requires_grad], lr=1e-4), [])
+    config = RerankTrainConfig(objective=objective, group_size=8, batch_size=args.batch_size)
+    step_fn = STEPS[args.scorer][0]
+    for step in range(args.steps):
+        chunk = groups[step * args.batch_size:(step + 1) * args.batch_size]
+        for name, (rr, opt, times) in sides.items():   # alternate sides within a step: shared load hits both
+            t0 = time.perf_counter()
+            accumulate(step_fn, rr, chunk, config, step, lambda loss: loss.backward(), lambda v: None)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            times.append(time.perf_counter() - t0)
+            print(f"step {step} {name}: {times[-1]:.1f} s", flush=True)
+    pairs = args.batch_size * 8
+    rows = {name: pairs / statistics.median(times[1:]) for name, (_, _, times) in sides.items()}  # step 0: warm-up
+    full, top = rows.values()
+    print(json.dumps({"bench": "rerank_train_speed", "scorer": args.scorer, "objective": objective, "model": LLM,
+                      "doc_max_tokens": args.doc_max_tokens, "pairs_per_step": pairs, "steps": args.steps,
+                      **{f"pairs_per_s {k}": round(v, 3) for k, v in rows.items()}, "ratio": round(top / full, 3)}))
+
+
+def train(args) -> None:
+    examples = scifact_groups(Path(args.bench_out))
+    rr = make_reranker(args.scorer, args.doc_max_tokens)
+    steps = args.groups // args.batch_size
+    epochs = -(-args.groups // len(examples))
+    config = RerankTrainConfig(objective=args.objective, group_size=8, batch_size=args.batch_size, micro_batch=args.micro_batch,
+                               lr=args.lr, epochs=epochs, max_steps=steps, temperature=args.temperature, seed=42,
+                               train_layers=args.train_layers, checkpoint_every=25)
+    t0 = time.perf_counter()
+    train_reranker(rr, examples, args.out, config, resume=args.resume)
+    print(json.dumps({"bench": "rerank_train", "scorer": args.scorer, "objective": args.objective, "groups": steps * args.batch_size,
+                      "train_layers": args.train_layers, "seconds_this_session": round(time.perf_counter() - t0, 1),
+                      "model": str(Path(args.out) / "model")}))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    for name in ("speed", "train"):
+        s = sub.add_parser(name)
+        s.add_argument("--scorer", choices=["qlm", "pointwise"], default="qlm")
+        s.add_argument("--doc-max-tokens", type=int, default=128)
+        s.add_argument("--train-layers", type=int, default=4)
+        s.add_argument("--batch-size", type=int, default=4, help="groups per optimizer step")
+    speed_p, train_p = sub.choices["speed"], sub.choices["train"]
+    speed_p.add_argument("--steps", type=int, default=6)
+    speed_p.add_argument("--out", default="runs/bench-rerank")
+    train_p.add_argument("--objective", choices=["sft", "cl", "unified"], required=True)
+    train_p.add_argument("--groups", type=int, default=2000)
+    train_p.add_argument("--micro-batch", type=int, default=1)
+    train_p.add_argument("--lr", type=float, default=2e-4)
+    train_p.add_argument("--temperature", type=float, default=0.1)
+    train_p.add_argument("--out", required=True)
+    train_p.add_argument("--bench-out", default="runs/bench-rerank")
+    train_p.add_argument("--resume", action="store_true")
+    args = p.parse_args()
+    (speed if args.command == "speed" else train)(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+"""Query-likelihood training objectives, top-L layer training and gradient accumulation."""
+import json
+import math
+
+import pytest
+import torch
+
+from reranker.qlm import QLMConfig, QLMReranker
+from reranker.train import (RerankTrainConfig, accumulate, make_groups, qlm_gradient_weights, qlm_losses, qlm_step,
+                            train_reranker)
+
+SCORES = torch.tensor([[-1.0, -2.0, -3.0], [-0.5, -0.2, -1.0]])  # 2 groups of 3, column 0 the positive
+
+
+def toy_groups():
+    return [{"query": f"{t} {t}", "positives": [f"{t} {t} {t}"], "negatives": [f"{o} {o}" for o in "abcdefg" if o != t]}
+            for t in "abcdefg"]
+
+
+def test_qlm_sft_and_cl_losses_hand_computed():
+    assert qlm_losses(SCORES, RerankTrainConfig(objective="sft")).item() == pytest.approx((1.0 + 0.5) / 2)
+    tau = 0.5
+    cl = sum(-g[0] / tau + math.log(sum(math.exp(v / tau) for v in g)) for g in SCORES.tolist()) / 2
+    assert qlm_losses(SCORES, RerankTrainConfig(objective="cl", temperature=tau)).item() == pytest.approx(cl, abs=1e-6)
+
+
+@pytest.mark.parametrize("objective", ["sft", "cl"])
+def test_qlm_unified_reproduces_each_gradient(objective):
+    a, b = SCORES.clone().requires_grad_(), SCORES.clone().requires_grad_()
+    qlm_losses(a, RerankTrainConfig(objective=objective, temperature=0.5)).backward()
+    qlm_losses(b, RerankTrainConfig(objective="unified", weight=objective, temperature=0.5)).backward()
+    torch.testing.assert_close(a.grad, b.grad)
+    assert qlm_gradient_weights(SCORES, "sft").tolist() == [[1, 0, 0], [1, 0, 0]]
+
+
+def test_generative_sft_equals_positive_query_nll(tiny_causal_lm):
+    rr = QLMReranker.from_pretrained(str(tiny_causal_lm))
+    groups = make_groups(toy_groups(), 3, 0, 0)[:2]
+    loss, _ = qlm_step(rr, groups, RerankTrainConfig(objective="sft", group_size=3), 0)
+    nll = []
+    for query, docs in groups:
+        ids, m = rr.encode_pair(query, docs[0])
+        with torch.no_grad():
+            logp = torch.log_softmax(rr.model(input_ids=torch.tensor([ids])).logits[0], -1)
+        nll.append(-sum(logp[t - 1, ids[t]].item() for t in range(len(ids) - m, len(ids))) / m)
+    assert loss.item() == pytest.approx(sum(nll) / 2, abs=1e-4)
+
+
+def test_micro_batches_accumulate_to_the_full_batch_gradient(tiny_causal_lm):
+    groups = make_groups(toy_groups(), 3, 0, 0)[:4]
+    grads = []
+    for micro in (None, 1):
+        rr = QLMReranker.from_pretrained(str(tiny_causal_lm))
+        config = RerankTrainConfig(objective="cl", group_size=3, batch_size=4, micro_batch=micro)
+        loss, _ = accumulate(qlm_step, rr, groups, config, 0, lambda l: l.backward(), lambda v: None)
+        grads.append((loss, [p.grad.clone() for p in rr.model.parameters()]))
+    assert grads[0][0] == pytest.approx(grads[1][0], abs=1e-5)
+    for g1, g2 in zip(grads[0][1], grads[1][1]):
+        torch.testing.assert_close(g1, g2, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("lora", [True, False])
+def test_top_layer_training_leaves_lower_layers_bit_identical(tiny_causal_lm, tmp_path, lora):
+    rr = QLMReranker.from_pretrained(str(tiny_causal_lm))
+    before = {k: v.clone() for k, v in rr.model.state_dict().items()}
+    config = RerankTrainConfig(objective="cl", group_size=3, batch_size=2, lr=1e-2, epochs=1, lora=lora, lora_r=4,
+                               train_layers=1, warmup_ratio=0.0, checkpoint_every=100)
+    trained = train_reranker(rr, toy_groups(), tmp_path / "out", config, show_progress=False)
+    if lora:
+        names = [n for n, _ in trained.model.named_parameters() if "lora_" in n]
+        assert names and all("layers.1." in n for n in names)
+    model = trained.model.merge_and_unload() if lora else trained.model
+    after = model.state_dict()
+    lower = [k for k in before if "layers.0." in k or "embed_tokens" in k]
+    upper = [k for k in before if "layers.1." in k and k.endswith("proj.weight")]
+    assert lower and upper
+    for key in lower:
+        assert torch.equal(before[key], after[key]), key
+    assert any(not torch.equal(before[k], after[k]) for k in upper)
+
+
+def test_qlm_training_lowers_its_loss(tiny_causal_lm, tmp_path):
+    rr = QLMReranker.from_pretrained(str(tiny_causal_lm), QLMConfig(doc_max_tokens=16))
+    config = RerankTrainConfig(objective="cl", group_size=3, batch_size=2, lr=5e-3, epochs=4, lora_r=4, temperature=0.5,
+                               warmup_ratio=0.0, checkpoint_every=100)
+    groups = make_groups(toy_groups(), 3, 0, 0)
+    with torch.no_grad():
+        before = qlm_step(rr, groups, config, 0)[0].item()
+    trained = train_reranker(rr, toy_groups(), tmp_path / "out", config, show_progress=False)
+    with torch.no_grad():
+        after = qlm_step(trained, groups, config, 0)[0].item()
+    assert after < before
+    log = [json.loads(l) for l in (tmp_path / "out" / "train_log.jsonl").read_text().splitlines()]
+    assert {"s_pos", "s_neg", "hit"} <= set(log[0])
+    assert json.loads((tmp_path / "out" / "model" / "reranker.json").read_text())["kind"] == "qlm"
+
+
+def test_objective_must_fit_the_kind(tiny_causal_lm, tmp_path):
+    rr = QLMReranker.from_pretrained(str(tiny_causal_lm))
+    with pytest.raises(ValueError, match="does not fit the qlm reranker"):
+        train_reranker(rr, toy_groups(), tmp_path / "out", RerankTrainConfig(objective="blockrank"), show_progress=False)
+
+
+def test_cli_trains_a_qlm_reranker_on_top_layers_and_evaluates_it(tiny_beir, tiny_bert, tiny_causal_lm, tmp_path, capsys):
+    from eval.cli import main
+
+    assert main(["train", "reranker", "--data", str(tiny_beir), "--split", "test", "--model", str(tiny_causal_lm),
+                 "--retriever-model", str(tiny_bert), "--scorer", "qlm", "--objective", "cl", "--group-size", "2", "--batch-size", "2",
+                 "--micro-batch", "1", "--train-layers", "1", "--epochs", "2", "--out", str(tmp_path / "rr")]) == 0
+    assert json.loads(capsys.readouterr().out)["kind"] == "qlm"
+    saved = json.loads((tmp_path / "rr" / "model" / "reranker.json").read_text())
+    assert saved["kind"] == "qlm"
+    assert main(["eval", "--data", str(tiny_beir), "--json", "--reranker", str(tmp_path / "rr" / "model"),
+                 "--rerank-top-k", "6"]) == 0
+    row = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert row["reranker"] == str(tmp_path / "rr" / "model") and row["retriever"] == "bm25"
