@@ -5,10 +5,10 @@ Tasks (first stage -> candidates; each test task has a tuning task whose qrels c
 | task | queries | first stage | tuned on |
 | --- | --- | --- | --- |
 | scifact-test-dense | scifact test, all 300 | densekit all-MiniLM-L6-v2 Flat, top 20 | scifact-train-dense |
-| scifact-train-dense | scifact train, first 100 (sorted ids) | same | (tuning only) |
+| scifact-train-dense | scifact train, first 40 judged (sorted ids) | same | (tuning only) |
 | scifact-test-bm25 / scifact-train-bm25 | as above | BM25 (bm25s), top 20 | |
 | dl19-bm25 | TREC DL19, 43 judged queries | the shipped BM25 top 100 | dl20-bm25 |
-| dl20-bm25 | TREC DL20, first 30 judged queries (sorted ids) | the shipped BM25 top 100 | (tuning only) |
+| dl20-bm25 | TREC DL20, first 20 judged queries (sorted ids) | the shipped BM25 top 100 | (tuning only) |
 
 ``score`` computes a reranker's scores of a task's candidates and appends them, a few queries at a
 time, to ``<out>/scores/<task>/<reranker>.jsonl``: an interrupted run resumes where it stopped.
@@ -50,11 +50,11 @@ class Task:
 
 TASKS = {
     "scifact-test-dense": Task("scifact", "test", "dense", 20, tune_on="scifact-train-dense"),
-    "scifact-train-dense": Task("scifact", "train", "dense", 20, max_queries=100),
+    "scifact-train-dense": Task("scifact", "train", "dense", 20, max_queries=40),
     "scifact-test-bm25": Task("scifact", "test", "bm25", 20, tune_on="scifact-train-bm25"),
-    "scifact-train-bm25": Task("scifact", "train", "bm25", 20, max_queries=100),
+    "scifact-train-bm25": Task("scifact", "train", "bm25", 20, max_queries=40),
     "dl19-bm25": Task("msmarco-trecdl-rerank", "dl19", "runs/bm25.dl19.top100.trec", 100, tune_on="dl20-bm25"),
-    "dl20-bm25": Task("msmarco-trecdl-rerank", "dl20", "runs/bm25.dl20.top100.trec", 100, max_queries=30),
+    "dl20-bm25": Task("msmarco-trecdl-rerank", "dl20", "runs/bm25.dl20.top100.trec", 100, max_queries=20),
 }
 
 

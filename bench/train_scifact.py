@@ -25,7 +25,7 @@ from retriever.index import Index
 from retriever.models import cache_dir
 from retriever.mining import dense_positive_scores, select_negatives
 from retriever.search import build_index
-from retriever.train import TrainConfig, _loss_and_backward, train
+from retriever.train import RetrieverStep, TrainConfig, train
 
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 METRICS = ["ndcg@10", "recall@100"]
@@ -47,20 +47,17 @@ def throughput(batch_size: int, examples: list[dict], steps: int) -> dict:
     """
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.losses import MultipleNegativesRankingLoss
-    from accelerate import Accelerator
 
     from retriever.models import resolve
 
     data = ex.batches(examples, batch_size, 1, seed=0, epoch=0)[:steps + 1]
     enc = DualEncoder.from_pretrained(MODEL)
     enc.model.train()
-    acc = Accelerator()
     opt = torch.optim.AdamW(enc.parameters(), lr=2e-5)
-    config = TrainConfig(loss="infonce")
-    loss_fn = config.make_loss()
+    step = RetrieverStep(enc, TrainConfig(loss="infonce"))  # the engine's forward: embeddings + loss
 
     def densekit_step(b) -> None:
-        _loss_and_backward(enc, loss_fn, b, acc, config, 1.0)
+        step(b)[0].backward()
         opt.step()
         opt.zero_grad()
 

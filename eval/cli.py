@@ -120,9 +120,40 @@ def _add_index(sub) -> None:
     b.add_argument("--out", required=True)
     b.add_argument("--factory", default="Flat", help="FAISS factory string: Flat, HNSW32, IVF256,Flat, IVF256,PQ32 ...")
     b.add_argument("--batch-size", type=positive_int, default=64)
-    b.add_argument("--shard-size", type=positive_int, default=4096, help="docs per resumable encoding shard")
+    b.add_argument("--shard-size", type=positive_int, default=4096, help="docs per resumable encoding piece")
+    b.add_argument("--num-shards", type=positive_int, default=None,
+                   help="split the corpus into N contiguous shards and encode only --shard-index here; the index is "
+                        "then built by `densekit index merge` (default: $WORLD_SIZE under torchrun/accelerate, where "
+                        "rank 0 waits for every shard and merges; else 1: encode everything and build)")
+    b.add_argument("--shard-index", type=_int_at_least(0, "a non-negative integer"), default=None,
+                   help="which shard this process encodes, 0..N-1 (default: $RANK under torchrun/accelerate)")
+    b.add_argument("--device", default=None,
+                   help="torch device to encode on (default: cuda:$LOCAL_RANK when CUDA is available, else cpu)")
+    b.add_argument("--arrow", action="store_true",
+                   help="open the corpus as a memory-mapped Arrow dataset (`datasets`, cached in $DENSEKIT_CACHE/datasets) "
+                        "instead of a dict in memory: for corpora bigger than RAM")
+    _merge_args(b)
     b.add_argument("--overwrite", action="store_true",
                    help="replace an existing densekit index at --out (anything else there is never replaced)")
+    m = isub.add_parser("merge", help="build the index from the shards of `index build --num-shards N --shard-index I`")
+    m.add_argument("--out", required=True, help="index folder to write")
+    m.add_argument("--shards", nargs="+", default=None,
+                   help="shard folders, or folders holding them (default: <out>.partial, where index build writes them; "
+                        "it is deleted after a successful merge, folders given here never are)")
+    m.add_argument("--factory", default="Flat", help="FAISS factory string: Flat, HNSW32, IVF256,Flat, IVF256,PQ32 ...")
+    _merge_args(m)
+    m.add_argument("--overwrite", action="store_true",
+                   help="replace an existing densekit index at --out (anything else there is never replaced)")
+
+
+def _merge_args(p) -> None:
+    p.add_argument("--train-sample", type=positive_int, default=100_000,
+                   help="vectors sampled (seeded, from every shard) to train IVF/PQ quantisers")
+    p.add_argument("--add-batch", type=positive_int, default=65536,
+                   help="vectors read from the shards and added to the index at a time (merge memory = index + one batch)")
+    p.add_argument("--on-disk", action="store_true",
+                   help="IVF factories: keep the inverted lists in <out>/lists.ivfdata (FAISS merge_ondisk), memory-mapped "
+                        "when searching, so neither the merge nor search holds them in RAM")
 
 
 def _add_search(sub) -> None:
@@ -157,7 +188,8 @@ def _add_train(sub) -> None:
     r.add_argument("--symmetric", action="store_true", help="InfoNCE: add the doc->query term")
     r.add_argument("--decoupled", action="store_true", help="InfoNCE: DEXML decoupled softmax")
     r.add_argument("--per-query", action="store_true", help="MW: pair positives only within their query")
-    r.add_argument("--batch-size", type=positive_int, default=defaults.batch_size)
+    r.add_argument("--batch-size", type=positive_int, default=defaults.batch_size,
+                   help="queries per micro-batch, all processes together (N processes take batch/N each)")
     r.add_argument("--grad-accum", type=positive_int, default=defaults.grad_accum)
     r.add_argument("--n-negatives", type=non_negative_int, default=None, help="hard negatives per query (default 1 with a negatives file, else 0)")
     r.add_argument("--lr", type=positive_float, default=defaults.lr)
@@ -170,6 +202,9 @@ def _add_train(sub) -> None:
     r.add_argument("--lora-r", type=positive_int, default=defaults.lora_r)
     r.add_argument("--grad-cache-chunk", type=positive_int, help="GradCache: encode in chunks of this many texts")
     r.add_argument("--embed-chunk", type=positive_int, help="documents per forward, sorted by length (default 8 on CPU, the batch on GPU)")
+    r.add_argument("--no-gather-negatives", action="store_true",
+                   help="several processes: score each process's queries against its own documents only (default: "
+                   "every process's documents are negatives for all queries, as one process with the same --batch-size)")
     r.add_argument("--checkpoint-every", type=positive_int, default=defaults.checkpoint_every)
     r.add_argument("--query-max-length", type=positive_int)
     r.add_argument("--doc-max-length", type=positive_int)
@@ -211,7 +246,8 @@ def _reranker_data_args(r, d) -> None:
     r.add_argument("--retriever-model", default=None, help=f"dense first stage encoder (default: {DEFAULT_ENCODER})")
     r.add_argument("--index", help="dense index folder of the corpus (built there when absent)")
     r.add_argument("--depth", type=positive_int, default=30, help="negatives: first-stage top-depth minus positives")
-    r.add_argument("--batch-size", type=positive_int, default=d.batch_size)
+    r.add_argument("--batch-size", type=positive_int, default=d.batch_size,
+                   help="groups per optimizer step, all processes together (N processes take batch/N each)")
     r.add_argument("--lr", type=positive_float, default=d.lr)
     r.add_argument("--epochs", type=positive_int, default=d.epochs)
     r.add_argument("--max-steps", type=positive_int)
@@ -338,6 +374,11 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
     elif args.command == "train" and args.train_command in ("reranker", "blockrank"):
         if args.first_stage == "bm25":
             refuse(given("index", "retriever_model"), "with --first-stage bm25 (dense first-stage flags)")
+    elif args.command == "index" and args.index_command == "build":
+        if (args.num_shards is None) != (args.shard_index is None):
+            parser.error("--num-shards and --shard-index go together (or neither: torchrun's $WORLD_SIZE/$RANK, else 1 shard)")
+        if args.num_shards is not None and args.shard_index >= args.num_shards:
+            parser.error(f"--shard-index {args.shard_index} must be below --num-shards {args.num_shards}")
 
 
 def _note(message: str) -> None:
@@ -440,6 +481,11 @@ def cmd_eval(args) -> int:
         if args.save_run:
             suffix = "" if len(models) == 1 else f".{len(rows)}"
             pipeline.write_run(args.save_run + suffix, run, tag=label)
+            empty = sum(1 for docs in run.values() if not docs)
+            if empty:  # issue 11 item 10: a TREC file cannot hold a query without hits
+                _note(f"{empty} evaluated quer{'y has' if empty == 1 else 'ies have'} no hits and no line in "
+                      f"{args.save_run + suffix}; densekit counts {'it' if empty == 1 else 'them'} 0 in every mean: "
+                      "score the file with `trec_eval -c` (qrels of the evaluated queries) to get the same figures")
     if args.roc:
         from .plots import plot_roc
 
@@ -477,16 +523,65 @@ def cmd_data(args) -> int:
     return 0
 
 
+def _launcher_shards() -> tuple[int, int] | None:
+    """(world size, rank) when launched by torchrun / accelerate launch with more than one process."""
+    import os
+
+    world, rank = os.environ.get("WORLD_SIZE"), os.environ.get("RANK")
+    if world and rank and world.isdigit() and rank.isdigit() and int(world) > 1:
+        return int(world), int(rank)
+    return None
+
+
 def cmd_index(args) -> int:
+    if args.index_command == "merge":
+        return cmd_index_merge(args)
     from retriever.encoder import DualEncoder
     from retriever.search import build_index
 
     from .data import load_corpus_of
 
     check_target(args.out, "index", args.overwrite)  # the output-path rule, before loading anything
-    corpus = load_corpus_of(args.data)
+    launched = _launcher_shards() if args.num_shards is None else None
+    num_shards, shard_index = launched or (args.num_shards or 1, args.shard_index or 0)
+    corpus = load_corpus_of(args.data, arrow=args.arrow)
     encoder = DualEncoder.from_pretrained(args.model)
-    index = build_index(corpus, encoder, args.out, args.factory, args.batch_size, args.shard_size, overwrite=args.overwrite)
+    encoder.model.to(_encode_device(args.device))
+    merge = num_shards == 1 or (launched is not None and shard_index == 0)  # torchrun: rank 0 merges
+    result = build_index(corpus, encoder, args.out, args.factory, args.batch_size, args.shard_size, overwrite=args.overwrite,
+                         num_shards=num_shards, shard_index=shard_index, merge=merge, train_sample=args.train_sample,
+                         add_batch=args.add_batch, on_disk=args.on_disk)
+    if not merge:
+        print(json.dumps({"shard": str(result), "shard_index": shard_index, "num_shards": num_shards}))
+        return 0
+    print(json.dumps({"index": args.out, "ntotal": result.ntotal, "dim": result.dim, "factory": result.factory}))
+    return 0
+
+
+def _encode_device(device: str | None) -> str:
+    """``--device``, else this process's GPU under torchrun/accelerate ($LOCAL_RANK) when CUDA is available, else cpu."""
+    import os
+
+    import torch
+
+    if device:
+        return device
+    if not torch.cuda.is_available():
+        return "cpu"
+    return f"cuda:{int(os.environ.get('LOCAL_RANK', '0') or 0) % torch.cuda.device_count()}"
+
+
+def cmd_index_merge(args) -> int:
+    import shutil
+
+    from retriever.shards import merge_shards
+
+    check_target(args.out, "index", args.overwrite)
+    work = Path(args.out).with_name(Path(args.out).name + ".partial")
+    index = merge_shards(args.shards or [work], args.out, args.factory, args.train_sample, args.add_batch, args.overwrite,
+                         on_disk=args.on_disk)
+    if args.shards is None:
+        shutil.rmtree(work, ignore_errors=True)
     print(json.dumps({"index": args.out, "ntotal": index.ntotal, "dim": index.dim, "factory": index.factory}))
     return 0
 
@@ -517,6 +612,13 @@ def check_run_folder(out, resume: bool, overwrite: bool) -> None:
     from retriever.checkpoints import check_run_folder as check
 
     check(out, resume, overwrite)
+
+
+def _main_process() -> bool:
+    """False on the other processes of an ``accelerate launch`` / ``torchrun`` run (they print nothing)."""
+    import os
+
+    return os.environ.get("RANK", "0") == "0"
 
 
 def cmd_train(args) -> int:
@@ -558,8 +660,9 @@ def cmd_train_reranker(args) -> int:
         else:
             reranker = LLMReranker.from_pretrained(args.model, RerankerConfig(doc_max_tokens=args.doc_max_tokens))
     train_reranker(reranker, examples, args.out, config, resume=args.resume, overwrite=args.overwrite)
-    print(json.dumps({"model": str(Path(args.out) / "model"), "groups": len(examples), "objective": objective,
-                      "kind": reranker.kind}))
+    if _main_process():
+        print(json.dumps({"model": str(Path(args.out) / "model"), "groups": len(examples), "objective": objective,
+                          "kind": reranker.kind}))
     return 0
 
 
@@ -596,10 +699,12 @@ def cmd_train_retriever(args) -> int:
                          n_negatives=n_neg, lr=args.lr, epochs=args.epochs, max_steps=args.max_steps,
                          warmup_ratio=args.warmup_ratio, seed=args.seed, bf16=args.bf16, lora=args.lora, lora_r=args.lora_r,
                          grad_cache_chunk=args.grad_cache_chunk, embed_chunk=args.embed_chunk, checkpoint_every=args.checkpoint_every,
-                         query_max_length=args.query_max_length, doc_max_length=args.doc_max_length)
+                         query_max_length=args.query_max_length, doc_max_length=args.doc_max_length,
+                         gather_negatives=not args.no_gather_negatives)
     encoder = DualEncoder.from_pretrained(args.model)
     train(encoder, examples, args.out, config, resume=args.resume, overwrite=args.overwrite)
-    print(json.dumps({"model": str(Path(args.out) / "model"), "examples": len(examples), "loss": args.loss}))
+    if _main_process():
+        print(json.dumps({"model": str(Path(args.out) / "model"), "examples": len(examples), "loss": args.loss}))
     return 0
 
 

@@ -7,6 +7,9 @@ Everything returns the BEIR dict formats (see DESIGN.md):
 - qrels:   ``dict[query_id, dict[doc_id, int]]``
 
 Ids are always strings. Every parse error names the file and the 1-based line number.
+A corpus bigger than RAM opens as a memory-mapped Arrow ``datasets.Dataset`` instead (``load_corpus_arrow``:
+columns ``_id``, ``title``, ``text``, same parser, same documents), which encoding and the sharded index
+build read in slices.
 """
 from __future__ import annotations
 
@@ -227,9 +230,73 @@ def _warn_unknown_ids(folder: Path, split: str, corpus: Corpus, queries: Queries
         )
 
 
-def load_corpus_of(name_or_path: str | Path) -> Corpus:
-    """The corpus of a BEIR or MS MARCO folder (or dataset name), without queries or qrels."""
-    return _load_folder_corpus(resolve_dataset(name_or_path))
+def load_corpus_of(name_or_path: str | Path, arrow: bool = False, cache_dir: str | Path | None = None):
+    """The corpus of a BEIR or MS MARCO folder (or dataset name), without queries or qrels: a dict, or with
+    ``arrow`` a memory-mapped ``datasets.Dataset`` (``load_corpus_arrow``)."""
+    folder = resolve_dataset(name_or_path)
+    return load_corpus_arrow(folder, cache_dir) if arrow else _load_folder_corpus(folder)
+
+
+def _corpus_file(folder: Path) -> Path:
+    path = _first_existing(folder, ("corpus.jsonl", "corpus.jsonl.gz", "collection.tsv", "collection.tsv.gz"))
+    if path is None:
+        raise DataError(f"{folder}: neither corpus.jsonl[.gz] (BEIR) nor collection.tsv (MS MARCO) found")
+    return path
+
+
+def _corpus_records(path: str, stamp: str = ""):
+    """``{"_id", "title", "text"}`` rows of a corpus file, parsed and checked exactly as ``load_corpus`` /
+    the MS MARCO reader do (same ids, same text, duplicates refused); ``stamp`` only keys the cache."""
+    path = Path(path)
+    seen: set[str] = set()
+    if ".jsonl" in path.name:
+        for number, obj in read_jsonl(path, required=("_id", "text")):
+            doc_id = _record_id(path, number, obj["_id"])
+            _check_unique(path, number, doc_id, seen)
+            seen.add(doc_id)
+            yield {"_id": doc_id, "title": str(obj.get("title") or ""), "text": str(obj["text"] or "")}
+        return
+    for number, line in _lines(path):
+        line = line.rstrip("\r\n")
+        if not line:
+            continue
+        parts = line.split("\t")
+        if len(parts) < 2:
+            raise DataError(f"{path}:{number}: expected '<id>\\t<passage>', found no tab")
+        _check_unique(path, number, parts[0], seen)
+        seen.add(parts[0])
+        yield {"_id": parts[0], "title": "", "text": parts[-1] if len(parts) == 2 else "\t".join(parts[1:])}
+
+
+def load_corpus_arrow(folder: str | Path, cache_dir: str | Path | None = None):
+    """The corpus of a BEIR (``corpus.jsonl[.gz]``) or MS MARCO (``collection.tsv``) folder as a memory-mapped
+    Arrow ``datasets.Dataset`` with string columns ``_id``, ``title``, ``text``, in file order.
+
+    Written once by ``Dataset.from_generator`` (the same parser and checks as the dict path, so the same
+    documents and the same ``corpus_fingerprint``) into ``cache_dir`` (default ``$DENSEKIT_CACHE/datasets``),
+    keyed by the file's path, size and modification time; later opens map the cached Arrow file and cost
+    no RAM beyond the pages read. Encoding and the sharded build read it in slices (``Dataset.shard``)."""
+    import datasets
+    from retriever.models import cache_dir as densekit_cache
+
+    path = _corpus_file(Path(folder))
+    stat = path.stat()
+    features = datasets.Features({name: datasets.Value("string") for name in ("_id", "title", "text")})
+    cache = Path(cache_dir) if cache_dir is not None else densekit_cache() / "datasets"
+    try:
+        corpus = datasets.Dataset.from_generator(
+            _corpus_records, features=features, cache_dir=str(cache),
+            gen_kwargs={"path": str(path.resolve()), "stamp": f"{stat.st_size}-{stat.st_mtime_ns}"})
+    except Exception as err:  # datasets wraps the reader's DataError (file:line) in its own error
+        cause = err
+        while cause is not None and not isinstance(cause, DataError):
+            cause = cause.__cause__ or cause.__context__
+        if cause is None:
+            raise
+        raise DataError(str(cause)) from None
+    if len(corpus) == 0:
+        raise DataError(f"{path}: empty corpus (no documents)")
+    return corpus
 
 
 def _load_folder_corpus(folder: Path) -> Corpus:

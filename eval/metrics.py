@@ -78,9 +78,21 @@ def check_relevance_level(relevance_level: int) -> None:
                          "use 1 for BEIR, 2 for TREC DL binary measures")
 
 
+def check_scores(run: Run) -> None:
+    """Raise ValueError naming the query and doc of the first NaN score: NaN compares false with every
+    number, so its document's rank (and every metric) would be arbitrary."""
+    for qid, doc_scores in run.items():
+        for doc, score in doc_scores.items():
+            if math.isnan(score):
+                raise ValueError(f"score of doc {doc!r} for query {qid!r} is NaN: no metric is defined for a "
+                                 "ranking with NaN scores (a diverged model or reranker?)")
+
+
 def compute(qrels: Qrels, run: Run, metrics: Iterable[str], relevance_level: int = 1) -> dict[str, dict[str, float]]:
-    """Per-query metric values for the queries present in both ``run`` and ``qrels``."""
+    """Per-query metric values for the queries present in both ``run`` and ``qrels``. A NaN score raises
+    ValueError (``check_scores``)."""
     check_relevance_level(relevance_level)
+    check_scores({qid: docs for qid, docs in run.items() if qid in qrels})
     parsed = [(name, *parse_metric(name)) for name in metrics]
     if not parsed:
         raise ValueError("no metrics requested")
@@ -102,8 +114,9 @@ def mean(per_query: dict[str, dict[str, float]]) -> dict[str, float]:
 # ---------------------------------------------------------------- ROC / AUC
 
 def labelled_scores(qrels: Qrels, run: Run, k: int | None = None, relevance_level: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """Scores and 0/1 labels of every (query, doc) pair in the top ``k`` of each judged query."""
+    """Scores and 0/1 labels of every (query, doc) pair in the top ``k`` of each judged query (NaN: ValueError)."""
     check_relevance_level(relevance_level)
+    check_scores({qid: docs for qid, docs in run.items() if qid in qrels})
     scores, labels = [], []
     for qid, doc_scores in run.items():
         if qid not in qrels:

@@ -17,19 +17,16 @@ the paper's probes.
 """
 from __future__ import annotations
 
-import json
-import math
 import os
 import random
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from retriever.checkpoints import (check_finite_loss, check_finite_params, resume_step, run_id, run_identity,
-                                   save_checkpoint, start_run, truncate_log)
+from retriever.checkpoints import run_identity
+from retriever.engine import Optimization, TrainStep, check_divisible, fit, process_count
 from retriever.models import weights_hash
 from retriever.train import check_config
 
@@ -220,7 +217,8 @@ def restrict_to_top_layers(model, layers: int) -> None:
 
 
 def accumulate(step_loss, model, chunk, config: RerankTrainConfig, step: int, backward, check) -> tuple[float, dict]:
-    """Forward/backward ``chunk`` in micro-batches of ``config.micro_batch`` groups, each loss scaled by
+    """(A single-process helper for benchmarks and tests; training runs through ``retriever.engine``,
+    which accumulates the same way.) Forward/backward ``chunk`` in micro-batches of ``config.micro_batch`` groups, each loss scaled by
     its share of the step (the sum of gradients equals one pass over the whole chunk); returns the
     step's loss and its records averaged the same way."""
     size = config.micro_batch or len(chunk)
@@ -237,42 +235,65 @@ def accumulate(step_loss, model, chunk, config: RerankTrainConfig, step: int, ba
     return total, record
 
 
+class RerankerStep(TrainStep):
+    """A reranker's step for the engine: ``forward(groups, step)`` = the kind's step function (``STEPS``)."""
+
+    def __init__(self, reranker, step_loss, config: RerankTrainConfig):
+        super().__init__()
+        self.reranker = reranker
+        self.step_loss = step_loss
+        self.config = config
+
+    def forward(self, groups, step: int = 0):
+        return self.step_loss(self.reranker, groups, self.config, step)
+
+
+def step_micro_batches(groups: list, batch_size: int, micro_batch: int | None, world: int) -> list[list[list]]:
+    """Per optimizer step, its global micro-batches: ``batch_size`` groups a step, split so that each of
+    ``world`` processes forwards ``micro_batch`` groups at a time (its contiguous share of each
+    micro-batch; the last one may be smaller)."""
+    size = (micro_batch or batch_size // world) * world
+    steps = [groups[i:i + batch_size] for i in range(0, len(groups) - batch_size + 1, batch_size)]
+    return [[chunk[k:k + size] for k in range(0, len(chunk), size)] for chunk in steps]
+
+
 def train_reranker(reranker: LLMReranker | BlockRanker, examples: list[dict], out: str | os.PathLike,
                    config: RerankTrainConfig, resume: bool = False, show_progress: bool = True,
-                   overwrite: bool = False) -> LLMReranker | BlockRanker:
+                   overwrite: bool = False, stop_after: int | None = None) -> LLMReranker | BlockRanker:
     """Train in place (LoRA through peft by default) and save to ``out/model``; ``out/train_log.jsonl``
     holds the loss per step plus, for the pointwise objectives, the mean SFT and CL gradient weights of
     positives and negatives, and for BlockRank the LM and auxiliary parts.
 
-    The folder rules are ``retriever.checkpoints``'s: ``resume`` continues only the same run (same
-    config, data, base model and reranker config; a raised ``max_steps`` is refused) and truncates the
-    log to the resumed step; a fresh run replaces a run in ``out`` only with ``overwrite``. A NaN/inf
-    loss or gradient stops training (naming the step and the config) before the optimizer step."""
+    The loop is the engine's (``retriever.engine.fit``: DDP, accumulation over ``micro_batch``, schedule,
+    checkpoints, logs). With N processes ``batch_size`` is the global number of groups a step (each
+    process takes ``batch_size / N``; it must divide, checked before any work), so N processes train the
+    same model as one. The folder rules are ``retriever.checkpoints``'s: ``resume`` continues only the
+    same run (same config, data, base model, reranker config and process count; a raised ``max_steps``
+    is refused) and truncates the log to the resumed step; a fresh run replaces a run in ``out`` only with
+    ``overwrite``. A NaN/inf loss or gradient stops training (naming the step and the config) before the
+    optimizer step. ``stop_after``: end after that many steps without saving the model (an interruption)."""
     if reranker.kind not in STEPS:
         raise ValueError(f"no training step for reranker kind {reranker.kind!r}: known {', '.join(STEPS)}")
     step_loss, objectives = STEPS[reranker.kind]
     if config.objective not in objectives:
         raise ValueError(f"objective {config.objective!r} does not fit the {reranker.kind} reranker: use {' or '.join(objectives)}")
-    from accelerate import Accelerator
     from accelerate.utils import set_seed
-    from tqdm.auto import tqdm
-    from transformers import get_linear_schedule_with_warmup
 
+    world = process_count()
+    check_divisible([config.batch_size], world, "--batch-size")  # before any work
     examples = [e for e in examples if e["positives"] and e["negatives"]]
     if not examples:
         raise ValueError("no training group has both a positive and a negative")
     out = Path(out)
     groups = [g for epoch in range(config.epochs) for g in make_groups(examples, config.group_size, config.seed, epoch)]
-    steps_total = len(groups) // config.batch_size
+    steps = step_micro_batches(groups, config.batch_size, config.micro_batch, world)
     if config.max_steps is not None:
-        steps_total = min(steps_total, config.max_steps)
-    if steps_total == 0:
+        steps = steps[:config.max_steps]
+    if not steps:
         raise ValueError(f"{len(examples)} groups make no full step of {config.batch_size}")
     base = {"kind": reranker.kind, "config": asdict(reranker.config),
             "content_hash": weights_hash(reranker.model, asdict(reranker.config))}
     identity = run_identity("reranker", asdict(config), examples, base)
-    start_run(out, identity, asdict(config), resume, overwrite)
-    rid = run_id(identity)
     set_seed(config.seed)
     if config.lora and not hasattr(reranker.model, "peft_config"):
         from peft import LoraConfig, get_peft_model
@@ -283,39 +304,15 @@ def train_reranker(reranker: LLMReranker | BlockRanker, examples: list[dict], ou
             target_modules=config.lora_targets or ["q_proj", "k_proj", "v_proj", "o_proj"], layers_to_transform=layers))
     elif not config.lora and config.train_layers:
         restrict_to_top_layers(reranker.model, config.train_layers)
-    accelerator = Accelerator()
-    params = [p for p in reranker.model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.lr)
-    scheduler = get_linear_schedule_with_warmup(optimizer, math.ceil(config.warmup_ratio * steps_total), steps_total)
-    reranker, optimizer, scheduler = accelerator.prepare(reranker, optimizer, scheduler)
-    model = accelerator.unwrap_model(reranker)
 
-    step = resume_step(accelerator, out, rid) if resume else 0
-    log_path = out / "train_log.jsonl"
-    truncate_log(log_path, step)  # a resumed log never repeats a step
-    settings = asdict(config)
-    watched = ("objective", "temperature", "aux_temperature", "aux_weight", "lr", "batch_size")
-    model.model.train()
-    bar = tqdm(total=steps_total, initial=step, desc=f"train reranker {config.objective}", disable=not show_progress)
-    while step < steps_total:
-        start = time.perf_counter()
-        chunk = groups[step * config.batch_size:(step + 1) * config.batch_size]
-        loss, record = accumulate(step_loss, model, chunk, config, step, accelerator.backward,
-                                  lambda value: check_finite_loss(value, step + 1, settings, watched))
-        norm = accelerator.clip_grad_norm_(params, 1.0)
-        check_finite_loss(float(norm), step + 1, settings, watched, what="gradient norm")
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        record = {"step": step, "loss": loss, **record, "seconds": round(time.perf_counter() - start, 3)}
-        with open(log_path, "a") as fh:
-            fh.write(json.dumps(record) + "\n")
-        bar.update(1)
-        if step % config.checkpoint_every == 0 or step == steps_total:
-            check_finite_params(params, step)
-            save_checkpoint(accelerator, out, step, run_id=rid)
-    bar.close()
-    model.model.eval()
-    model.save(out / "model", overwrite=True)  # the run's own model/ (the folder was claimed by start_run)
-    return model
+    def finish(main: bool) -> None:
+        reranker.model.eval()
+        if main:
+            reranker.save(out / "model", overwrite=True)  # the run's own model/ (the folder was claimed by start_run)
+
+    fit(RerankerStep(reranker, step_loss, config), steps, out, identity=identity, config=asdict(config),
+        optim=Optimization(lr=config.lr, weight_decay=0.01, warmup_ratio=config.warmup_ratio, max_grad_norm=1.0),
+        checkpoint_every=config.checkpoint_every, resume=resume, overwrite=overwrite, stop_after=stop_after,
+        show_progress=show_progress, desc=f"train reranker {config.objective}",
+        watched=("objective", "temperature", "aux_temperature", "aux_weight", "lr", "batch_size"), finish=finish)
+    return reranker

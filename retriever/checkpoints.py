@@ -21,6 +21,9 @@ examples (sha256 of their JSON) and of the starting model (content hash of its w
 A checkpoint holds ``accelerator.save_state`` (model, optimizer, scheduler, RNG states) and
 ``trainer_state.json``; it is written under a temporary name and renamed, so a crash mid-save never
 leaves a checkpoint that looks complete. Pruning keeps the ``keep`` newest and never the one just written.
+With several processes (``accelerate launch``/``torchrun``) every process writes its own RNG state into
+the checkpoint between barriers and only the main process renames and prunes; the checkpoint records its
+process count, and a resume with another count is refused.
 """
 from __future__ import annotations
 
@@ -197,29 +200,45 @@ def check_finite_params(params, step: int) -> None:
 
 
 def save_checkpoint(accelerator, out: Path, step: int, keep: int = 2, run_id: str | None = None) -> Path:
+    """Write ``checkpoints/step-NNNNNN`` (``accelerator.save_state``: model, optimizer, scheduler and every
+    process's RNG state) under a temporary name, then rename. With several processes the main process
+    prepares the folder, every process writes its part between barriers, and only the main process
+    renames and prunes; ``trainer_state.json`` records the step, the run id and the process count."""
     root = Path(out) / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
     final, tmp = root / f"step-{step:06d}", root / f".step-{step:06d}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
+    main, world = accelerator.is_main_process, accelerator.num_processes
+    if main:
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp))
-    if accelerator.is_main_process:
-        (tmp / "trainer_state.json").write_text(json.dumps({"step": step, "run_id": run_id}))
+    accelerator.wait_for_everyone()
+    if main:
+        (tmp / "trainer_state.json").write_text(json.dumps({"step": step, "run_id": run_id, "processes": world}))
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         older = [p for p in list_checkpoints(out) if p.name < final.name]
         for old in older[:max(0, len(older) - (keep - 1))]:
             shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
     return final
 
 
-def resume_step(accelerator, out: Path, run_id: str | None = None) -> int:
+def resume_step(accelerator, out: Path, run_id: str | None = None, processes: int | None = None) -> int:
     """Load the newest checkpoint into ``accelerator``'s objects; returns its step (0 when none). With
-    ``run_id``, a checkpoint of another run is refused."""
+    ``run_id``, a checkpoint of another run is refused; with ``processes``, so is a checkpoint written by
+    another number of processes (each process's RNG stream is tied to its rank; checkpoints from before
+    the count was recorded count as 1 process)."""
     found = list_checkpoints(out)
     if not found:
         return 0
     state = _state(found[-1])
     if run_id is not None and state.get("run_id") != run_id:
         raise OutputExistsError(f"{found[-1]}: checkpoint of another run; start over with --overwrite or use another --out")
+    saved = int(state.get("processes", 1))
+    if processes is not None and saved != processes:
+        raise OutputExistsError(f"{found[-1]}: --resume refused: the run was trained by {saved} process(es), this launch has "
+                                f"{processes}; resume with {saved} process(es) (each process's random state is part of the "
+                                "checkpoint), or start over with --overwrite, or use another --out")
     accelerator.load_state(str(found[-1]))
     return int(state["step"])

@@ -28,6 +28,13 @@ class Batch:
     positives: list[str]
     negatives: list[list[str]]  # [B][n]
 
+    def __len__(self) -> int:
+        return len(self.queries)
+
+    def __getitem__(self, rows: slice) -> "Batch":
+        """The batch's rows ``rows`` (a slice): a process's share of a global batch."""
+        return Batch(self.queries[rows], self.positives[rows], self.negatives[rows])
+
 
 class TrainDataError(DataError):
     """Unusable training data; the message names the file and line where there is one."""

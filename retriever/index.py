@@ -7,6 +7,7 @@ index keeps ``ids[row]``. A saved index is a folder::
     index.faiss   the FAISS index
     ids.json      row -> doc id
     meta.json     dim, factory, model, pooling, normalize, corpus fingerprint, ntotal ... (written last)
+    lists.ivfdata IVF lists of an on-disk index (``index merge --on-disk``; memory-mapped when searching)
 
 written into a temporary sibling folder and renamed into place, so an interrupted save never
 leaves a folder that loads.
@@ -61,11 +62,17 @@ def check_factory(factory: str, dim: int, num_vectors: int | None = None) -> Non
                                 "or fewer IVF lists / PQ bits")
 
 
-def corpus_fingerprint(corpus: dict[str, dict[str, str]]) -> str:
-    """sha256 over ``id \\0 title \\0 text`` of every document, in corpus order."""
+def corpus_fingerprint(corpus) -> str:
+    """sha256 over ``id \\0 title \\0 text`` of every document, in corpus order; ``corpus`` is a BEIR dict or a
+    ``datasets.Dataset`` with columns ``_id``, ``title``, ``text`` (read in batches: same corpus, same fingerprint)."""
     h = hashlib.sha256()
-    for doc_id, doc in corpus.items():
-        h.update(f"{doc_id}\0{doc.get('title') or ''}\0{doc.get('text') or ''}\0".encode("utf-8"))
+    if isinstance(corpus, dict):
+        for doc_id, doc in corpus.items():
+            h.update(f"{doc_id}\0{doc.get('title') or ''}\0{doc.get('text') or ''}\0".encode("utf-8"))
+        return h.hexdigest()
+    for batch in corpus.iter(batch_size=8192):
+        for doc_id, title, text in zip(batch["_id"], batch["title"], batch["text"]):
+            h.update(f"{doc_id}\0{title or ''}\0{text or ''}\0".encode("utf-8"))
     return h.hexdigest()
 
 
@@ -115,6 +122,22 @@ class Index:
         except RuntimeError as err:
             raise BadIndexError(f"factory {self.factory!r} could not be trained on {len(x)} vectors: "
                                 f"{str(err).strip().splitlines()[-1]}") from None
+
+    def reserve(self, n: int) -> None:
+        """Allocate the storage for ``n`` more vectors at once where FAISS keeps them in one array (Flat, PQ,
+        SQ, HNSW's storage), so that adding in batches never reallocates: no moment holds the vectors twice (a growing
+        array copies itself at every doubling). Other index types are left alone."""
+        import faiss
+
+        inner = faiss.downcast_index(self.faiss)
+        if getattr(inner, "storage", None) is not None:  # HNSW: its vectors live in a Flat storage index
+            inner = faiss.downcast_index(inner.storage)
+        codes, code_size = getattr(inner, "codes", None), getattr(inner, "code_size", None)
+        if codes is None or not code_size or not hasattr(codes, "resize"):
+            return
+        size = int(codes.size())
+        codes.resize(size + int(n) * int(code_size))  # capacity grows once ...
+        codes.resize(size)  # ... and stays when the size goes back: later adds fill it in place
 
     def add(self, vectors, ids: Sequence[str], chunk_size: int = 65536) -> None:
         """Add vectors with their string ids (chunked). Ids must be unique across the index."""
@@ -191,14 +214,20 @@ class Index:
     def save(self, folder: str | os.PathLike, overwrite: bool = False) -> Path:
         """Write the folder atomically (temp sibling + rename, ``densekit.json`` kind ``index``); an
         existing densekit index there is replaced only with ``overwrite`` (see ``io.check_target``)."""
+        if self.meta.get("on_disk"):
+            raise BadIndexError("an on-disk IVF index is written by `densekit index merge --on-disk` only")
+        with atomic_dir(folder, "index", overwrite) as tmp:
+            self.write_files(tmp)
+        return Path(folder)
+
+    def write_files(self, tmp: Path) -> None:
+        """``index.faiss``, ``ids.json`` and ``meta.json`` (last) into the temporary folder ``tmp``."""
         import faiss
 
-        with atomic_dir(folder, "index", overwrite) as tmp:
-            faiss.write_index(self.faiss, str(tmp / "index.faiss"))
-            (tmp / "ids.json").write_text(json.dumps(self.ids))
-            meta = {**self.meta, "format": FORMAT_VERSION, "dim": self.dim, "factory": self.factory, "ntotal": self.ntotal}
-            (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
-        return Path(folder)
+        faiss.write_index(self.faiss, str(tmp / "index.faiss"))
+        (tmp / "ids.json").write_text(json.dumps(self.ids))
+        meta = {**self.meta, "format": FORMAT_VERSION, "dim": self.dim, "factory": self.factory, "ntotal": self.ntotal}
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
 
     @classmethod
     def load(cls, folder: str | os.PathLike, expect_dim: int | None = None, expect_model: str | None = None,
@@ -222,6 +251,8 @@ class Index:
         if expect_model is not None and meta.get("model") not in (None, expect_model):
             raise BadIndexError(f"{folder}: index was built with model {meta.get('model')!r}, not {expect_model!r}")
         flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0
+        if meta.get("on_disk"):  # IVF lists in lists.ivfdata beside index.faiss, wherever the folder is now
+            flags |= faiss.IO_FLAG_ONDISK_SAME_DIR
         index = cls.__new__(cls)
         index.dim, index.factory = int(meta["dim"]), meta["factory"]
         index.meta = {k: v for k, v in meta.items() if k not in ("format", "dim", "factory", "ntotal")}

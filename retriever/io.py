@@ -186,7 +186,8 @@ def check_target(folder: str | os.PathLike, kind: str, overwrite: bool = False, 
         raise OutputExistsError(f"{folder}: folder exists and was not written by densekit; choose a new "
                                 f"(or empty) output folder: densekit never deletes files it did not write")
     if found != kind:
-        raise OutputExistsError(f"{folder}: holds a densekit {found}, not a {kind}; choose another output folder")
+        article = "an" if kind[0] in "aeiou" else "a"
+        raise OutputExistsError(f"{folder}: holds a densekit {found}, not {article} {kind}; choose another output folder")
     foreign = _foreign_entries(folder)
     if foreign:
         raise OutputExistsError(f"{folder}: this densekit {kind} folder also holds {', '.join(map(repr, foreign[:5]))} "

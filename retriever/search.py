@@ -1,8 +1,9 @@
 """Corpus -> index -> run: the dense first stage shared by evaluation, mining and reranking.
 
-``build_index`` encodes the corpus in shards of ``shard_size`` documents, each saved as a ``.npy``
-file in ``<out>.partial/`` next to the target; an interrupted build resumes from the shards already
-written (same model content hash and corpus fingerprint), and the finished index is saved atomically.
+``build_index`` encodes the corpus (all of it, or shard i of n: ``shards.py``) in pieces of ``shard_size``
+documents, each saved as a ``.npy`` file under ``<out>.partial/`` next to the target; an interrupted build
+resumes from the pieces already written (same model content hash and corpus fingerprint), and the index,
+merged from the shards by streaming them, is saved atomically.
 The target, the factory string and the corpus size are checked before anything is encoded.
 
 An index knows its encoder by ``model_hash`` in ``meta.json`` (``DualEncoder.content_hash``: weights +
@@ -12,22 +13,18 @@ name, with a warning.
 """
 from __future__ import annotations
 
-import json
 import shutil
-import sys
 import warnings
 from pathlib import Path
 
-import numpy as np
-
 from .encoder import DualEncoder
 from .index import BadIndexError, Index, check_factory, corpus_fingerprint
-from .io import check_target, make_dir
+from .io import check_target
 from .models import same_model_name
-from .text import doc_text
+from .shards import CorpusRows, encode_shard, merge_shards, wait_for_shards
 
 
-def index_meta(encoder: DualEncoder, corpus: dict) -> dict:
+def index_meta(encoder: DualEncoder, corpus) -> dict:
     return {"model": encoder.name, "model_hash": encoder.content_hash(), "pooling": encoder.config.pooling, "normalize": encoder.config.normalize,
             "doc_max_length": encoder.config.doc_max_length, "doc_prefix": encoder.config.doc_prefix,
             "corpus_fingerprint": corpus_fingerprint(corpus), "num_docs": len(corpus)}
@@ -53,66 +50,45 @@ def check_encoder(index: Index, encoder: DualEncoder, folder) -> None:
         raise BadIndexError(f"{folder}: index was built with model {built!r}, not {encoder.name!r}")
 
 
-def build_index(corpus: dict, encoder: DualEncoder, out: str | Path | None = None, factory: str = "Flat",
-                batch_size: int = 64, shard_size: int = 4096, show_progress: bool = True, overwrite: bool = False) -> Index:
-    """Encode ``corpus`` and build (and, with ``out``, save) an index; resumable through ``<out>.partial``.
+def build_index(corpus, encoder: DualEncoder, out: str | Path | None = None, factory: str = "Flat",
+                batch_size: int = 64, shard_size: int = 4096, show_progress: bool = True, overwrite: bool = False,
+                num_shards: int = 1, shard_index: int = 0, merge: bool = True, train_sample: int = 100_000,
+                add_batch: int = 65536, on_disk: bool = False) -> Index | Path:
+    """Encode ``corpus`` (a BEIR dict or a ``datasets.Dataset``) and build (and, with ``out``, save) an index;
+    resumable through ``<out>.partial``.
 
     Before any encoding: ``out`` must be free (or an index to replace with ``overwrite``, see
-    ``io.check_target``), and ``factory`` must be a FAISS factory trainable on ``len(corpus)`` vectors."""
-    if not corpus:
+    ``io.check_target``), and ``factory`` must be a FAISS factory trainable on ``len(corpus)`` vectors.
+
+    With ``num_shards`` > 1 this process encodes only shard ``shard_index`` (``shards.encode_shard``) and,
+    unless ``merge`` (then it waits for the other shards' processes), returns the shard folder; the index
+    is built later by ``shards.merge_shards`` (``densekit index merge``)."""
+    if not len(corpus):
         raise BadIndexError("cannot build an index over an empty corpus")
     if out is not None:
         check_target(out, "index", overwrite)
-    check_factory(factory, encoder.dim, len(corpus))
+    check_factory(factory, encoder.dim, min(len(corpus), train_sample))
+    if on_disk and (out is None or "IVF" not in factory.upper()):
+        raise BadIndexError(f"--on-disk needs an IVF factory and an output folder (factory {factory!r})")
+    if num_shards > 1 and out is None:
+        raise BadIndexError("a sharded build needs an output folder (--out)")
     meta = index_meta(encoder, corpus)
-    doc_ids = list(corpus)
-    texts = [doc_text(corpus[d]) for d in doc_ids]
     if out is None:
+        rows = CorpusRows(corpus)
+        doc_ids, texts = rows.rows(0, len(rows))
         vectors = encoder.encode(texts, batch_size=batch_size, show_progress=show_progress)
         return Index.build(vectors, doc_ids, factory, meta)
 
     out = Path(out)
     work = out.with_name(f"{out.name}.partial")
-    manifest = {"model": meta["model"], "model_hash": meta["model_hash"], "corpus_fingerprint": meta["corpus_fingerprint"],
-                "shard_size": shard_size, "pooling": meta["pooling"], "doc_max_length": meta["doc_max_length"]}
-    if work.exists() or work.is_symlink():
-        found = _read_manifest(work) if work.is_dir() else None
-        if found is None or not _only_shards(work):
-            raise BadIndexError(f"{work}: is in the way of index build's shard folder and was not written by densekit; "
-                                "move it away or choose another --out")
-        if found != manifest:
-            shutil.rmtree(work)  # densekit's shards of another corpus or model: start over
-    if not work.exists():
-        work.parent.mkdir(parents=True, exist_ok=True)
-        make_dir(work)
-    (work / "manifest.json").write_text(json.dumps(manifest))
-    shards = []
-    for number, start in enumerate(range(0, len(texts), shard_size)):
-        path = work / f"shard-{number:05d}.npy"
-        if not path.exists():
-            if show_progress:
-                print(f"encoding docs {start}-{min(start + shard_size, len(texts))} of {len(texts)}", file=sys.stderr, flush=True)
-            encoder.encode(texts[start:start + shard_size], batch_size=batch_size, show_progress=show_progress, out=path)
-        shards.append(path)
-    vectors = np.concatenate([np.load(p) for p in shards]) if len(shards) > 1 else np.load(shards[0])
-    index = Index.build(vectors, doc_ids, factory, meta)
-    index.save(out, overwrite)
+    shard = encode_shard(corpus, encoder, work, meta, num_shards, shard_index, shard_size, batch_size, show_progress)
+    if not merge:
+        return shard
+    if num_shards > 1:
+        wait_for_shards(work, num_shards)
+    index = merge_shards([work], out, factory, train_sample, add_batch, overwrite, show_progress=show_progress, on_disk=on_disk)
     shutil.rmtree(work, ignore_errors=True)
     return index
-
-
-def _read_manifest(work: Path) -> dict | None:
-    try:
-        found = json.loads((work / "manifest.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return found if isinstance(found, dict) and {"corpus_fingerprint", "shard_size"} <= set(found) else None
-
-
-def _only_shards(work: Path) -> bool:
-    """True when ``work`` holds only what ``build_index`` writes there (so it may delete it)."""
-    return all(e.name == "manifest.json" or (e.name.startswith(("shard-", ".shard-")) and ".npy" in e.name)
-               for e in work.iterdir())
 
 
 def load_or_build_index(corpus: dict, encoder: DualEncoder, index_dir: str | Path | None, factory: str = "Flat",

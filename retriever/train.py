@@ -1,4 +1,4 @@
-"""Dual-encoder training loop on ``accelerate``: InfoNCE or MW loss, checkpoints, exact resume.
+"""Dual-encoder training = data + step for the engine (``engine.fit``): InfoNCE or MW loss.
 
 One optimizer step = ``grad_accum`` micro-batches of ``batch_size`` queries, each with one positive
 and ``n_negatives`` hard negatives (plus everything else in the batch as in-batch negatives).
@@ -7,8 +7,17 @@ model, optimizer, scheduler and RNG states (``accelerator.save_state``), so ``re
 continues exactly where the last checkpoint left off. ``grad_cache_chunk`` enables GradCache
 (Gao et al. 2021): embeddings are first computed without graph, the loss gradient w.r.t. them is
 taken, then each chunk is re-encoded with graph and back-propagated, so the batch size is no longer
-bounded by activation memory. Multi-process runs (``accelerate launch``) give each process its own
-slice of the steps' micro-batches and average gradients.
+bounded by activation memory.
+
+Multi-process runs (``accelerate launch`` / ``torchrun``, see README "Scaling out"): ``batch_size`` is
+the *global* micro-batch (all processes together); each of N processes encodes a contiguous
+``batch_size / N`` of it (``batch_size`` must divide by N, checked before any work) and, with
+``gather_negatives`` (the default), its queries are scored against the documents of every process
+(``losses``: all-gather with gradient), so N processes train the same model as one process with the same
+``batch_size`` (tested to 1e-5), only faster. Without it each process's queries see only its own share
+of documents as negatives; GradCache works with both (its loss gradient w.r.t. the embeddings is taken
+across processes). BERT's pooler, which the embeddings never use, is frozen (``freeze_unused``) so DDP
+needs no unused-parameter search. DDP, accumulation, the schedule, checkpoints and logs are the engine's.
 
 Output folder: ``model/`` (sentence-transformers folder), ``checkpoints/step-NNNNNN/``,
 ``train_log.jsonl`` (one JSON line per optimizer step), ``train_config.json`` and ``densekit.json``
@@ -20,20 +29,18 @@ checkpoint or model with non-finite weights is ever written.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
-from .checkpoints import (check_finite_loss, check_finite_params, resume_step, run_id, run_identity, save_checkpoint,
-                          start_run, truncate_log)
+from .checkpoints import run_identity
 from .encoder import DualEncoder
+from .engine import Optimization, TrainStep, check_divisible, fit, process_count
 from .examples import Batch, batches
-from .losses import InfoNCELoss, MWLoss
+from .losses import InfoNCELoss, MWLoss, text_keys
 
 
 @dataclass
@@ -65,6 +72,7 @@ class TrainConfig:
     keep_checkpoints: int = 2
     query_max_length: int | None = None
     doc_max_length: int | None = None
+    gather_negatives: bool = True         # several processes: every process's documents are negatives for all queries
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -77,9 +85,9 @@ class TrainConfig:
 
     def make_loss(self) -> torch.nn.Module:
         if self.loss == "infonce":
-            return InfoNCELoss(self.temperature, symmetric=self.symmetric, decoupled=self.decoupled)
+            return InfoNCELoss(self.temperature, symmetric=self.symmetric, decoupled=self.decoupled, gather=self.gather_negatives)
         if self.loss == "mw":
-            return MWLoss(self.temperature, per_query=self.per_query)
+            return MWLoss(self.temperature, per_query=self.per_query, gather=self.gather_negatives)
         raise ValueError(f"unknown loss {self.loss!r}: use infonce or mw")
 
 
@@ -109,10 +117,10 @@ def check_config(config, positive=(), at_least_one=(), optional_at_least_one=(),
             bad(name, "between 0 and 1")
 
 
-def _exclude_duplicates(batch: Batch, device) -> torch.Tensor:
-    """Cells whose document text equals the row's positive (a duplicate, not a negative)."""
-    docs = batch.positives + [d for negs in batch.negatives for d in negs]
-    return torch.tensor([[d == pos for d in docs] for pos in batch.positives], device=device)
+def _doc_keys(batch: Batch, device) -> torch.Tensor:
+    """Keys of the batch's document columns (positives, then negatives): a cell whose document equals the
+    row's positive is a duplicate, not a negative (``losses``; also across processes)."""
+    return text_keys(batch.positives + [d for negs in batch.negatives for d in negs], device)
 
 
 def _embed_batch(encoder: DualEncoder, batch: Batch, chunk: int | None = None):
@@ -127,38 +135,80 @@ def _embed_batch(encoder: DualEncoder, batch: Batch, chunk: int | None = None):
     return q, docs[:B], d_neg
 
 
-def _loss_and_backward(encoder, loss_fn, batch: Batch, accelerator, config: TrainConfig, scale: float) -> float:
-    device = accelerator.device
-    exclude = _exclude_duplicates(batch, device)
-    chunk = config.grad_cache_chunk
-    if not chunk:
-        embed_chunk = config.embed_chunk or (8 if device.type == "cpu" else None)
-        q, d_pos, d_neg = _embed_batch(encoder, batch, embed_chunk)
-        loss = loss_fn(q, d_pos, d_neg, exclude=exclude)
-        accelerator.backward(loss * scale)
-        return loss.item()
-    # GradCache: 1) embeddings without graph, remembering each chunk's RNG state (dropout)
-    docs = batch.positives + [d for negs in batch.negatives for d in negs]
-    pieces = [(batch.queries[i:i + chunk], True) for i in range(0, len(batch.queries), chunk)]
-    pieces += [(docs[i:i + chunk], False) for i in range(0, len(docs), chunk)]
-    states, reps = [], []
-    for texts, is_query in pieces:
-        states.append(torch.get_rng_state())
-        with torch.no_grad():
-            reps.append(encoder.embed(texts, is_query).detach())
-    # 2) loss on leaf copies, gradient w.r.t. the embeddings
-    leaves = [r.requires_grad_() for r in reps]
-    n_q = sum(1 for _, is_query in pieces if is_query)
-    q, all_docs = torch.cat(leaves[:n_q]), torch.cat(leaves[n_q:])
-    B = len(batch.queries)
-    d_neg = all_docs[B:].reshape(B, -1, all_docs.shape[-1]) if all_docs.shape[0] > B else None
-    loss = loss_fn(q, all_docs[:B], d_neg, exclude=exclude)
-    grads = torch.autograd.grad(loss * scale, leaves)
-    # 3) re-encode each chunk with graph under the same RNG state and push the cached gradient through
-    for (texts, is_query), state, grad in zip(pieces, states, grads):
-        torch.set_rng_state(state)
-        accelerator.backward((encoder.embed(texts, is_query) * grad).sum())
-    return loss.item()
+class _Piece:
+    """GradCache: one chunk of texts to re-encode with graph, its RNG state and the cached loss gradient
+    (a plain object, so that DDP does not move it between devices)."""
+    __slots__ = ("texts", "is_query", "states", "grad")
+
+    def __init__(self, texts, is_query, states, grad):
+        self.texts, self.is_query, self.states, self.grad = texts, is_query, states, grad
+
+
+def _rng_states():
+    return torch.get_rng_state(), (torch.cuda.get_rng_state() if torch.cuda.is_available() and torch.cuda.is_initialized() else None)
+
+
+def _set_rng_states(states) -> None:
+    torch.set_rng_state(states[0])
+    if states[1] is not None:
+        torch.cuda.set_rng_state(states[1])
+
+
+class RetrieverStep(TrainStep):
+    """The dual encoder's step for the engine: ``forward(batch)`` embeds the (process's share of the)
+    batch and returns its loss (with ``gather_negatives``, against every process's documents).
+    With ``grad_cache_chunk``, ``passes`` runs GradCache (module doc)."""
+
+    def __init__(self, encoder: DualEncoder, config: TrainConfig):
+        super().__init__()
+        self.encoder = encoder
+        self.loss_fn = config.make_loss()
+        self.config = config
+
+    def _device(self):
+        return next(self.encoder.model.parameters()).device
+
+    def forward(self, x, step: int = 0):
+        if isinstance(x, _Piece):  # GradCache pass 3: re-encode with graph, push the cached gradient through
+            _set_rng_states(x.states)
+            return (self.encoder.embed(x.texts, x.is_query) * x.grad).sum(), {}
+        device = self._device()
+        chunk = self.config.embed_chunk or (8 if device.type == "cpu" else None)
+        q, d_pos, d_neg = _embed_batch(self.encoder, x, chunk)
+        return self.loss_fn(q, d_pos, d_neg, keys=_doc_keys(x, device)), {}
+
+    def passes(self, batch: Batch, step: int):
+        chunk = self.config.grad_cache_chunk
+        if not chunk:
+            return None
+        # GradCache: 1) embeddings without graph, remembering each chunk's RNG state (dropout)
+        docs = batch.positives + [d for negs in batch.negatives for d in negs]
+        pieces = [(batch.queries[i:i + chunk], True) for i in range(0, len(batch.queries), chunk)]
+        pieces += [(docs[i:i + chunk], False) for i in range(0, len(docs), chunk)]
+        states, reps = [], []
+        for texts, is_query in pieces:
+            states.append(_rng_states())
+            with torch.no_grad():
+                reps.append(self.encoder.embed(texts, is_query).detach())
+        # 2) loss on leaf copies, gradient w.r.t. the embeddings (across processes when gathering)
+        leaves = [r.requires_grad_() for r in reps]
+        n_q = sum(1 for _, is_query in pieces if is_query)
+        q, all_docs = torch.cat(leaves[:n_q]), torch.cat(leaves[n_q:])
+        B = len(batch.queries)
+        d_neg = all_docs[B:].reshape(B, -1, all_docs.shape[-1]) if all_docs.shape[0] > B else None
+        loss = self.loss_fn(q, all_docs[:B], d_neg, keys=_doc_keys(batch, q.device))
+        grads = torch.autograd.grad(loss, leaves)
+        # 3) the engine re-encodes each chunk with graph under the same RNG state (forward above)
+        return [_Piece(texts, is_query, state, grad) for (texts, is_query), state, grad in zip(pieces, states, grads)], \
+            {"loss": loss.item()}
+
+
+def freeze_unused(encoder: DualEncoder) -> None:
+    """Freeze what the embeddings never use (BERT's pooler: densekit pools the hidden states itself), so
+    DDP needs no unused-parameter search and every trainable parameter gets a gradient each step."""
+    for name, param in encoder.model.named_parameters():
+        if "pooler." in name:
+            param.requires_grad_(False)
 
 
 def train(encoder: DualEncoder, examples: list[dict], out: str | os.PathLike, config: TrainConfig,
@@ -167,16 +217,14 @@ def train(encoder: DualEncoder, examples: list[dict], out: str | os.PathLike, co
     """Train ``encoder`` in place on ``examples`` and save it to ``out/model``; returns the encoder.
 
     ``resume`` continues the same run from its newest checkpoint (refused for another run or a changed
-    config, e.g. a raised ``max_steps``); ``overwrite`` lets a fresh run replace a run in ``out`` (see
-    ``checkpoints``). ``stop_after`` ends the run after that many optimizer steps without saving the
-    final model (used to simulate an interruption; the checkpoints stay).
+    config, e.g. a raised ``max_steps``, or another process count); ``overwrite`` lets a fresh run replace
+    a run in ``out`` (see ``checkpoints``). ``stop_after`` ends the run after that many optimizer steps
+    without saving the final model (used to simulate an interruption; the checkpoints stay).
     """
-    from accelerate import Accelerator
     from accelerate.utils import set_seed
-    from tqdm.auto import tqdm
-    from transformers import get_linear_schedule_with_warmup
 
     out = Path(out)
+    check_divisible([config.batch_size], process_count(), "--batch-size")  # before any work
     epochs = [batches(examples, config.batch_size, config.n_negatives, config.seed, e) for e in range(config.epochs)]
     micro = [b for epoch in epochs for b in epoch]
     steps_total = len(micro) // config.grad_accum
@@ -185,11 +233,6 @@ def train(encoder: DualEncoder, examples: list[dict], out: str | os.PathLike, co
     if steps_total == 0:
         raise ValueError(f"{len(examples)} examples make no full step of batch {config.batch_size} x accumulation {config.grad_accum}")
     identity = run_identity("retriever", asdict(config), examples, {"content_hash": encoder.content_hash()})
-    accelerator = Accelerator(mixed_precision="bf16" if config.bf16 else "no")
-    if accelerator.is_main_process:
-        start_run(out, identity, asdict(config), resume, overwrite)
-    accelerator.wait_for_everyone()
-    rid = run_id(identity)
     set_seed(config.seed)
     if config.query_max_length:
         encoder.config.query_max_length = config.query_max_length
@@ -201,59 +244,20 @@ def train(encoder: DualEncoder, examples: list[dict], out: str | os.PathLike, co
         encoder.model = get_peft_model(encoder.model, LoraConfig(
             r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
             target_modules=config.lora_targets or "all-linear"))
+    freeze_unused(encoder)
 
-    params = [p for p in encoder.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = get_linear_schedule_with_warmup(optimizer, math.ceil(config.warmup_ratio * steps_total), steps_total)
-    encoder, optimizer, scheduler = accelerator.prepare(encoder, optimizer, scheduler)
-    model = accelerator.unwrap_model(encoder)
-    loss_fn = config.make_loss()
+    def finish(main: bool) -> None:
+        if config.lora:
+            encoder.model = encoder.model.merge_and_unload()
+        encoder.eval()
+        if main:
+            encoder.save(out / "model", overwrite=True)  # the run's own model/ (the folder was claimed by start_run)
 
-    step = resume_step(accelerator, out, rid) if resume else 0
-    log_path = out / "train_log.jsonl"
-    if accelerator.is_main_process:
-        truncate_log(log_path, step)  # a resumed log never repeats a step
-    settings = asdict(config)
-    watched = ("loss", "temperature", "lr", "batch_size", "grad_accum", "bf16", "max_grad_norm")
-
-    model.train()
-    rank, world = accelerator.process_index, accelerator.num_processes
-    bar = tqdm(total=steps_total, initial=step, desc=f"train {config.loss}", disable=not show_progress or not accelerator.is_main_process)
-    done_here = 0
-    while step < steps_total:
-        start = time.perf_counter()
-        step_micro = micro[step * config.grad_accum:(step + 1) * config.grad_accum][rank::world]
-        losses = []
-        for b in step_micro:
-            losses.append(_loss_and_backward(model, loss_fn, b, accelerator, config, 1.0 / len(step_micro)))
-            check_finite_loss(losses[-1], step + 1, settings, watched)
-        if config.max_grad_norm:
-            norm = accelerator.clip_grad_norm_(params, config.max_grad_norm)
-            check_finite_loss(float(norm), step + 1, settings, watched, what="gradient norm")
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        done_here += 1
-        seconds = time.perf_counter() - start
-        record = {"step": step, "loss": sum(losses) / len(losses), "lr": scheduler.get_last_lr()[0],
-                  "samples_per_s": round(config.batch_size * config.grad_accum / seconds, 3)}
-        if accelerator.is_main_process:
-            with open(log_path, "a") as fh:
-                fh.write(json.dumps(record) + "\n")
-        bar.update(1)
-        bar.set_postfix(loss=f"{record['loss']:.4f}")
-        if step % config.checkpoint_every == 0 or step == steps_total:
-            check_finite_params(params, step)
-            save_checkpoint(accelerator, out, step, config.keep_checkpoints, rid)
-        if stop_after is not None and done_here >= stop_after:
-            bar.close()
-            return model
-    bar.close()
-    accelerator.wait_for_everyone()
-    if config.lora:
-        model.model = model.model.merge_and_unload()
-    model.eval()
-    if accelerator.is_main_process:
-        model.save(out / "model", overwrite=True)  # the run's own model/ (the folder was claimed by start_run)
-    return model
+    steps = [micro[i * config.grad_accum:(i + 1) * config.grad_accum] for i in range(steps_total)]
+    optim = Optimization(lr=config.lr, weight_decay=config.weight_decay, warmup_ratio=config.warmup_ratio,
+                         max_grad_norm=config.max_grad_norm, bf16=config.bf16)
+    fit(RetrieverStep(encoder, config), steps, out, identity=identity, config=asdict(config), optim=optim,
+        checkpoint_every=config.checkpoint_every, keep_checkpoints=config.keep_checkpoints, resume=resume,
+        overwrite=overwrite, stop_after=stop_after, show_progress=show_progress, desc=f"train {config.loss}",
+        watched=("loss", "temperature", "lr", "batch_size", "grad_accum", "bf16", "max_grad_norm"), finish=finish)
+    return encoder

@@ -1,6 +1,7 @@
 """Issue 11 reproductions: wrong numbers, argument validation, ids, JSON output, tracebacks.
 
-Each test is a reproduction from the issue that failed on the code before the fix."""
+Each test is a reproduction from the issue that failed on the code before the fix, except the guards
+that say so (``--max-queries two``, genuine bugs keep their traceback)."""
 import gzip
 import json
 import math
@@ -166,7 +167,7 @@ def test_eval_run_conflicts_with_first_stage_flags(nohit_beir, tmp_path, extra, 
     path = tmp_path / "r.trec"
     path.write_text("q1 Q0 d1 1 1.0 t\n")
     err = exits_2(["eval", "--data", str(nohit_beir), "--run", str(path)] + extra, capsys)
-    assert "--run" in err
+    assert "densekit: error: --" in err and "replaces the first stage" in err
 
 
 class StubReranker:
@@ -264,6 +265,12 @@ def test_json_fields_are_structured(nohit_beir, capsys, monkeypatch):
         assert row["retriever"] == "bm25" and row["model"] is None and row["fuse"] is None
         assert row["reranker"] == "blockrank:HuggingFaceTB/SmolLM2-135M-Instruct" and row["rerank_mode"] == mode
         assert row["rerank_top_k"] == 2
+    # BM25 + a pointwise reranker: the reranker is named (it had no field at all)
+    monkeypatch.setattr(reranker.base, "load_reranker", lambda spec: StubReranker(()))
+    assert main(["eval", "--data", str(nohit_beir), "--json", "--reranker", "pointwise:my-rr", "--rerank-top-k", "3"]) == 0
+    row = strict_json(capsys.readouterr().out)
+    assert (row["retriever"], row["model"], row["reranker"], row["rerank_mode"], row["rerank_top_k"]) == \
+        ("bm25", None, "pointwise:my-rr", None, 3)
 
 
 def test_undefined_auc_is_null_not_nan(tmp_path, capsys):
@@ -284,7 +291,10 @@ def test_printed_mean_counts_queries_without_hits_like_pytrec_eval(nohit_beir, t
 
     path = tmp_path / "r.trec"
     assert main(["eval", "--data", str(nohit_beir), "--json", "--save-run", str(path)]) == 0
-    printed = strict_json(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    printed = strict_json(captured.out)
+    # "say so": the user is told that the file lacks q3 and how trec_eval gets the printed figure
+    assert "1 evaluated query has no hits and no line in" in captured.err and "trec_eval -c" in captured.err
     ds = load_dataset(nohit_beir)
     run = bm25_search(ds.corpus, ds.queries, 100)
     assert run["q3"] == {} and "q3" not in read_run(path)  # no hits: no line in the run file
@@ -335,3 +345,41 @@ def test_main_keeps_tracebacks_of_genuine_bugs(tiny_beir, monkeypatch):
     monkeypatch.setattr(pipeline, "first_stage", bug)
     with pytest.raises(TypeError, match="a bug"):
         main(["eval", "--data", str(tiny_beir)])
+
+
+# ---------------------------------------------------------------- finite checks: metrics refuse NaN scores
+
+def test_metrics_refuse_nan_scores(nohit_beir, capsys, monkeypatch):
+    """A NaN score (a diverged reranker) ranked d1 first and printed nDCG 1.0, AUC 1.0, exit 0."""
+    import reranker.base
+
+    run, qrels = {"q1": {"d1": float("nan"), "d2": 1.0}}, {"q1": {"d1": 1, "d2": 0}}
+    for call in (lambda: evaluate(run, qrels, auc_k=10), lambda: M.compute(qrels, run, ["ndcg@10"]),
+                 lambda: M.roc_auc(qrels, run, 10)):
+        with pytest.raises(ValueError, match="score of doc 'd1' for query 'q1' is NaN"):
+            call()
+    assert M.compute(qrels, {"q9": {"d1": float("nan")}, "q1": {"d2": 1.0}}, ["ndcg@10"]) == {"q1": {"ndcg@10": 0.0}}
+
+    class NaNReranker(StubReranker):
+        def rerank(self, run, *args, **kwargs):
+            return {qid: {doc: float("nan") for doc in docs} for qid, docs in run.items()}
+
+    monkeypatch.setattr(reranker.base, "load_reranker", lambda spec: NaNReranker(()))
+    err = exits_2(["eval", "--data", str(nohit_beir), "--json", "--reranker", "pointwise:x"], capsys)
+    assert "densekit: error: score of doc" in err and "is NaN" in err
+
+
+# ---------------------------------------------------------------- item 7: reranker folder kinds, through the CLI
+
+def test_eval_reranker_refuses_an_encoder_or_a_folder_of_another_kind(tiny_beir, tiny_bert, tiny_causal_lm, tmp_path, capsys):
+    """`--reranker <an encoder folder>` reranked with a random head, exit 0; `blockrank:<a pointwise folder>`
+    silently ran the pointwise reranker; `blockrank:<an encoder folder>` was a traceback."""
+    from reranker.pointwise import LLMReranker
+
+    base = ["eval", "--data", str(tiny_beir), "--rerank-top-k", "3", "--json"]
+    for spec in (str(tiny_bert), f"blockrank:{tiny_bert}"):
+        err = exits_2(base + ["--reranker", spec], capsys)
+        assert "densekit: error:" in err and "not a causal LM" in err, spec
+    LLMReranker.from_pretrained(str(tiny_causal_lm)).save(tmp_path / "pw")
+    err = exits_2(base + ["--reranker", f"blockrank:{tmp_path / 'pw'}"], capsys)
+    assert "holds a 'pointwise' reranker, not 'blockrank'" in err

