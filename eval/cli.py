@@ -103,6 +103,37 @@ def _fuse_weight(text: str):
     return "auto" if text == "auto" else unit_float(text)
 
 
+def metric_name(text: str) -> str:
+    """A metric like ``ndcg@10`` (argparse type: exit 2 on an unknown one)."""
+    from .metrics import parse_metric
+
+    try:
+        parse_metric(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text.lower()
+
+
+def _add_compare(sub) -> None:
+    p = sub.add_parser("compare", help="compare saved runs on one qrels: metrics, paired t-test and randomisation "
+                       "test vs a baseline (Holm-corrected), win/tie/loss")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="TREC run files, NAME=FILE to name a system (default: the file name)")
+    p.add_argument("--data", required=True, help="BEIR folder, or a dataset name under $DENSEKIT_DATA")
+    p.add_argument("--split", default="test")
+    p.add_argument("--metrics", nargs="+", type=metric_name, default=["ndcg@10", "mrr@10", "recall@100"])
+    p.add_argument("--baseline", metavar="NAME", help="the system the others are tested against (default: the first run)")
+    p.add_argument("--permutations", type=positive_int, default=10000, help="sign flips of the randomisation test")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the randomisation test")
+    p.add_argument("--alpha", type=_float_in(0.0, 1.0, True, "a level in (0, 1]"), default=0.05,
+                   help="significance level of the table's marks")
+    p.add_argument("--max-queries", type=positive_int, help="only the first N queries of the split (sorted ids)")
+    p.add_argument("--relevance-level", type=positive_int, default=1, help="min grade counted relevant by binary measures")
+    p.add_argument("--keep-identical-ids", action="store_true", help="do not drop docs whose id equals the query id")
+    p.add_argument("--json", metavar="FILE", help="also write the result (per-query values included) as JSON")
+    p.add_argument("--plot", metavar="FILE.png", help="draw the sorted per-query differences vs the baseline")
+    p.add_argument("--overwrite", action="store_true", help="replace existing --json / --plot files")
+
+
 def _add_data(sub) -> None:
     p = sub.add_parser("data", help="dataset utilities")
     dsub = p.add_subparsers(dest="data_command", required=True)
@@ -310,6 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"densekit {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_eval(sub)
+    _add_compare(sub)
     _add_data(sub)
     _add_index(sub)
     _add_search(sub)
@@ -514,6 +546,28 @@ def _fusion(args, ds, retriever: str, model, reranker, top_k: int, mode) -> dict
                                          batch_size=args.rerank_batch_size or 8, relevance_level=args.relevance_level)
     _note(f"--fuse auto: W={weight} chosen on split {tune!r} ({tuned} queries)")
     return {"weight": weight, "norm": norm, "tuned_on": tune, "tune_queries": tuned}
+
+
+def cmd_compare(args) -> int:
+    """``report.compare`` of the runs on the evaluated queries of ``--data``/``--split`` (as ``densekit eval``)."""
+    from . import report
+    from .data import load_dataset, resolve_dataset, select_queries
+
+    for path in (args.json, args.plot):
+        if path:
+            check_file_target(path, args.overwrite)
+    ds = load_dataset(resolve_dataset(args.data), args.split)
+    result = report.compare(report.read_runs(args.runs), ds.qrels, args.metrics, args.baseline,
+                            select_queries(ds.queries, args.max_queries), args.permutations, args.seed,
+                            args.relevance_level, not args.keep_identical_ids)
+    print(report.to_markdown(result, args.alpha))
+    if args.json:
+        report.write_json(result, args.json, args.overwrite)
+    if args.plot:
+        from .plots import plot_differences
+
+        plot_differences(result, args.plot)
+    return 0
 
 
 def cmd_data(args) -> int:
@@ -749,7 +803,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     check_args(parser, args)
-    handlers = {"eval": cmd_eval, "data": cmd_data, "index": cmd_index, "search": cmd_search, "train": cmd_train,
+    handlers = {"eval": cmd_eval, "compare": cmd_compare, "data": cmd_data, "index": cmd_index, "search": cmd_search, "train": cmd_train,
                 "mine": cmd_mine}
     try:
         return handlers[args.command](args)

@@ -1,4 +1,5 @@
-"""Plots of evaluation results (matplotlib, headless): ROC curves of several systems on one figure."""
+"""Plots of evaluation results (matplotlib, headless): ROC curves of several systems on one figure; sorted
+per-query differences of systems vs a baseline (``report.compare``)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -24,6 +25,35 @@ def plot_roc(runs: dict[str, dict], qrels: dict, path: str | Path, k: int | None
     ax.set_ylabel("true positive rate")
     ax.set_title(f"ROC over top-{k} candidates" if k else "ROC")
     ax.legend(loc="lower right", fontsize=8)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def plot_differences(result: dict, path: str | Path) -> Path:
+    """One panel per metric of a ``report.compare`` result: per system, its per-query differences from the
+    baseline sorted from largest to smallest (a line above 0 on the left = queries it wins); saved as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    metrics, baseline, per_query = result["metrics"], result["baseline"], result["per_query"]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 4), squeeze=False, constrained_layout=True)
+    for ax, metric in zip(axes[0], metrics):
+        base = np.asarray(per_query[baseline][metric], dtype=float)
+        for name, values in per_query.items():
+            if name != baseline:
+                diff = np.sort(np.asarray(values[metric], dtype=float) - base)[::-1]
+                ax.plot(np.arange(1, len(diff) + 1), diff, label=f"{name} (mean {diff.mean():+.4f})")
+        ax.axhline(0, color="grey", linestyle=":", linewidth=1)
+        ax.set_xlabel("query (sorted by difference)")
+        ax.set_ylabel(f"{metric} - {baseline}")
+        ax.set_title(metric)
+        ax.legend(loc="upper right", fontsize=7)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120, bbox_inches="tight")

@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -87,20 +86,38 @@ def _as_matrix(vectors, dim: int | None = None) -> np.ndarray:
     return x
 
 
-@dataclass
 class Index:
-    """FAISS index + row -> string id map + metadata."""
+    """FAISS index + row -> string id map + metadata.
 
-    dim: int
-    factory: str = "Flat"
-    meta: dict = field(default_factory=dict)
+    ``Index(dim, factory, meta)`` makes an empty index from a FAISS factory string; ``Index(dim, factory, meta,
+    faiss_index=..., ids=...)`` wraps a filled FAISS index whose row ``i`` holds ``ids[i]`` (``load`` does this).
+    ``ids`` is the row -> id list; the id -> row map behind ``reconstruct`` is kept beside it (O(1) per id)."""
 
-    def __post_init__(self):
+    def __init__(self, dim: int, factory: str = "Flat", meta: dict | None = None, *, faiss_index=None,
+                 ids: Sequence[str] = ()):
         import faiss
 
-        self.faiss = faiss.index_factory(int(self.dim), self.factory, faiss.METRIC_INNER_PRODUCT)
-        self.ids: list[str] = []
-        self._id_set: set[str] = set()
+        self.dim, self.factory, self.meta = int(dim), str(factory), dict(meta or {})
+        if faiss_index is None:
+            faiss_index = faiss.index_factory(self.dim, self.factory, faiss.METRIC_INNER_PRODUCT)
+        if int(faiss_index.d) != self.dim:
+            raise BadIndexError(f"FAISS index has dimension {int(faiss_index.d)} but the index has dimension {self.dim}")
+        self.faiss = faiss_index
+        self.ids: list[str] = [str(i) for i in ids]
+        if len(self.ids) != self.ntotal:
+            raise BadIndexError(f"{self.ntotal} vectors but {len(self.ids)} ids")
+        self._row_of: dict[str, int] = {d: row for row, d in enumerate(self.ids)}
+        if len(self._row_of) != len(self.ids):
+            raise BadIndexError("doc ids must be unique within an index")
+
+    def __repr__(self) -> str:
+        return f"Index(dim={self.dim}, factory={self.factory!r}, ntotal={self.ntotal})"
+
+    def _rows(self) -> dict[str, int]:
+        """The id -> row map, rebuilt only when ``ids`` was extended from outside (``shards._merge_on_disk``)."""
+        if len(self._row_of) != len(self.ids):
+            self._row_of = {d: row for row, d in enumerate(self.ids)}
+        return self._row_of
 
     # ------------------------------------------------------------ building
     @property
@@ -145,14 +162,15 @@ class Index:
         ids = [str(i) for i in ids]
         if len(ids) != len(x):
             raise BadIndexError(f"{len(x)} vectors but {len(ids)} ids")
-        if len(set(ids)) != len(ids) or self._id_set.intersection(ids):
+        row_of = self._rows()
+        if len(set(ids)) != len(ids) or any(i in row_of for i in ids):
             raise BadIndexError("doc ids must be unique within an index")
         if not self.is_trained:
             raise BadIndexError(f"factory {self.factory!r} needs training: call train() on a sample first")
         for start in range(0, len(x), chunk_size):
             self.faiss.add(x[start:start + chunk_size])
+        row_of.update((d, row) for row, d in enumerate(ids, start=len(self.ids)))
         self.ids.extend(ids)
-        self._id_set.update(ids)
 
     @classmethod
     def build(cls, vectors, ids: Sequence[str], factory: str = "Flat", meta: dict | None = None) -> "Index":
@@ -203,8 +221,9 @@ class Index:
         return {qid: {doc: float(s) for doc, s in zip(doc_ids, row)} for qid, doc_ids, row in zip(query_ids, ids, scores)}
 
     def reconstruct(self, doc_ids: Iterable[str]) -> np.ndarray:
-        """Stored vectors of ``doc_ids`` (exact for Flat/HNSW, approximate for PQ)."""
-        row_of = {d: i for i, d in enumerate(self.ids)}
+        """Stored vectors of ``doc_ids`` (exact for Flat/HNSW, approximate for PQ); O(1) per id (cached map)."""
+        doc_ids = list(doc_ids)
+        row_of = self._rows()
         missing = [d for d in doc_ids if d not in row_of]
         if missing:
             raise KeyError(f"{len(missing)} doc id(s) not in the index, e.g. {missing[0]!r}")
@@ -253,19 +272,22 @@ class Index:
         flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0
         if meta.get("on_disk"):  # IVF lists in lists.ivfdata beside index.faiss, wherever the folder is now
             flags |= faiss.IO_FLAG_ONDISK_SAME_DIR
-        index = cls.__new__(cls)
-        index.dim, index.factory = int(meta["dim"]), meta["factory"]
-        index.meta = {k: v for k, v in meta.items() if k not in ("format", "dim", "factory", "ntotal")}
         try:
-            index.faiss = faiss.read_index(str(folder / "index.faiss"), flags)
+            faiss_index = faiss.read_index(str(folder / "index.faiss"), flags)
         except RuntimeError as err:
             raise BadIndexError(f"{folder / 'index.faiss'}: unreadable FAISS index (truncated or corrupt: "
                                 f"{str(err).strip().splitlines()[-1] if str(err).strip() else 'read failed'}); "
                                 "rebuild it with `densekit index build --overwrite`") from None
-        index.ids = _read_json(folder / "ids.json", list)
-        index._id_set = set(index.ids)
-        if index.ntotal != len(index.ids) or index.ntotal != meta["ntotal"]:
-            raise BadIndexError(f"{folder}: corrupt index ({index.ntotal} vectors, {len(index.ids)} ids, meta says {meta['ntotal']})")
+        ids = _read_json(folder / "ids.json", list)
+        if int(faiss_index.ntotal) != len(ids) or int(faiss_index.ntotal) != meta["ntotal"]:
+            raise BadIndexError(f"{folder}: corrupt index ({int(faiss_index.ntotal)} vectors, {len(ids)} ids, meta says {meta['ntotal']})")
+        if int(faiss_index.d) != int(meta["dim"]):
+            raise BadIndexError(f"{folder}: corrupt index (FAISS dimension {int(faiss_index.d)}, meta says {meta['dim']})")
+        extra = {k: v for k, v in meta.items() if k not in ("format", "dim", "factory", "ntotal")}
+        try:
+            index = cls(int(meta["dim"]), meta["factory"], extra, faiss_index=faiss_index, ids=ids)
+        except BadIndexError as err:
+            raise BadIndexError(f"{folder}: corrupt index ({err})") from None
         return index
 
 

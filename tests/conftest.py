@@ -1,3 +1,4 @@
+import json
 import os
 from pathlib import Path
 
@@ -94,3 +95,53 @@ def tiny_causal_lm(tmp_path_factory):
     LlamaForCausalLM(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def rerank_order_problem(first: dict, reranked: dict, corpus: dict, queries: dict, reranker, top_k: int,
+                         mode: str | None = None, min_gap: float = 1e-5) -> str | None:
+    """None when ``reranked`` (a saved run) is what ``reranker`` itself orders; else a message naming the query.
+
+    Per query of ``first`` (the first-stage run): its top ``top_k`` docs (those in the corpus) are scored here by
+    ``reranker.score_groups``, one query at a time. Those scores must tell every two docs apart (gap > ``min_gap``:
+    a constant-score reranker orders nothing, so any order would "agree" with it), the saved run must hold them
+    (within 1e-4) and rank the docs in their order, and the docs below ``top_k`` must follow in first-stage order."""
+    from retriever.runs import rank
+    from retriever.text import doc_text
+
+    for qid, docs in first.items():
+        ranking = rank(docs)
+        head = [d for d in ranking[:top_k] if d in corpus]
+        if not head:
+            continue
+        scores = [float(s) for s in reranker.score_groups([(queries[qid], [doc_text(corpus[d]) for d in head])], mode=mode)[0]]
+        ordered = sorted(scores)
+        if len(scores) > 1 and min(b - a for a, b in zip(ordered, ordered[1:])) <= min_gap:
+            return f"query {qid}: the reranker's scores {scores} do not order its top {top_k} (ties)"
+        saved = reranked.get(qid, {})
+        if any(d not in saved or abs(saved[d] - s) > 1e-4 for d, s in zip(head, scores)):
+            return f"query {qid}: saved scores {[saved.get(d) for d in head]} are not the reranker's {scores}"
+        expected = rank(dict(zip(head, scores))) + ranking[top_k:]
+        if rank(saved) != expected:
+            return f"query {qid}: saved order {rank(saved)}, the reranker's own order {expected}"
+    return None
+
+
+def cli_rerank_problem(tiny_beir, tmp_path, capsys, spec: str, top_k: int = 3, mode: str | None = None) -> str | None:
+    """``densekit eval`` BM25 top 6, then again reranking the top ``top_k`` with ``spec``, both runs saved; recall@6
+    must not change, and ``rerank_order_problem`` of the saved runs against the reranker loaded from ``spec``."""
+    from eval.cli import main
+    from eval.data import load_dataset
+    from eval.pipeline import read_run
+    from reranker.base import load_reranker
+
+    plain_path, reranked_path = tmp_path / "plain.trec", tmp_path / "reranked.trec"
+    base = ["eval", "--data", str(tiny_beir), "--retriever", "bm25", "--top-k", "6", "--json", "--overwrite"]
+    assert main(base + ["--save-run", str(plain_path)]) == 0
+    plain = json.loads(capsys.readouterr().out)
+    assert main(base + ["--save-run", str(reranked_path), "--reranker", spec, "--rerank-top-k", str(top_k)]
+                + (["--rerank-mode", mode] if mode else [])) == 0
+    reranked = json.loads(capsys.readouterr().out)
+    assert reranked["recall@6"] == plain["recall@6"]  # reranking the top 3 of 6 cannot change recall@6
+    ds = load_dataset(tiny_beir, "test")
+    return rerank_order_problem(read_run(plain_path), read_run(reranked_path), ds.corpus, ds.queries,
+                                load_reranker(spec), top_k, mode)

@@ -179,19 +179,37 @@ def test_objective_must_fit_the_model(ranker, tmp_path):
         train_reranker(ranker, ex, tmp_path, RerankTrainConfig(objective="sft", group_size=2, batch_size=1))
 
 
-def test_rerank_attention_and_decode_modes(ranker):
+def test_rerank_attention_and_decode_modes(ranker, monkeypatch):
+    from retriever.runs import rank
+    from retriever.text import doc_text
+
     corpus = {f"d{i}": {"title": "", "text": t} for i, t in enumerate(DOCS)}
     run = {"q1": {"d0": 3.0, "d1": 2.0, "d2": 1.0, "d3": 0.5, "gone": 0.7}}
     with pytest.warns(UserWarning, match="1 doc id"):
         out = ranker.rerank(run, corpus, {"q1": "cat"}, top_k=4, show_progress=False)
     assert set(out["q1"]) == {"d0", "d1", "d2", "d3"}
+    # attention mode: the scores are the attention masses of BlockRanker.score on the first-stage top docs, in
+    # that order; the run ranks by them, and the doc below top_k stays under the reranked ones
     head = ranker.score("cat", [corpus[d] for d in ("d0", "d1", "d2")])
+    assert len({round(h, 6) for h in head}) == 3 and sum(head) == pytest.approx(1.0, abs=1e-5)
     assert [out["q1"][d] for d in ("d0", "d1", "d2")] == pytest.approx(head, abs=1e-6)
-    assert out["q1"]["d3"] < min(head)  # below top_k: under the reranked ones
-    dec = ranker.rerank({"q1": {"d0": 2.0, "d1": 1.0}}, corpus, {"q1": "cat"}, top_k=2, mode="decode", show_progress=False)
-    assert set(dec["q1"]) == {"d0", "d1"}
-    chosen = ranker.decode("cat", [corpus["d0"], corpus["d1"]])
-    assert chosen is None or chosen in (0, 1)
+    assert rank(out["q1"]) == sorted(("d0", "d1", "d2"), key=lambda d: -head[int(d[1])]) + ["d3"]
+    # decode mode: the decoded doc first (decode() called directly on the same docs), the rest in first-stage order
+    first = {"q1": {"d0": 4.0, "d1": 3.0, "d2": 2.0, "d3": 1.0}}
+    order = ["d0", "d1", "d2", "d3"]
+    chosen = ranker.decode("cat", [corpus[d] for d in order])
+    dec = ranker.rerank(first, corpus, {"q1": "cat"}, top_k=4, mode="decode", show_progress=False)
+    expected = order if chosen is None else [order[chosen]] + [d for d in order if d != order[chosen]]
+    assert rank(dec["q1"]) == expected
+    # a decoded answer below the top: moved first, the others keep their order, the tail stays last; decode() sees
+    # the top docs' texts in first-stage order
+    calls = []
+    monkeypatch.setattr(ranker, "decode", lambda query, docs, **kw: calls.append((query, list(docs))) or 2)
+    dec = ranker.rerank(first, corpus, {"q1": "cat"}, top_k=3, mode="decode", show_progress=False)
+    assert rank(dec["q1"]) == ["d2", "d0", "d1", "d3"]
+    assert calls == [("cat", [doc_text(corpus[d]) for d in ("d0", "d1", "d2")])]
+    monkeypatch.setattr(ranker, "decode", lambda query, docs, **kw: None)  # no listed doc named: first-stage order
+    assert rank(ranker.rerank(first, corpus, {"q1": "cat"}, top_k=4, mode="decode", show_progress=False)["q1"]) == order
 
 
 def test_bad_input(ranker):
@@ -226,11 +244,9 @@ def test_cli_train_blockrank_then_eval_both_modes(tiny_beir, tiny_bert, tiny_cau
                  "--retriever-model", str(tiny_bert), "--group-size", "3", "--batch-size", "1", "--epochs", "1",
                  "--score-layer", "1", "--doc-max-tokens", "16", "--out", str(tmp_path / "br")]) == 0
     assert json.loads(capsys.readouterr().out)["objective"] == "blockrank"
-    base = ["eval", "--data", str(tiny_beir), "--retriever", "bm25", "--top-k", "6", "--json"]
-    assert main(base) == 0
-    plain = json.loads(capsys.readouterr().out)
+    from conftest import cli_rerank_problem
+
+    # recall@6 unchanged, and the saved run ranks the top 3 by the reranker's own scores in that mode
     for spec, mode in ((str(tmp_path / "br" / "model"), "attention"), (f"blockrank:{tmp_path / 'br' / 'model'}", "decode"),
                        (f"blockrank:{tiny_causal_lm}", "attention")):
-        assert main(base + ["--reranker", spec, "--rerank-top-k", "3", "--rerank-mode", mode]) == 0
-        reranked = json.loads(capsys.readouterr().out)
-        assert reranked["recall@6"] == plain["recall@6"]  # reranking the top 3 of 6 cannot change recall@6
+        assert cli_rerank_problem(tiny_beir, tmp_path, capsys, spec, 3, mode) is None

@@ -91,3 +91,28 @@ def test_failed_save_keeps_previous_index(vectors, tmp_path, monkeypatch):
         Index.build(x, ids).save(folder, overwrite=True)
     assert Index.load(folder).ntotal == 10
     assert sorted(p.name for p in tmp_path.iterdir()) == ["idx"]
+
+
+def test_constructor_wraps_a_faiss_index_and_reconstruct_uses_one_cached_map(vectors):
+    import faiss
+
+    x, ids = vectors
+    flat = faiss.IndexFlatIP(16)
+    flat.add(x[:5])
+    index = Index(16, "Flat", {"model": "m"}, faiss_index=flat, ids=ids[:5])
+    assert index.ids == ids[:5] and index.ntotal == 5 and index.meta == {"model": "m"}
+    np.testing.assert_array_equal(index.reconstruct([ids[3], ids[0]]), x[[3, 0]])
+    row_of = index._row_of
+    index.add(x[5:9], ids[5:9])  # the map grows in place with add(), it is not rebuilt
+    np.testing.assert_array_equal(index.reconstruct(ids[8:4:-1]), x[8:4:-1])
+    assert index._row_of is row_of and row_of == {d: i for i, d in enumerate(ids[:9])}
+    with pytest.raises(KeyError, match="not in the index"):
+        index.reconstruct(["nope"])
+    flat = faiss.IndexFlatIP(16)
+    flat.add(x[:5])
+    with pytest.raises(BadIndexError, match="5 vectors but 4 ids"):
+        Index(16, faiss_index=flat, ids=ids[:4])
+    with pytest.raises(BadIndexError, match="unique"):
+        Index(16, faiss_index=flat, ids=[ids[0]] * 5)
+    with pytest.raises(BadIndexError, match="dimension 16 but the index has dimension 8"):
+        Index(8, faiss_index=flat, ids=ids[:5])

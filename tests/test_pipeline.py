@@ -83,4 +83,4 @@ def test_metrics_equal_pytrec_eval_on_real_bm25_runs(beir_data, name):
 def test_scifact_bm25_cli(beir_data, capsys):
     assert main(["eval", "--data", str(beir_data / "scifact"), "--retriever", "bm25", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["ndcg@10"] >= 0.68 and out["num_queries"] == 300 and out["seconds"] < 30
+    assert out["ndcg@10"] >= 0.68 and out["num_queries"] == 300

@@ -4,6 +4,7 @@ import math
 import pytest
 import torch
 
+from reranker.base import register, rerank
 from reranker.pointwise import LLMReranker, RerankerConfig, TokenError
 from reranker.train import RerankTrainConfig, gradient_weights, group_losses, make_groups, train_reranker
 
@@ -125,10 +126,49 @@ def test_cli_train_reranker_then_rerank_eval(tiny_beir, tiny_bert, tiny_causal_l
                  "--retriever-model", str(tiny_bert), "--objective", "cl", "--group-size", "3", "--batch-size", "1",
                  "--epochs", "2", "--out", str(tmp_path / "rr")]) == 0
     assert json.loads(capsys.readouterr().out)["groups"] == 2
-    base = ["eval", "--data", str(tiny_beir), "--retriever", "bm25", "--top-k", "6", "--json"]
-    assert main(base) == 0
-    plain = json.loads(capsys.readouterr().out)
-    assert main(base + ["--reranker", str(tmp_path / "rr" / "model"), "--rerank-top-k", "3"]) == 0
-    reranked = json.loads(capsys.readouterr().out)
-    assert reranked["recall@6"] == plain["recall@6"]  # reranking the top 3 of 6 cannot change recall@6
-    assert main(base + ["--reranker", str(tiny_causal_lm), "--rerank-top-k", "3"]) == 0  # zero-shot prompt
+    from conftest import cli_rerank_problem
+
+    # the saved run ranks the top 3 by the trained reranker's own scores (computed here from the saved folder)
+    assert cli_rerank_problem(tiny_beir, tmp_path, capsys, str(tmp_path / "rr" / "model")) is None
+    assert cli_rerank_problem(tiny_beir, tmp_path, capsys, str(tiny_causal_lm)) is None  # zero-shot prompt
+
+
+@register
+class ConstantScores:
+    """A test kind whose scores are all equal: it orders nothing."""
+
+    kind = "constant-test"
+
+    @classmethod
+    def from_pretrained(cls, target):
+        return cls()
+
+    def score_groups(self, groups, batch_size=8, show_progress=False, mode=None):
+        return [[0.5] * len(docs) for _, docs in groups]
+
+    def rerank(self, *args, **kwargs):
+        return rerank(self, *args, **kwargs)
+
+
+def test_constant_reranker_fails_the_cli_rerank_check(tiny_beir, tmp_path, capsys):
+    """The check of the CLI rerank tests catches a reranker with constant scores (recall@6 alone would not)."""
+    from conftest import cli_rerank_problem
+
+    problem = cli_rerank_problem(tiny_beir, tmp_path, capsys, "constant-test:anything")
+    assert problem is not None and "ties" in problem
+
+
+def test_rerank_order_check_on_hand_made_runs():
+    from conftest import rerank_order_problem
+
+    class ByLength:
+        def score_groups(self, groups, batch_size=8, show_progress=False, mode=None):
+            return [[float(len(d)) for d in docs] for _, docs in groups]
+
+    corpus = {d: {"title": "", "text": t} for d, t in (("a", "xxx"), ("b", "x"), ("c", "xx"), ("t", "xxxx"))}
+    first, queries = {"q": {"a": 3.0, "b": 2.0, "c": 1.0, "t": 0.0}}, {"q": "query"}
+    assert rerank_order_problem(first, {"q": {"a": 3.0, "c": 2.0, "b": 1.0, "t": 0.0}}, corpus, queries, ByLength(), 3) is None
+    assert "saved order" in rerank_order_problem(first, {"q": {"a": 3.0, "c": 2.0, "b": 1.0, "t": 5.0}}, corpus, queries,
+                                                 ByLength(), 3)  # the tail must stay below the reranked docs
+    assert "not the reranker's" in rerank_order_problem(first, {"q": {"b": 3.0, "c": 2.0, "a": 1.0, "t": 0.0}}, corpus,
+                                                        queries, ByLength(), 3)
