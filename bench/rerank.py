@@ -13,8 +13,8 @@ Tasks (first stage -> candidates; each test task has a tuning task whose qrels c
 ``score`` computes a reranker's scores of a task's candidates and appends them, a few queries at a
 time, to ``<out>/scores/<task>/<reranker>.jsonl``: an interrupted run resumes where it stopped.
 ``report`` reads every cached score file and prints one JSON line per row (and a Markdown table):
-nDCG@10, the difference to the first stage with a two-sided paired t-test over queries
-(``scipy.stats.ttest_rel``), the number of queries, scoring docs/s and, for fused rows, the weight chosen
+nDCG@10, the difference to the first stage with two-sided paired tests over queries
+(``eval.report.ttest`` = ``scipy.stats.ttest_rel``, and a 10,000-flip randomisation test), the number of queries, scoring docs/s and, for fused rows, the weight chosen
 on the tuning task. Random order = each query's candidates shuffled (mean over 10 seeds per query).
 
     python bench/rerank.py score --task scifact-test-dense --reranker qlm:HuggingFaceTB/SmolLM2-135M-Instruct
@@ -134,7 +134,7 @@ def random_order(run: dict, qrels: dict, seeds: int = 10) -> dict[str, float]:
 
 
 def report(args) -> None:
-    from scipy.stats import ttest_rel
+    from eval.report import randomisation_test, ttest
 
     out = Path(args.out)
     rows = []
@@ -150,9 +150,11 @@ def report(args) -> None:
             values = [per_query.get(q, 0.0) for q in qids]
             first = [base[q] for q in qids]
             diff = statistics.fmean(values) - statistics.fmean(first)
-            p = None if values == first else float(ttest_rel(values, first).pvalue)
+            p = ttest(values, first)[1]
+            p_rand = randomisation_test(values, first, 10_000, seed=0)
             rows.append({"task": name, "system": system, "queries": len(qids), METRIC: round(statistics.fmean(values), 4),
-                         "delta": round(diff, 4), "p_ttest": None if p is None else float(f"{p:.3g}"), **extra})
+                         "delta": round(diff, 4), "p_ttest": float(f"{p:.3g}"), "p_randomisation": float(f"{p_rand:.3g}"),
+                         **extra})
 
         row(f"first stage ({task.first_stage}, top {task.k})", base)
         row("random order (10 shuffles)", random_order(run, ds.qrels))
@@ -185,10 +187,11 @@ def report(args) -> None:
         print(json.dumps(r))
     if args.save:
         Path(args.save).write_text("".join(json.dumps(r) + "\n" for r in rows))
-    print("\n| task | system | queries | nDCG@10 | delta | p (paired t) | docs/s |\n| --- | --- | --- | --- | --- | --- | --- |")
+    print("\n| task | system | queries | nDCG@10 | delta | p (paired t) | p (randomisation) | docs/s |\n"
+          "| --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
         print(f"| {r['task']} | {r['system']} | {r['queries']} | {r[METRIC]:.4f} | {r['delta']:+.4f} | "
-              f"{'' if r['p_ttest'] is None else r['p_ttest']} | {r.get('docs_per_s', '')} |")
+              f"{r['p_ttest']} | {r['p_randomisation']} | {r.get('docs_per_s', '')} |")
 
 
 def main() -> None:
