@@ -72,19 +72,40 @@ def _record_id(path: Path, number: int, value) -> str:
     return str(value)
 
 
-def _check_unique(path: Path, number: int, key: str, seen: dict) -> None:
+def _check_unique(path: Path, number: int, key: str, seen: dict | set) -> None:
     if key in seen:
         raise DataError(f"{path}:{number}: duplicate id {key!r}")
+
+
+def _jsonl_docs(path: Path):
+    """``(doc_id, title, text)`` of each line of a BEIR ``corpus.jsonl[.gz]``; ids checked and unique."""
+    seen: set[str] = set()
+    for number, obj in read_jsonl(path, required=("_id", "text")):
+        doc_id = _record_id(path, number, obj["_id"])
+        _check_unique(path, number, doc_id, seen)
+        seen.add(doc_id)
+        yield doc_id, str(obj.get("title") or ""), str(obj["text"] or "")
+
+
+def _tsv_pairs(path: Path, what: str):
+    """``(id, text)`` of each ``id<TAB>text`` line (MS MARCO collection / queries files); ids unique."""
+    seen: set[str] = set()
+    for number, line in _lines(path):
+        line = line.rstrip("\r\n")
+        if not line:
+            continue
+        parts = line.split("\t")
+        if len(parts) < 2:
+            raise DataError(f"{path}:{number}: expected '<id>\\t<{what}>', found no tab")
+        _check_unique(path, number, parts[0], seen)
+        seen.add(parts[0])
+        yield parts[0], parts[-1] if len(parts) == 2 else "\t".join(parts[1:])
 
 
 def load_corpus(path: str | Path) -> Corpus:
     """Read a BEIR ``corpus.jsonl[.gz]``: one ``{"_id", "title"?, "text"}`` object a line."""
     path = Path(path)
-    corpus: Corpus = {}
-    for number, obj in read_jsonl(path, required=("_id", "text")):
-        doc_id = _record_id(path, number, obj["_id"])
-        _check_unique(path, number, doc_id, corpus)
-        corpus[doc_id] = {"title": str(obj.get("title") or ""), "text": str(obj["text"] or "")}
+    corpus: Corpus = {doc_id: {"title": title, "text": text} for doc_id, title, text in _jsonl_docs(path)}
     if not corpus:
         raise DataError(f"{path}: empty corpus (no documents)")
     return corpus
@@ -155,20 +176,8 @@ def _is_int(text: str) -> bool:
 
 def _read_tsv_pairs(path: Path, what: str) -> dict[str, str]:
     """Read ``id<TAB>text`` lines (MS MARCO collection / queries files)."""
-    out: dict[str, str] = {}
-    for number, line in _lines(path):
-        line = line.rstrip("\r\n")
-        if not line:
-            continue
-        parts = line.split("\t")
-        if len(parts) < 2:
-            raise DataError(f"{path}:{number}: expected '<id>\\t<{what}>', found no tab")
-        _check_unique(path, number, parts[0], out)
-        out[parts[0]] = parts[-1] if len(parts) == 2 else "\t".join(parts[1:])
-    return out
+    return dict(_tsv_pairs(path, what))
 
-
-# ---------------------------------------------------------------- folders
 
 def _first_existing(folder: Path, names: tuple[str, ...]) -> Path | None:
     for name in names:
@@ -248,24 +257,12 @@ def _corpus_records(path: str, stamp: str = ""):
     """``{"_id", "title", "text"}`` rows of a corpus file, parsed and checked exactly as ``load_corpus`` /
     the MS MARCO reader do (same ids, same text, duplicates refused); ``stamp`` only keys the cache."""
     path = Path(path)
-    seen: set[str] = set()
     if ".jsonl" in path.name:
-        for number, obj in read_jsonl(path, required=("_id", "text")):
-            doc_id = _record_id(path, number, obj["_id"])
-            _check_unique(path, number, doc_id, seen)
-            seen.add(doc_id)
-            yield {"_id": doc_id, "title": str(obj.get("title") or ""), "text": str(obj["text"] or "")}
+        for doc_id, title, text in _jsonl_docs(path):
+            yield {"_id": doc_id, "title": title, "text": text}
         return
-    for number, line in _lines(path):
-        line = line.rstrip("\r\n")
-        if not line:
-            continue
-        parts = line.split("\t")
-        if len(parts) < 2:
-            raise DataError(f"{path}:{number}: expected '<id>\\t<passage>', found no tab")
-        _check_unique(path, number, parts[0], seen)
-        seen.add(parts[0])
-        yield {"_id": parts[0], "title": "", "text": parts[-1] if len(parts) == 2 else "\t".join(parts[1:])}
+    for doc_id, text in _tsv_pairs(path, "passage"):
+        yield {"_id": doc_id, "title": "", "text": text}
 
 
 def load_corpus_arrow(folder: str | Path, cache_dir: str | Path | None = None):

@@ -49,7 +49,8 @@ def fuse(first: dict[str, dict[str, float]], reranked: dict[str, dict[str, float
         a = normalise({d: docs[d] for d in head}, norm)
         b = normalise({d: reranked[qid][d] for d in head}, norm)
         fused = {d: (1.0 - weight) * a[d] + weight * b[d] for d in head}
-        order = sorted(head, key=lambda d: (-fused[d], ranking.index(d)))
+        position = {d: i for i, d in enumerate(ranking)}
+        order = sorted(head, key=lambda d: (-fused[d], position[d]))
         tail = [d for d in ranking if d not in fused]
         out[qid] = {d: float(len(ranking) - i) for i, d in enumerate(order + tail)}
     return out

@@ -25,11 +25,7 @@ def plot_roc(runs: dict[str, dict], qrels: dict, path: str | Path, k: int | None
     ax.set_ylabel("true positive rate")
     ax.set_title(f"ROC over top-{k} candidates" if k else "ROC")
     ax.legend(loc="lower right", fontsize=8)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_differences(result: dict, path: str | Path) -> Path:
@@ -54,6 +50,13 @@ def plot_differences(result: dict, path: str | Path) -> Path:
         ax.set_ylabel(f"{metric} - {baseline}")
         ax.set_title(metric)
         ax.legend(loc="upper right", fontsize=7)
+    return _save(fig, path)
+
+
+def _save(fig, path: str | Path) -> Path:
+    """Write ``fig`` as a PNG at ``path`` (folders created) and free it."""
+    import matplotlib.pyplot as plt
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120, bbox_inches="tight")
