@@ -70,7 +70,7 @@ def load_task(name: str, out: Path):
     judged = {q: t for q, t in ds.queries.items() if q in ds.qrels}
     queries = select_queries(judged, task.max_queries)
     if task.first_stage == "bm25":
-        from eval.bm25 import bm25_search
+        from retriever.bm25 import bm25_search
 
         run = bm25_search(ds.corpus, queries, task.k)
     elif task.first_stage == "dense":

@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from eval.data import load_dataset, resolve_dataset, select_queries
-from eval.pipeline import evaluate, training_groups
+from eval.pipeline import evaluate
+from retriever.examples import training_groups
 from reranker.pointwise import LLMReranker, RerankerConfig
 from reranker.train import RerankTrainConfig, train_reranker
 from retriever.encoder import DualEncoder

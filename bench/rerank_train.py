@@ -1,8 +1,10 @@
 """Reranker training on scifact train: the top-L-layer path vs full-depth LoRA, and the training runs
 whose models ``bench/rerank.py`` scores.
 
-Groups: scifact train queries (all 809), 1 qrels positive + 7 negatives drawn from the dense
-(all-MiniLM-L6-v2) top 30 minus positives; documents cut to ``--doc-max-tokens``.
+Groups: scifact train queries (809) minus the 40 that ``bench/rerank.py`` tunes fusion weights on
+(``TUNING_QUERIES``: the first 40 judged train ids, sorted), so a trained model's fusion weight is chosen
+on queries it never saw; 1 qrels positive + 7 negatives drawn from the dense (all-MiniLM-L6-v2) top 30
+minus positives; documents cut to ``--doc-max-tokens``.
 
 ``speed``: the same model and the same groups, steps alternating between (a) today's loop, LoRA on
 every layer (gradients flow through the whole depth) and (b) LoRA on the top ``--train-layers``
@@ -25,8 +27,8 @@ from pathlib import Path
 
 import torch
 
-from eval.data import load_dataset, resolve_dataset
-from eval.pipeline import training_groups
+from eval.data import load_dataset, resolve_dataset, select_queries
+from retriever.examples import training_groups
 from reranker.base import load_reranker
 from reranker.train import STEPS, RerankTrainConfig, accumulate, make_groups, train_reranker
 
@@ -37,7 +39,7 @@ def scifact_groups(out: Path, depth: int = 30) -> list[dict]:
     """Training examples of every scifact train query, negatives from the dense top ``depth`` (cached)."""
     cached = out / "scifact-train-groups.json"
     if cached.exists():
-        return json.loads(cached.read_text())
+        return held_out(json.loads(cached.read_text()))
     from retriever.search import dense_search
 
     ds = load_dataset(resolve_dataset("scifact"), "train")
@@ -46,7 +48,17 @@ def scifact_groups(out: Path, depth: int = 30) -> list[dict]:
     examples = training_groups(ds.corpus, queries, ds.qrels, run, depth)
     cached.parent.mkdir(parents=True, exist_ok=True)
     cached.write_text(json.dumps(examples))
-    return examples
+    return held_out(examples)
+
+
+TUNING_QUERIES = 40
+
+
+def held_out(examples: list[dict]) -> list[dict]:
+    """``examples`` without the scifact train queries the rerank bench tunes fusion on."""
+    ds = load_dataset(resolve_dataset("scifact"), "train")
+    tuning = set(select_queries({q: t for q, t in ds.queries.items() if q in ds.qrels}, TUNING_QUERIES).values())
+    return [e for e in examples if e["query"] not in tuning]
 
 
 def make_reranker(scorer: str, doc_max_tokens: int):

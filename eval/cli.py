@@ -444,6 +444,8 @@ def cmd_eval(args) -> int:
     The evaluated queries are the split's queries that have qrels and text (the first --max-queries in
     sorted id order); each mean is over all of them, a query without hits counting 0, which is what
     pytrec_eval gives for a run holding every evaluated query (the beir convention)."""
+    from retriever.search import first_stage
+
     from . import pipeline
     from .data import load_dataset, resolve_dataset, select_queries
 
@@ -482,7 +484,7 @@ def cmd_eval(args) -> int:
         if saved_run is not None:
             run, label = saved_run, f"run:{args.run}"
         else:
-            run = pipeline.first_stage(retriever, ds.corpus, queries, args.top_k, model=model, index_dir=args.index,
+            run = first_stage(retriever, ds.corpus, queries, args.top_k, model=model, index_dir=args.index,
                                        factory=args.factory or "Flat", batch_size=args.batch_size or 64,
                                        nprobe=args.nprobe, ef_search=args.ef_search)
             label = retriever if model is None else f"dense:{model}"
@@ -685,16 +687,16 @@ def cmd_train_reranker(args) -> int:
     from reranker.blockrank import BlockRankConfig, BlockRanker
     from reranker.pointwise import LLMReranker, RerankerConfig
     from reranker.train import RerankTrainConfig, train_reranker
+    from retriever.examples import training_groups
+    from retriever.search import first_stage
 
-    from . import pipeline
     from .data import load_dataset, resolve_dataset, select_queries
 
     check_run_folder(args.out, args.resume, args.overwrite)  # before any data is loaded or encoded
     ds = load_dataset(resolve_dataset(args.data), args.split)
     queries = select_queries(ds.queries, args.max_queries)
-    run = pipeline.first_stage(args.first_stage, ds.corpus, queries, args.depth, model=args.retriever_model or DEFAULT_ENCODER,
-                               index_dir=args.index)
-    examples = pipeline.training_groups(ds.corpus, queries, ds.qrels, run, args.depth)
+    run = first_stage(args.first_stage, ds.corpus, queries, args.depth, model=args.retriever_model, index_dir=args.index)
+    examples = training_groups(ds.corpus, queries, ds.qrels, run, args.depth)
     block = args.train_command == "blockrank"
     objective = "blockrank" if block else args.objective
     shared = dict(group_size=args.group_size, batch_size=args.batch_size, lr=args.lr, epochs=args.epochs,
@@ -763,34 +765,14 @@ def cmd_train_retriever(args) -> int:
 
 
 def cmd_mine(args) -> int:
-    from retriever.mining import dense_positive_scores, select_negatives, write_mined
+    from retriever.mining import MineConfig, mine_negatives, write_mined
 
     from .data import load_dataset, resolve_dataset
 
     check_file_target(args.out, args.overwrite)  # the output-path rule, before any work
     ds = load_dataset(resolve_dataset(args.data), args.split)
-    positive_scores = None
-    if args.index:
-        from retriever.encoder import DualEncoder
-        from retriever.index import Index
-        from retriever.index import corpus_fingerprint
-        from retriever.search import check_encoder
-
-        index = Index.load(args.index)
-        encoder = DualEncoder.from_pretrained(args.model or index.meta["model"])
-        check_encoder(index, encoder, args.index)
-        if index.meta.get("corpus_fingerprint") not in (None, corpus_fingerprint(ds.corpus)):
-            raise ValueError(f"{args.index}: index was built from another corpus than {ds.path}")
-        qids = list(ds.queries)
-        vectors = encoder.encode([ds.queries[q] for q in qids], is_query=True)
-        run = index.search_run(qids, vectors, args.rank_to)
-        positive_scores = dense_positive_scores(index, qids, vectors, ds.qrels)
-    else:
-        from .bm25 import bm25_search
-
-        run = bm25_search(ds.corpus, ds.queries, args.rank_to)
-    negatives = select_negatives(run, ds.qrels, args.rank_from, args.rank_to, args.max_negatives,
-                                 positive_scores, args.max_ratio)
+    config = MineConfig(args.rank_from, args.rank_to, args.max_negatives, args.max_ratio)
+    negatives = mine_negatives(ds.corpus, ds.queries, ds.qrels, config, args.index, args.model)
     count = write_mined(args.out, ds.queries, ds.qrels, negatives)
     print(json.dumps({"out": args.out, "queries": count, "negatives": sum(map(len, negatives.values()))}))
     return 0

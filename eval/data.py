@@ -26,9 +26,7 @@ from pathlib import Path
 
 from retriever.io import DataError, atomic_write_text, lines as _lines, read_jsonl, write_jsonl  # noqa: F401
 
-Corpus = dict[str, dict[str, str]]
-Queries = dict[str, str]
-Qrels = dict[str, dict[str, int]]
+from retriever.types import Corpus, Qrels, Queries
 
 BEIR_URL = "https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets/{name}.zip"
 # md5 of each official BEIR zip, as published in the BEIR README.

@@ -23,8 +23,7 @@ import numpy as np
 
 from retriever.runs import rank
 
-Qrels = dict[str, dict[str, int]]
-Run = dict[str, dict[str, float]]
+from retriever.types import Qrels, Run
 
 MEASURES = ("ndcg", "mrr", "recall", "map", "p")
 _ALIASES = {"precision": "p", "recip_rank": "mrr", "ndcg_cut": "ndcg", "map_cut": "map"}

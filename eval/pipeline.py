@@ -19,8 +19,7 @@ from .fusion import fuse  # noqa: F401  (re-exported)
 
 from .data import DataError, atomic_write_text
 
-Run = dict[str, dict[str, float]]
-Qrels = dict[str, dict[str, int]]
+from retriever.types import Qrels, Run
 
 DEFAULT_METRICS = ("ndcg@10", "mrr@10", "recall@100", "map@100", "p@10")
 
@@ -125,23 +124,6 @@ def format_table(rows: dict[str, dict[str, float]], digits: int = 4) -> str:
     return "\n".join(lines)
 
 
-def first_stage(retriever: str, corpus: dict, queries: dict[str, str], k: int, model: str | None = None,
-                index_dir: str | None = None, factory: str = "Flat", batch_size: int = 64,
-                nprobe: int | None = None, ef_search: int | None = None) -> Run:
-    """Top-``k`` run from ``bm25`` or ``dense`` (a densekit encoder + FAISS index, built or reused;
-    ``nprobe``/``ef_search`` are the IVF/HNSW search knobs, see ``Index.set_params``)."""
-    if retriever == "bm25":
-        from .bm25 import bm25_search
-
-        return bm25_search(corpus, queries, k)
-    if retriever == "dense":
-        from retriever.search import dense_search
-
-        return dense_search(corpus, queries, k, model=model, index_dir=index_dir, factory=factory, batch_size=batch_size,
-                            nprobe=nprobe, ef_search=ef_search)
-    raise ValueError(f"unknown retriever {retriever!r}: use bm25 or dense")
-
-
 def rerank_stage(run: Run, corpus: dict, queries: dict[str, str], reranker, top_k: int, batch_size: int = 8,
                  mode: str | None = None, show_progress: bool = True) -> Run:
     """Re-score each query's top ``top_k`` with ``reranker`` (a reranker, or a spec for
@@ -152,16 +134,6 @@ def rerank_stage(run: Run, corpus: dict, queries: dict[str, str], reranker, top_
     if isinstance(reranker, str):
         reranker = load_reranker(reranker)
     return reranker.rerank(run, corpus, queries, top_k=top_k, batch_size=batch_size, show_progress=show_progress, mode=mode)
-
-
-def training_groups(corpus: dict, queries: dict[str, str], qrels: Qrels, first_stage_run: Run, depth: int = 30,
-                    min_negatives: int = 1) -> list[dict]:
-    """Reranker/retriever training examples: qrels positives + the first stage's top ``depth`` minus positives."""
-    from retriever.examples import from_qrels
-    from retriever.mining import select_negatives
-
-    negatives = select_negatives(first_stage_run, qrels, 0, depth)
-    return from_qrels(corpus, queries, qrels, negatives, n_negatives=min_negatives)
 
 
 def tuning_split(folder: str | Path, split: str, requested: str | None = None) -> str:
@@ -190,6 +162,8 @@ def tune_fusion(folder: str | Path, split: str, reranker, k: int, norm: str = "z
     """``(weight, queries used)``: the fusion weight with the best nDCG@10 on ``split``'s first
     ``max_queries`` judged queries (sorted ids), their first stage's top ``k`` (``retriever``, or ``run_file``)
     reranked by ``reranker``. Only ``split``'s qrels are read."""
+    from retriever.search import first_stage
+
     from .data import load_dataset, select_queries
     from .fusion import tune_weight
 

@@ -26,8 +26,7 @@ import numpy as np
 
 from .data import DataError
 
-Run = dict[str, dict[str, float]]
-Qrels = dict[str, dict[str, int]]
+from retriever.types import Qrels, Run
 
 DEFAULT_METRICS = ("ndcg@10", "mrr@10", "recall@100")
 TIE_TOLERANCE = 1e-12

@@ -6,7 +6,8 @@ An example is ``{"query": str, "positives": [str, ...], "negatives": [str, ...]}
 - a JSONL file (``read_jsonl_examples``), one ``{"query" | "query_id", "positives", "negatives"}`` a
   line, entries being doc ids when a corpus is given (``densekit mine`` writes this), texts otherwise;
 - MS MARCO-style triples, ``query<TAB>positive<TAB>negative`` a line (``read_triples``);
-- no labels at all (``crop_pairs``, after Contriever): two independent random crops of one document.
+- no labels at all (``crop_pairs``, after Contriever): two independent random crops of one document;
+- a first-stage run (``training_groups``): qrels positives + the run's top ``depth`` minus positives.
 
 ``batches`` turns examples into a deterministic sequence of batches for a seed: the same seed gives
 the same order, so a resumed run sees exactly the data it would have seen.
@@ -20,6 +21,7 @@ from pathlib import Path
 
 from .io import DataError, lines, read_jsonl
 from .text import doc_text
+from .types import Qrels, Queries, Run
 
 
 @dataclass
@@ -160,3 +162,12 @@ def _draw(pool: list[str], n: int, rng: random.Random) -> list[str]:
     if n == 0:
         return []
     return rng.sample(pool, n) if len(pool) >= n else [rng.choice(pool) for _ in range(n)]
+
+
+def training_groups(corpus, queries: Queries, qrels: Qrels, first_stage_run: Run, depth: int = 30,
+                    min_negatives: int = 1) -> list[dict]:
+    """Reranker/retriever training examples: qrels positives + the first stage's top ``depth`` minus positives."""
+    from .mining import select_negatives
+
+    negatives = select_negatives(first_stage_run, qrels, 0, depth)
+    return from_qrels(corpus, queries, qrels, negatives, n_negatives=min_negatives)

@@ -248,12 +248,9 @@ class Index:
         meta = {**self.meta, "format": FORMAT_VERSION, "dim": self.dim, "factory": self.factory, "ntotal": self.ntotal}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
 
-    @classmethod
-    def load(cls, folder: str | os.PathLike, expect_dim: int | None = None, expect_model: str | None = None,
-             mmap: bool = False) -> "Index":
-        """Load a saved folder; refuse a half-written folder or one built for another model/dimension."""
-        import faiss
-
+    @staticmethod
+    def read_meta(folder: str | os.PathLike) -> dict:
+        """``meta.json`` of a complete saved index folder (model, dim, factory, ...), without reading the index."""
         folder = Path(folder)
         meta_path = folder / "meta.json"
         if not folder.is_dir():
@@ -265,6 +262,16 @@ class Index:
         if missing:
             raise BadIndexError(f"{meta_path}: not a densekit index meta file (missing {', '.join(missing)}); "
                                 "rebuild the index with `densekit index build --overwrite`")
+        return meta
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike, expect_dim: int | None = None, expect_model: str | None = None,
+             mmap: bool = False) -> "Index":
+        """Load a saved folder; refuse a half-written folder or one built for another model/dimension."""
+        import faiss
+
+        folder = Path(folder)
+        meta = cls.read_meta(folder)
         if expect_dim is not None and meta["dim"] != expect_dim:
             raise BadIndexError(f"{folder}: index dimension {meta['dim']} does not match the encoder's {expect_dim}")
         if expect_model is not None and meta.get("model") not in (None, expect_model):

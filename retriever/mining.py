@@ -1,6 +1,7 @@
 """Hard-negative mining from any first-stage run (densekit index or BM25).
 
-``select_negatives`` keeps, for each query, the documents at ranks ``[rank_from, rank_to)`` of its
+``mine_negatives`` runs the first stage (a saved densekit index of the corpus, else BM25) for the judged
+queries and ``select_negatives`` keeps, for each query, the documents at ranks ``[rank_from, rank_to)`` of its
 run (0-based, trec_eval order) that are not judged relevant (any qrels entry >= 1), optionally
 dropping likely false negatives: a candidate whose score exceeds ``max_ratio`` x the query's lowest
 positive score is skipped (NV-Retriever's "TopK-PercPos" filter). ``write_mined`` writes the JSONL
@@ -8,6 +9,7 @@ training format read by ``examples.read_jsonl_examples``.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +17,18 @@ import numpy as np
 from .index import Index
 from .io import write_jsonl
 from .runs import rank
+from .types import Qrels, Queries, Run
+
+
+@dataclass
+class MineConfig:
+    """Which first-stage ranks become negatives (see ``select_negatives``)."""
+
+    rank_from: int = 10
+    rank_to: int = 50
+    max_negatives: int | None = 20
+    max_ratio: float | None = None
+    relevance_level: int = 1
 
 
 def select_negatives(run: dict[str, dict[str, float]], qrels: dict[str, dict[str, int]], rank_from: int = 0,
@@ -57,3 +71,31 @@ def write_mined(path: str | Path, queries: dict[str, str], qrels: dict[str, dict
             for qid, negs in sorted(negatives.items()) if qid in queries]
     write_jsonl(path, rows)
     return len(rows)
+
+
+def mine_negatives(corpus, queries: Queries, qrels: Qrels, config: MineConfig | None = None,
+                   index_dir: str | Path | None = None, model: str | None = None, batch_size: int = 64) -> dict[str, list[str]]:
+    """Negatives of every judged query: from the dense index saved in ``index_dir`` (searched with ``model``,
+    default the index's own encoder; the index must be that encoder's index of this corpus, ``search.open_index``),
+    or from BM25 without ``index_dir``. ``max_ratio`` needs the dense scores of the positives."""
+    from .search import encode_queries, open_index
+
+    config = config or MineConfig()
+    judged = {q: t for q, t in queries.items() if q in qrels}
+    positive_scores = None
+    if index_dir is None:
+        if config.max_ratio is not None:
+            raise ValueError("max_ratio compares dense scores: mine from a dense index (--index) or drop --max-ratio")
+        from .bm25 import bm25_search
+
+        run: Run = bm25_search(corpus, judged, config.rank_to)
+    else:
+        from .encoder import DualEncoder
+
+        encoder = DualEncoder.from_pretrained(model or Index.read_meta(index_dir)["model"])
+        index = open_index(index_dir, encoder, corpus)
+        query_ids, vectors = encode_queries(encoder, judged, batch_size)
+        run = index.search_run(query_ids, vectors, config.rank_to)
+        positive_scores = dense_positive_scores(index, query_ids, vectors, qrels, config.relevance_level)
+    return select_negatives(run, qrels, config.rank_from, config.rank_to, config.max_negatives, positive_scores,
+                            config.max_ratio, config.relevance_level)

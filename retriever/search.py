@@ -1,4 +1,5 @@
-"""Corpus -> index -> run: the dense first stage shared by evaluation, mining and reranking.
+"""Corpus -> index -> run: the first stage (dense, or BM25 through ``first_stage``) shared by evaluation,
+mining and reranker training.
 
 ``build_index`` encodes the corpus (all of it, or shard i of n: ``shards.py``) in pieces of ``shard_size``
 documents, each saved as a ``.npy`` file under ``<out>.partial/`` next to the target; an interrupted build
@@ -17,11 +18,16 @@ import shutil
 import warnings
 from pathlib import Path
 
+import numpy as np
+
 from .encoder import DualEncoder
 from .index import BadIndexError, Index, check_factory, corpus_fingerprint
 from .io import check_target
 from .models import same_model_name
 from .shards import CorpusRows, encode_shard, merge_shards, wait_for_shards
+from .types import Queries, Run
+
+DEFAULT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
 
 
 def index_meta(encoder: DualEncoder, corpus) -> dict:
@@ -91,25 +97,37 @@ def build_index(corpus, encoder: DualEncoder, out: str | Path | None = None, fac
     return index
 
 
-def load_or_build_index(corpus: dict, encoder: DualEncoder, index_dir: str | Path | None, factory: str = "Flat",
+def open_index(index_dir: str | Path, encoder: DualEncoder, corpus) -> Index:
+    """The index saved in ``index_dir``, refused unless it is ``encoder``'s index (``check_encoder``) of this very
+    ``corpus`` (same fingerprint): the one rule for every reader (eval, mining, reranker training)."""
+    index = Index.load(index_dir)
+    check_encoder(index, encoder, index_dir)
+    if index.meta.get("corpus_fingerprint") != corpus_fingerprint(corpus):
+        raise BadIndexError(f"{index_dir}: index was built from another corpus (fingerprint differs); "
+                            f"use another --index folder or delete it")
+    return index
+
+
+def load_or_build_index(corpus, encoder: DualEncoder, index_dir: str | Path | None, factory: str = "Flat",
                         batch_size: int = 64, show_progress: bool = True) -> Index:
     """Reuse ``index_dir`` when it holds this model's index of this very corpus, else build it there."""
     if index_dir is not None and Path(index_dir).is_dir() and any(Path(index_dir).iterdir()):
-        index = Index.load(index_dir)
-        check_encoder(index, encoder, index_dir)
-        if index.meta.get("corpus_fingerprint") != corpus_fingerprint(corpus):
-            raise BadIndexError(f"{index_dir}: index was built from another corpus (fingerprint differs); "
-                                f"use another --index folder or delete it")
-        return index
+        return open_index(index_dir, encoder, corpus)
     return build_index(corpus, encoder, index_dir, factory, batch_size, show_progress=show_progress)
 
 
-def dense_search(corpus: dict, queries: dict[str, str], k: int, model: str = "sentence-transformers/all-MiniLM-L6-v2",
+def encode_queries(encoder: DualEncoder, queries: Queries, batch_size: int = 64) -> tuple[list[str], np.ndarray]:
+    """``(query ids, query vectors)`` in ``queries``' order."""
+    query_ids = list(queries)
+    return query_ids, encoder.encode([queries[q] for q in query_ids], is_query=True, batch_size=batch_size)
+
+
+def dense_search(corpus, queries: Queries, k: int, model: str = DEFAULT_ENCODER,
                  index_dir: str | Path | None = None, factory: str = "Flat", batch_size: int = 64,
                  encoder: DualEncoder | None = None, show_progress: bool = True, nprobe: int | None = None,
-                 ef_search: int | None = None) -> dict[str, dict[str, float]]:
-    """Top-``k`` dense run for ``queries`` over ``corpus`` (index built or reused); ``nprobe`` (IVF) and
-    ``ef_search`` (HNSW) are passed to ``Index.set_params`` before searching."""
+                 ef_search: int | None = None) -> Run:
+    """Top-``k`` dense run for ``queries`` over ``corpus`` (a BEIR dict or an Arrow dataset; index built or
+    reused); ``nprobe`` (IVF) and ``ef_search`` (HNSW) are passed to ``Index.set_params`` before searching."""
     building = index_dir is None or not Path(index_dir).is_dir()
     if building and nprobe is not None and "IVF" not in factory.upper():
         raise BadIndexError(f"nprobe applies to IVF indexes, not {factory!r}")
@@ -118,6 +136,19 @@ def dense_search(corpus: dict, queries: dict[str, str], k: int, model: str = "se
     encoder = encoder or DualEncoder.from_pretrained(model)
     index = load_or_build_index(corpus, encoder, index_dir, factory, batch_size, show_progress)
     index.set_params(nprobe=nprobe, ef_search=ef_search)
-    query_ids = list(queries)
-    vectors = encoder.encode([queries[q] for q in query_ids], is_query=True, batch_size=batch_size)
-    return index.search_run(query_ids, vectors, k)
+    return index.search_run(*encode_queries(encoder, queries, batch_size), k)
+
+
+def first_stage(retriever: str, corpus, queries: Queries, k: int, model: str | None = None,
+                index_dir: str | None = None, factory: str = "Flat", batch_size: int = 64,
+                nprobe: int | None = None, ef_search: int | None = None) -> Run:
+    """Top-``k`` run from ``bm25`` (``bm25.bm25_search``) or ``dense`` (a densekit encoder, default
+    all-MiniLM-L6-v2, + FAISS index, built or reused: ``dense_search``); ``corpus`` a BEIR dict or an Arrow dataset."""
+    if retriever == "bm25":
+        from .bm25 import bm25_search
+
+        return bm25_search(corpus, queries, k)
+    if retriever == "dense":
+        return dense_search(corpus, queries, k, model=model or DEFAULT_ENCODER, index_dir=index_dir, factory=factory,
+                            batch_size=batch_size, nprobe=nprobe, ef_search=ef_search)
+    raise ValueError(f"unknown retriever {retriever!r}: use bm25 or dense")

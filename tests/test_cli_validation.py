@@ -286,7 +286,7 @@ def test_undefined_auc_is_null_not_nan(tmp_path, capsys):
 # ---------------------------------------------------------------- item 10: queries without hits
 
 def test_printed_mean_counts_queries_without_hits_like_pytrec_eval(nohit_beir, tmp_path, capsys):
-    from eval.bm25 import bm25_search
+    from retriever.bm25 import bm25_search
     from eval.data import load_dataset
 
     path = tmp_path / "r.trec"
@@ -329,20 +329,20 @@ def test_mistyped_model_path_is_a_clean_error(tiny_beir, tmp_path, capsys, monke
 
 
 def test_save_run_to_a_folder_fails_before_any_work(tiny_beir, tmp_path, capsys, monkeypatch):
-    from eval import pipeline
+    from retriever import search
 
-    monkeypatch.setattr(pipeline, "first_stage", lambda *a, **k: pytest.fail("work started"))
+    monkeypatch.setattr(search, "first_stage", lambda *a, **k: pytest.fail("work started"))
     assert "is a folder" in exits_2(["eval", "--data", str(tiny_beir), "--save-run", str(tmp_path)], capsys)
     assert "is a folder" in exits_2(["eval", "--data", str(tiny_beir), "--run", str(tmp_path)], capsys)
 
 
 def test_main_keeps_tracebacks_of_genuine_bugs(tiny_beir, monkeypatch):
-    from eval import pipeline
+    from retriever import search
 
     def bug(*args, **kwargs):
         raise TypeError("a bug")
 
-    monkeypatch.setattr(pipeline, "first_stage", bug)
+    monkeypatch.setattr(search, "first_stage", bug)
     with pytest.raises(TypeError, match="a bug"):
         main(["eval", "--data", str(tiny_beir)])
 

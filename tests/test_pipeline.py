@@ -6,7 +6,7 @@ import pytrec_eval
 from eval import metrics as M
 from eval.cli import main
 from eval.data import DataError, load_dataset
-from eval.bm25 import BM25Index, bm25_search
+from retriever.bm25 import BM25Index, bm25_search
 from eval.pipeline import drop_identical_ids, evaluate, format_table, read_run, write_run
 
 

@@ -94,7 +94,7 @@ def test_qlm_save_load_roundtrip_scores_equal(qlm, tmp_path):
 def test_smollm2_query_likelihood_ranks_scifact_bm25_candidates(beir_data):
     """Real model, real data: on 12 scifact test queries (BM25 top 10) query likelihood puts a relevant
     document higher than the random order does (the measured full-scale gap is ~3.5x, see README)."""
-    from eval.bm25 import bm25_search
+    from retriever.bm25 import bm25_search
     from eval.data import load_dataset, select_queries
     from eval.pipeline import evaluate
     from reranker.base import load_reranker

@@ -1,6 +1,7 @@
 """Lexical baseline: BM25 on bm25s (Lucene variant, k1=1.5, b=0.75), English stopwords + Snowball stemmer.
 
-Documents are indexed as ``title + " " + text``. ``bm25_search`` returns a BEIR run
+Documents are indexed as ``title + " " + text``; the corpus may be a BEIR dict or a memory-mapped Arrow
+``datasets.Dataset`` (tokenised in slices). ``bm25_search`` returns a BEIR run
 (``{query_id: {doc_id: score}}``) with the top ``k`` documents of each query.
 """
 from __future__ import annotations
@@ -9,9 +10,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from retriever.text import doc_text
-
-Corpus = dict[str, dict[str, str]]
+from .text import doc_text
+from .types import Corpus, Queries, Run
 
 
 @dataclass
@@ -33,22 +33,32 @@ class BM25Index:
     stemmer: object = field(repr=False)
 
     @classmethod
-    def build(cls, corpus: Corpus, config: BM25Config | None = None, show_progress: bool = False) -> "BM25Index":
+    def build(cls, corpus, config: BM25Config | None = None, show_progress: bool = False,
+              batch_size: int = 10_000) -> "BM25Index":
+        """Index ``corpus``: a BEIR dict, or a ``datasets.Dataset`` (``_id``, ``title``, ``text``) read in slices of
+        ``batch_size`` rows, so only token ids (never the texts) are held; both give the same index."""
         import bm25s
         import Stemmer
+        from bm25s.tokenization import Tokenizer
+
+        from .shards import CorpusRows
 
         config = config or BM25Config()
-        if not corpus:
+        if not len(corpus):
             raise ValueError("cannot build a BM25 index over an empty corpus")
         stemmer = Stemmer.Stemmer(config.stemmer) if config.stemmer else None
-        doc_ids = list(corpus)
-        tokens = bm25s.tokenize([doc_text(corpus[d]) for d in doc_ids], stopwords=config.stopwords,
-                                stemmer=stemmer, show_progress=show_progress)
+        tokenizer = Tokenizer(stopwords=config.stopwords, stemmer=stemmer)
+        rows = CorpusRows(corpus)
+        doc_ids, token_ids = [], []
+        for start in range(0, len(rows), batch_size):
+            ids, texts = rows.rows(start, min(start + batch_size, len(rows)))
+            doc_ids.extend(ids)
+            token_ids.extend(tokenizer.streaming_tokenize(texts, update_vocab=True))
         retriever = bm25s.BM25(k1=config.k1, b=config.b, method=config.method)
-        retriever.index(tokens, show_progress=show_progress)
+        retriever.index(tokenizer.to_tokenized_tuple(token_ids), show_progress=show_progress)
         return cls(config=config, doc_ids=doc_ids, retriever=retriever, stemmer=stemmer)
 
-    def search(self, queries: dict[str, str], k: int = 100, show_progress: bool = False) -> dict[str, dict[str, float]]:
+    def search(self, queries: Queries, k: int = 100, show_progress: bool = False) -> Run:
         """Top ``k`` documents of each query; documents with score 0 (no shared term) are left out."""
         import bm25s
 
@@ -61,7 +71,7 @@ class BM25Index:
         # bm25s needs at least one known token per query; a query with none retrieves nothing.
         tokens = [[t for t in query if t in vocab] for query in tokens]
         k = min(k, len(self.doc_ids))
-        run: dict[str, dict[str, float]] = {q: {} for q in query_ids}
+        run: Run = {q: {} for q in query_ids}
         known = [i for i, query in enumerate(tokens) if query]
         if not known:
             return run
@@ -71,6 +81,6 @@ class BM25Index:
         return run
 
 
-def bm25_search(corpus: Corpus, queries: dict[str, str], k: int = 100, config: BM25Config | None = None) -> dict[str, dict[str, float]]:
+def bm25_search(corpus: Corpus, queries: Queries, k: int = 100, config: BM25Config | None = None) -> Run:
     """Build a BM25 index over ``corpus`` and return the top-``k`` run for ``queries``."""
     return BM25Index.build(corpus, config).search(queries, k)
