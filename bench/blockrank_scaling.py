@@ -28,7 +28,8 @@ from pathlib import Path
 
 import torch
 
-from reranker.blockrank import BlockPrompt, BlockRankConfig, BlockRanker
+from reranker.blockrank import BlockPrompt, BlockRanker
+from reranker.config import BlockRankConfig
 
 SMOLLM2 = "HuggingFaceTB/SmolLM2-135M-Instruct"
 LARGER = dict(hidden_size=1024, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=2,

@@ -24,8 +24,9 @@ import numpy as np
 from eval.data import load_dataset, resolve_dataset, select_queries
 from eval.pipeline import evaluate
 from retriever.examples import training_groups
-from reranker.pointwise import LLMReranker, RerankerConfig
-from reranker.train import RerankTrainConfig, train_reranker
+from reranker.config import RerankerConfig, RerankTrainConfig
+from reranker.pointwise import LLMReranker
+from reranker.train import train_reranker
 from retriever.encoder import DualEncoder
 from retriever.index import Index
 from retriever.models import cache_dir

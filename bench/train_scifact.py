@@ -25,7 +25,8 @@ from retriever.index import Index
 from retriever.models import cache_dir
 from retriever.mining import dense_positive_scores, select_negatives
 from retriever.search import build_index
-from retriever.train import RetrieverStep, TrainConfig, train
+from retriever.config import TrainConfig
+from retriever.train import RetrieverStep, train
 
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 METRICS = ["ndcg@10", "recall@100"]

@@ -42,22 +42,9 @@ import torch.nn.functional as F
 from retriever.text import doc_text
 
 from .base import CausalLMRanker, leading_special_tokens, register
+from .config import BlockRankConfig
 
 ATTENTION_NAME = "densekit_blockrank"
-
-
-@dataclass
-class BlockRankConfig:
-    instruction: str = ("You are given a search query and a list of documents, each shown as "
-                        "'ID: [i] | CONTENT: ... | END ID: [i]'. Find the document that best answers the query "
-                        "and reply with its ID.\nQuery: {query}\n")
-    query_template: str = "Query: {query}\nFinal Answer: ["
-    answer_template: str = "{id}]"
-    doc_max_tokens: int = 128
-    query_max_tokens: int = 64
-    score_layer: int | None = None   # 0-based; None: round(0.6 * n_layers)
-    signal_tokens: int = 2           # the last tokens of the query block: "[" and the one before it
-    doc_batch: int = 32              # doc blocks per forward of the efficient path (bounds activation memory)
 
 
 @dataclass

@@ -12,24 +12,14 @@ ids ``prefix + doc[:budget] + suffix`` so training and inference see identical i
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 
 from .base import CausalLMRanker, leading_special_tokens, register
+from .config import RerankerConfig
 
 DOC_SLOT = "\x00DOC\x00"
-
-
-@dataclass
-class RerankerConfig:
-    instruction: str = "Judge whether the document is relevant to the search query."
-    yes: str = "yes"
-    no: str = "no"
-    query_max_tokens: int = 64
-    doc_max_tokens: int = 192
-    use_chat_template: bool = True
 
 
 class TokenError(ValueError):

@@ -17,36 +17,14 @@ last column, and the LM head runs on the last ``max m + 1`` positions alone. Wor
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 
 from .base import CausalLMRanker, leading_special_tokens, register
+from .config import QLMConfig
 
 log = logging.getLogger(__name__)
-
-DEFAULT_TEMPLATE = "Passage: {document}\nPlease write a question or claim that this passage answers.\nQuestion: {query}"
-
-
-@dataclass
-class QLMConfig:
-    template: str = DEFAULT_TEMPLATE   # "{document}" then "{query}"; the query slot ends the template
-    reduce: str = "mean"               # mean | sum of the query tokens' log-probabilities
-    doc_max_tokens: int = 160
-    query_max_tokens: int = 64
-
-    def __post_init__(self):
-        head, sep, rest = self.template.partition("{document}")
-        if not sep or "{query}" not in rest or "{query}" in head:
-            raise ValueError(f"QLM template needs a {{document}} slot followed by a {{query}} slot, got {self.template!r}")
-        if not rest.endswith("{query}"):
-            raise ValueError(f"QLM template must end with its {{query}} slot (text after it is never scored), got {self.template!r}")
-        if self.reduce not in ("mean", "sum"):
-            raise ValueError(f"QLM reduce must be mean or sum, got {self.reduce!r}")
-        if self.doc_max_tokens < 1 or self.query_max_tokens < 1:
-            raise ValueError("QLM doc_max_tokens and query_max_tokens must be >= 1")
-
 
 @register
 class QLMReranker(CausalLMRanker):

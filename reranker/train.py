@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -28,49 +28,11 @@ import torch.nn.functional as F
 from retriever.checkpoints import run_identity
 from retriever.engine import Optimization, TrainStep, check_divisible, fit, process_count
 from retriever.models import weights_hash
-from retriever.train import check_config
 
 from .blockrank import BlockRanker, blockrank_groups
+from .config import RerankTrainConfig
 from .pointwise import LLMReranker
 from .qlm import QLMReranker
-
-
-@dataclass
-class RerankTrainConfig:
-    objective: str = "sft"          # sft | cl | unified (pointwise LLMReranker) | blockrank (BlockRanker)
-    weight: str = "sft"             # unified: where the per-example weight comes from
-    direction: str = "sft"          # unified: where the gradient direction comes from
-    temperature: float = 1.0        # CL softmax temperature on the yes logit
-    group_size: int = 8             # 1 positive + (group_size - 1) negatives
-    batch_size: int = 2             # groups per step
-    lr: float = 1e-4
-    epochs: int = 1
-    max_steps: int | None = None
-    warmup_ratio: float = 0.1
-    seed: int = 42
-    lora: bool = True
-    lora_r: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.05
-    lora_targets: list[str] | None = None
-    checkpoint_every: int = 50
-    aux_weight: float = 0.1         # blockrank: total = LM loss + aux_weight * attention InfoNCE
-    aux_temperature: float = 0.05   # blockrank: tau of the attention InfoNCE
-    train_layers: int | None = None  # LoRA (or full tuning) on the top L decoder layers only; lower layers get no gradient
-    micro_batch: int | None = None   # groups per forward (gradient accumulation up to batch_size); default batch_size
-
-    def __post_init__(self):
-        if self.objective not in ("sft", "cl", "unified", "blockrank"):
-            raise ValueError(f"unknown objective {self.objective!r}: use sft, cl, unified or blockrank")
-        for name in ("weight", "direction"):
-            if getattr(self, name) not in ("sft", "cl"):
-                raise ValueError(f"--{name} must be sft or cl, got {getattr(self, name)!r}")
-        check_config(self, positive=("temperature", "lr", "aux_temperature"),
-                     at_least_one=("batch_size", "epochs", "lora_r", "lora_alpha", "checkpoint_every"),
-                     optional_at_least_one=("max_steps", "train_layers", "micro_batch"), non_negative=("aux_weight",),
-                     fractions=("warmup_ratio", "lora_dropout"))
-        if not (isinstance(self.group_size, int) and self.group_size >= 2):
-            raise ValueError(f"--group-size must be an integer >= 2 (1 positive + negatives), got {self.group_size!r}")
 
 
 def group_losses(logits: torch.Tensor, group_size: int, config: RerankTrainConfig) -> torch.Tensor:

@@ -10,17 +10,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .config import BM25Config
 from .text import doc_text
 from .types import Corpus, Queries, Run
-
-
-@dataclass
-class BM25Config:
-    k1: float = 1.5
-    b: float = 0.75
-    method: str = "lucene"
-    stopwords: str = "en"
-    stemmer: str | None = "english"
 
 
 @dataclass

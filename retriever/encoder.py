@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Sequence
 
@@ -25,25 +25,11 @@ import numpy as np
 import torch
 
 from . import models
+from .config import EncoderConfig
 from .io import DataError, atomic_dir
 from .text import doc_text
 
-POOLINGS = ("mean", "cls", "last")
 _ST_POOLING_KEYS = {"mean": "pooling_mode_mean_tokens", "cls": "pooling_mode_cls_token", "last": "pooling_mode_lasttoken"}
-
-
-@dataclass
-class EncoderConfig:
-    pooling: str = "mean"
-    normalize: bool = True
-    query_max_length: int = 256
-    doc_max_length: int = 256
-    query_prefix: str = ""
-    doc_prefix: str = ""
-
-    def __post_init__(self):
-        if self.pooling not in POOLINGS:
-            raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
 
 
 def is_decoder_only(hf_config) -> bool:

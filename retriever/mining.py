@@ -9,26 +9,15 @@ training format read by ``examples.read_jsonl_examples``.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from .config import MineConfig
 from .index import Index
 from .io import write_jsonl
 from .runs import rank
 from .types import Qrels, Queries, Run
-
-
-@dataclass
-class MineConfig:
-    """Which first-stage ranks become negatives (see ``select_negatives``)."""
-
-    rank_from: int = 10
-    rank_to: int = 50
-    max_negatives: int | None = 20
-    max_ratio: float | None = None
-    relevance_level: int = 1
 
 
 def select_negatives(run: dict[str, dict[str, float]], qrels: dict[str, dict[str, int]], rank_from: int = 0,

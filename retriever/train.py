@@ -29,92 +29,18 @@ checkpoint or model with non-finite weights is ever written.
 """
 from __future__ import annotations
 
-import math
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 from .checkpoints import run_identity
+from .config import TrainConfig
 from .encoder import DualEncoder
 from .engine import Optimization, TrainStep, check_divisible, fit, process_count
 from .examples import Batch, batches
-from .losses import InfoNCELoss, MWLoss, text_keys
-
-
-@dataclass
-class TrainConfig:
-    loss: str = "infonce"                 # infonce | mw
-    temperature: float = 0.05
-    symmetric: bool = False               # InfoNCE: add the doc -> query term
-    decoupled: bool = False               # InfoNCE: DEXML decoupled softmax
-    per_query: bool = False               # MW: pair positives only with their own row
-    batch_size: int = 16
-    grad_accum: int = 1
-    n_negatives: int = 1
-    lr: float = 2e-5
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.1
-    epochs: int = 1
-    max_steps: int | None = None
-    seed: int = 42
-    bf16: bool = False
-    max_grad_norm: float = 1.0
-    lora: bool = False
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
-    lora_targets: list[str] | None = None
-    grad_cache_chunk: int | None = None
-    embed_chunk: int | None = None        # documents per forward, in token-length order; None: 8 on CPU, the batch on GPU
-    checkpoint_every: int = 50
-    keep_checkpoints: int = 2
-    query_max_length: int | None = None
-    doc_max_length: int | None = None
-    gather_negatives: bool = True         # several processes: every process's documents are negatives for all queries
-    extra: dict = field(default_factory=dict)
-
-    def __post_init__(self):
-        check_config(self, positive=("temperature", "lr"), at_least_one=("batch_size", "grad_accum", "epochs", "lora_r",
-                     "lora_alpha", "checkpoint_every", "keep_checkpoints"),
-                     optional_at_least_one=("max_steps", "grad_cache_chunk", "embed_chunk", "query_max_length", "doc_max_length"),
-                     non_negative=("n_negatives", "weight_decay", "max_grad_norm"), fractions=("warmup_ratio", "lora_dropout"))
-        if self.loss not in ("infonce", "mw"):
-            raise ValueError(f"unknown loss {self.loss!r}: use infonce or mw")
-
-    def make_loss(self) -> torch.nn.Module:
-        if self.loss == "infonce":
-            return InfoNCELoss(self.temperature, symmetric=self.symmetric, decoupled=self.decoupled, gather=self.gather_negatives)
-        if self.loss == "mw":
-            return MWLoss(self.temperature, per_query=self.per_query, gather=self.gather_negatives)
-        raise ValueError(f"unknown loss {self.loss!r}: use infonce or mw")
-
-
-def check_config(config, positive=(), at_least_one=(), optional_at_least_one=(), non_negative=(), fractions=()) -> None:
-    """Range checks shared by the training configs: ValueError naming the field (as its CLI flag) and value."""
-    def bad(name, need):
-        raise ValueError(f"--{name.replace('_', '-')} must be {need}, got {getattr(config, name)!r}")
-
-    for name in positive:
-        value = getattr(config, name)
-        if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-            bad(name, "a finite number > 0")
-    for name in at_least_one:
-        if not (isinstance(getattr(config, name), int) and getattr(config, name) >= 1):
-            bad(name, "an integer >= 1")
-    for name in optional_at_least_one:
-        value = getattr(config, name)
-        if value is not None and not (isinstance(value, int) and value >= 1):
-            bad(name, "an integer >= 1 (or unset)")
-    for name in non_negative:
-        value = getattr(config, name)
-        if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-            bad(name, "a finite number >= 0")
-    for name in fractions:
-        value = getattr(config, name)
-        if not (isinstance(value, (int, float)) and 0 <= value <= 1):
-            bad(name, "between 0 and 1")
+from .losses import text_keys
 
 
 def _doc_keys(batch: Batch, device) -> torch.Tensor:

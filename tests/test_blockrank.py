@@ -6,8 +6,9 @@ import math
 import pytest
 import torch
 
-from reranker.blockrank import BlockPrompt, BlockRankConfig, BlockRanker, blockrank_groups, dense_mask, doc_masks
-from reranker.train import RerankTrainConfig, train_reranker
+from reranker.blockrank import BlockPrompt, BlockRanker, blockrank_groups, dense_mask, doc_masks
+from reranker.config import BlockRankConfig, RerankTrainConfig
+from reranker.train import train_reranker
 
 DOCS = ["cats are small animals that purr and sleep most of the day", "dogs bark",
         "the stock market fell today by a large number of points", "a kitten is a young cat"]

@@ -35,7 +35,7 @@ def toy_groups():
 
 
 def retriever_configs():
-    from retriever.train import TrainConfig
+    from retriever.config import TrainConfig
 
     return {
         # InfoNCE both directions, hard negatives, warm-up then decay, a checkpoint every 2 steps
@@ -48,7 +48,7 @@ def retriever_configs():
 
 
 def reranker_config():
-    from reranker.train import RerankTrainConfig
+    from reranker.config import RerankTrainConfig
 
     return RerankTrainConfig(objective="cl", group_size=3, batch_size=4, micro_batch=1, lr=5e-3, epochs=2, lora_r=4,
                              lora_dropout=0.0, temperature=0.5, warmup_ratio=0.5, checkpoint_every=100)
@@ -66,7 +66,8 @@ def encoder(path):
 
 
 def reranker(path):
-    from reranker.qlm import QLMConfig, QLMReranker
+    from reranker.config import QLMConfig
+    from reranker.qlm import QLMReranker
 
     return QLMReranker.from_pretrained(str(path), QLMConfig(doc_max_tokens=16))
 
@@ -80,7 +81,8 @@ def _worker(phase: str, root: str, bert: str, causal: str) -> None:
     torch.set_num_threads(1)
     root = Path(root)
     from reranker.train import train_reranker
-    from retriever.train import TrainConfig, train
+    from retriever.config import TrainConfig
+    from retriever.train import train
 
     rank = int(os.environ["RANK"])
     if phase == "first":

@@ -3,7 +3,8 @@ import math
 import pytest
 import torch
 
-from reranker.qlm import QLMConfig, QLMReranker
+from reranker.config import QLMConfig
+from reranker.qlm import QLMReranker
 
 DOCS = ["cats purr when they are happy", "", "dogs bark " * 300, "fish swim in the sea"]
 QUERIES = ["why do cats purr", "fish", "a much longer question about dogs that bark at night " * 2]

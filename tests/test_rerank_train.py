@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
-from reranker.qlm import QLMConfig, QLMReranker
-from reranker.train import (RerankTrainConfig, accumulate, make_groups, qlm_gradient_weights, qlm_losses, qlm_step,
-                            train_reranker)
+from reranker.config import QLMConfig, RerankTrainConfig
+from reranker.qlm import QLMReranker
+from reranker.train import accumulate, make_groups, qlm_gradient_weights, qlm_losses, qlm_step, train_reranker
 
 SCORES = torch.tensor([[-1.0, -2.0, -3.0], [-0.5, -0.2, -1.0]])  # 2 groups of 3, column 0 the positive
 

@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from reranker.base import register, rerank
-from reranker.pointwise import LLMReranker, RerankerConfig, TokenError
-from reranker.train import RerankTrainConfig, gradient_weights, group_losses, make_groups, train_reranker
+from reranker.config import RerankerConfig, RerankTrainConfig
+from reranker.pointwise import LLMReranker, TokenError
+from reranker.train import gradient_weights, group_losses, make_groups, train_reranker
 
 DOCS = ["cats purr when they are happy", "", "dogs bark " * 300, "fish swim"]
 

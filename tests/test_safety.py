@@ -21,7 +21,8 @@ from retriever.encoder import DualEncoder
 from retriever.index import BadIndexError, Index
 from retriever.io import MANIFEST, OutputExistsError, atomic_dir, atomic_write_text
 from retriever.search import build_index
-from retriever.train import TrainConfig, train
+from retriever.config import TrainConfig
+from retriever.train import train
 
 TOPICS = ["cats", "dogs", "fish", "birds", "trees", "rivers", "stars", "trains"]
 
@@ -182,7 +183,8 @@ def test_fresh_run_in_an_old_out_is_refused_and_overwrite_keeps_its_own_checkpoi
 
 def test_resumed_reranker_log_does_not_repeat_steps(tiny_causal_lm, tmp_path):
     from reranker.pointwise import LLMReranker
-    from reranker.train import RerankTrainConfig, train_reranker
+    from reranker.config import RerankTrainConfig
+    from reranker.train import train_reranker
 
     groups = [{"query": f"q{t}", "positives": [f"{t} {t} {t}"], "negatives": [f"{o} {o}" for o in "abcde" if o != t]}
               for t in "abcde"]
@@ -202,7 +204,7 @@ def test_resumed_reranker_log_does_not_repeat_steps(tiny_causal_lm, tmp_path):
 
 # ---------------------------------------------------------------- 3. finite checks
 def test_configs_refuse_out_of_range_values():
-    from reranker.train import RerankTrainConfig
+    from reranker.config import RerankTrainConfig
 
     for bad in ({"temperature": 0}, {"temperature": -1}, {"lr": 0}, {"batch_size": 0}, {"max_steps": 0},
                 {"warmup_ratio": 2}, {"loss": "nope"}, {"lr": float("nan")}):

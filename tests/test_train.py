@@ -9,7 +9,8 @@ from retriever import examples as ex
 from retriever.encoder import DualEncoder
 from retriever.io import DataError
 from retriever.mining import select_negatives, write_mined
-from retriever.train import TrainConfig, _embed_batch, train
+from retriever.config import TrainConfig
+from retriever.train import _embed_batch, train
 
 TOPICS = ["cats", "dogs", "fish", "birds", "trees", "rivers", "stars", "trains", "books", "music", "bread", "snow"]
 
