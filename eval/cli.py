@@ -1,4 +1,8 @@
-"""``densekit`` command line: thin argument parsing over the library functions."""
+"""``densekit`` command line: argument parsing, then one ``eval.jobs`` call per subcommand.
+
+The training and mining flags are generated from the config dataclasses (``CONFIGS``, ``eval/args.py``);
+the other flags (data, outputs, first stage ...) are written here once each. Building the parser imports
+no torch, transformers or faiss, so ``--help`` is fast."""
 from __future__ import annotations
 
 import argparse
