@@ -14,11 +14,14 @@ Tasks (first stage -> candidates; each test task has a tuning task whose qrels c
 time, to ``<out>/scores/<task>/<reranker>.jsonl``: an interrupted run resumes where it stopped.
 ``report`` reads every cached score file and prints one JSON line per row (and a Markdown table):
 nDCG@10, the difference to the first stage with two-sided paired tests over queries
-(``eval.report.ttest`` = ``scipy.stats.ttest_rel``, and a 10,000-flip randomisation test), the number of queries, scoring docs/s and, for fused rows, the weight chosen
-on the tuning task. Random order = each query's candidates shuffled (mean over 10 seeds per query).
+(``eval.report.ttest`` = ``scipy.stats.ttest_rel``, and a 10,000-flip randomisation test), the number of
+queries, scoring docs/s and, for fused rows, the weight chosen on the tuning task. A reranker trained by
+``bench/rerank_train.py`` (a saved folder) also gets its training groups seen, training minutes and the
+paired test against its own zero-shot row; two trained rows of one scorer and base model (e.g. SFT vs CL)
+are compared with the same tests; ``--plot`` draws nDCG@10 against training groups seen. Random order = each query's candidates shuffled (mean over 10 seeds per query).
 
     python bench/rerank.py score --task scifact-test-dense --reranker qlm:HuggingFaceTB/SmolLM2-135M-Instruct
-    python bench/rerank.py report --save bench/results/rerank.jsonl
+    python bench/rerank.py report --save bench/results/rerank.jsonl --plot bench/results/rerank-groups.png
 """
 from __future__ import annotations
 
@@ -133,11 +136,28 @@ def random_order(run: dict, qrels: dict, seeds: int = 10) -> dict[str, float]:
     return totals
 
 
+def training_info(spec: str) -> dict | None:
+    """For a reranker trained by densekit (a folder with ``reranker.json`` inside a training run folder): its kind,
+    base model, zero-shot spec, objective, training groups seen (last logged step x groups per step) and minutes."""
+    folder = Path(spec.partition(":")[2] if ":" in spec and not Path(spec).is_dir() else spec)
+    saved = folder / "reranker.json"
+    if not saved.exists():
+        return None
+    meta = json.loads(saved.read_text())
+    run_dir = folder.parent
+    config = json.loads((run_dir / "train_config.json").read_text())
+    log = [json.loads(line) for line in (run_dir / "train_log.jsonl").read_text().splitlines()]
+    return {"kind": meta["kind"], "base_model": meta["base_model"], "zero_shot": f"{meta['kind']}:{meta['base_model']}",
+            "objective": config["objective"], "train_layers": config.get("train_layers"),
+            "groups_seen": log[-1]["step"] * config["batch_size"], "train_minutes": round(sum(r["seconds"] for r in log) / 60, 1)}
+
+
 def report(args) -> None:
+    from eval.plots import plot_learning_curves
     from eval.report import randomisation_test, ttest
 
     out = Path(args.out)
-    rows = []
+    rows, comparisons = [], []
     for name, task in TASKS.items():
         folder = out / "scores" / name
         if task.tune_on is None or not folder.is_dir():
@@ -145,29 +165,39 @@ def report(args) -> None:
         ds, queries, run = load_task(name, out)
         base = {q: v[METRIC] for q, v in evaluate(run, ds.qrels, [METRIC])[0].items()}
         qids = sorted(base)
+        per_system: dict[str, dict] = {}
+
+        def paired(values: dict, reference: dict) -> dict:
+            a, b = [values.get(q, 0.0) for q in qids], [reference.get(q, 0.0) for q in qids]
+            return {"delta": round(statistics.fmean(a) - statistics.fmean(b), 4), "p_ttest": float(f"{ttest(a, b)[1]:.3g}"),
+                    "p_randomisation": float(f"{randomisation_test(a, b, 10_000, seed=0):.3g}")}
 
         def row(system: str, per_query: dict, **extra) -> None:
-            values = [per_query.get(q, 0.0) for q in qids]
-            first = [base[q] for q in qids]
-            diff = statistics.fmean(values) - statistics.fmean(first)
-            p = ttest(values, first)[1]
-            p_rand = randomisation_test(values, first, 10_000, seed=0)
-            rows.append({"task": name, "system": system, "queries": len(qids), METRIC: round(statistics.fmean(values), 4),
-                         "delta": round(diff, 4), "p_ttest": float(f"{p:.3g}"), "p_randomisation": float(f"{p_rand:.3g}"),
-                         **extra})
+            per_system[system] = per_query
+            rows.append({"task": name, "system": system, "queries": len(qids),
+                         METRIC: round(statistics.fmean(per_query.get(q, 0.0) for q in qids), 4),
+                         **paired(per_query, base), **extra})
 
         row(f"first stage ({task.first_stage}, top {task.k})", base)
         row("random order (10 shuffles)", random_order(run, ds.qrels))
         tuning = None
-        for path in sorted(folder.glob("*.jsonl")):
-            spec = path.stem.replace("__", ":").replace("--", "/")
+        specs = sorted(folder.glob("*.jsonl"), key=lambda p: (training_info(unslug(p.stem)) is not None, p.stem))
+        for path in specs:  # zero-shot rows first: trained rows are tested against them
+            spec = unslug(path.stem)
+            trained = training_info(spec)
             scores, docs_per_s = read_scores(path)
             if set(scores) != set(queries):
                 print(f"skip {name} {spec}: {len(scores)}/{len(queries)} queries scored", flush=True)
                 continue
-            reranked = {q: {**run[q], **scores[q]} for q in queries}
-            row(f"{spec}", {q: v[METRIC] for q, v in evaluate(reranked, ds.qrels, [METRIC])[0].items()},
-                docs_per_s=round(docs_per_s, 2))
+            label = spec if trained is None else (f"{trained['zero_shot']} {trained['objective']}-trained "
+                                                  f"({trained['groups_seen']} groups, top-{trained['train_layers']} LoRA)")
+            extra = {"docs_per_s": round(docs_per_s, 2)}
+            per_query = per_query_ndcg(run, scores, ds.qrels, queries)
+            if trained is not None:
+                extra.update(groups_seen=trained["groups_seen"], train_minutes=trained["train_minutes"], spec=spec)
+                if trained["zero_shot"] in per_system:
+                    extra["vs_zero_shot"] = paired(per_query, per_system[trained["zero_shot"]])
+            row(label, per_query, **extra)
             tune_path = out / "scores" / task.tune_on / path.name
             if not tune_path.exists():
                 continue
@@ -180,18 +210,53 @@ def report(args) -> None:
                 continue
             w, curve = tune_weight(t_run, t_scores, t_ds.qrels, TASKS[task.tune_on].k)
             fused = fuse(run, scores, w, task.k)
-            row(f"{spec} fused (z-score, w={w} tuned on {task.tune_on})",
+            row(f"{label} fused (z-score, w={w} tuned on {task.tune_on})",
                 {q: v[METRIC] for q, v in evaluate(fused, ds.qrels, [METRIC])[0].items()}, fuse_weight=w,
                 tuning_curve={str(k): round(v, 4) for k, v in curve.items()})
+        trained_rows = [r for r in rows if r["task"] == name and "groups_seen" in r and "fused" not in r["system"]]
+        for i, a in enumerate(trained_rows):  # same scorer and base model, different objective: which training wins
+            for b in trained_rows[i + 1:]:
+                if a["system"].split(" ")[0] == b["system"].split(" ")[0]:
+                    comparisons.append({"task": name, "a": a["system"], "b": b["system"],
+                                        **paired(per_system[a["system"]], per_system[b["system"]])})
+        if trained_rows and args.plot:
+            curves: dict[str, list] = {}
+            for r in trained_rows:
+                zero = r["system"].split(" ")[0]
+                start = next((x[METRIC] for x in rows if x["task"] == name and x["system"] == zero), None)
+                curves.setdefault(r["system"].split(" (")[0], [] if start is None else [(0, start)]).append(
+                    (r["groups_seen"], r[METRIC]))
+            print(plot_learning_curves(curves, Path(args.plot).with_name(f"{Path(args.plot).stem}-{name}.png"), METRIC,
+                                       {"first stage": rows[[r["task"] for r in rows].index(name)][METRIC]}))
     for r in rows:
         print(json.dumps(r))
+    for c in comparisons:
+        print(json.dumps({"comparison": True, **c}))
     if args.save:
-        Path(args.save).write_text("".join(json.dumps(r) + "\n" for r in rows))
-    print("\n| task | system | queries | nDCG@10 | delta | p (paired t) | p (randomisation) | docs/s |\n"
-          "| --- | --- | --- | --- | --- | --- | --- | --- |")
+        Path(args.save).write_text("".join(json.dumps(r) + "\n" for r in rows)
+                                   + "".join(json.dumps({"comparison": True, **c}) + "\n" for c in comparisons))
+    print("\n| task | system | queries | nDCG@10 | delta vs first stage | p (paired t) | p (randomisation) | "
+          "vs zero-shot (p, paired t) | groups seen | train min | docs/s |\n"
+          "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
+        z = r.get("vs_zero_shot")
+        vs_zero = "" if z is None else f"{z['delta']:+.4f} ({z['p_ttest']})"
         print(f"| {r['task']} | {r['system']} | {r['queries']} | {r[METRIC]:.4f} | {r['delta']:+.4f} | "
-              f"{r['p_ttest']} | {r['p_randomisation']} | {r.get('docs_per_s', '')} |")
+              f"{r['p_ttest']} | {r['p_randomisation']} | {vs_zero} | "
+              f"{r.get('groups_seen', '')} | {r.get('train_minutes', '')} | {r.get('docs_per_s', '')} |")
+    for c in comparisons:
+        print(f"\n{c['task']}: {c['a']} - {c['b']} = {c['delta']:+.4f} (paired t p={c['p_ttest']}, "
+              f"randomisation p={c['p_randomisation']})")
+
+
+def unslug(stem: str) -> str:
+    return stem.replace("__", ":").replace("--", "/")
+
+
+def per_query_ndcg(run: dict, scores: dict, qrels: dict, queries: dict) -> dict[str, float]:
+    """Per-query nDCG@10 of ``run`` with each query's candidates re-scored by ``scores``."""
+    reranked = {q: {**run[q], **scores[q]} for q in queries}
+    return {q: v[METRIC] for q, v in evaluate(reranked, qrels, [METRIC])[0].items()}
 
 
 def main() -> None:
@@ -205,6 +270,7 @@ def main() -> None:
     s.add_argument("--chunk", type=int, default=4, help="queries scored between two appends to the cache")
     r = sub.add_parser("report")
     r.add_argument("--save", help="write the JSON lines here too")
+    r.add_argument("--plot", help="PNG of nDCG@10 against training groups seen (one file per task, <stem>-<task>.png)")
     args = p.parse_args()
     (score if args.command == "score" else report)(args)
 

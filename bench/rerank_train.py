@@ -7,8 +7,9 @@ on queries it never saw; 1 qrels positive + 7 negatives drawn from the dense (al
 minus positives; documents cut to ``--doc-max-tokens``.
 
 ``speed``: the same model and the same groups, steps alternating between (a) today's loop, LoRA on
-every layer (gradients flow through the whole depth) and (b) LoRA on the top ``--train-layers``
-layers only (the lower layers run without autograd); prints pairs/s of both and the ratio.
+every layer (gradients flow through the whole depth), (b) LoRA on the top ``--train-layers``
+layers only (the lower layers run without autograd) and (c) as (b) for groups seen in an earlier epoch,
+whose lower layers' output is kept (``reranker.layer_cache``); prints pairs/s of each and the ratios to (a).
 
 ``train``: one run (scorer x objective) under a budget of ``--groups`` training groups, checkpointed
 and resumable (``--resume``); the model lands in ``<out>/model`` and can be scored with
@@ -30,7 +31,9 @@ import torch
 from eval.data import load_dataset, resolve_dataset, select_queries
 from retriever.examples import training_groups
 from reranker.base import load_reranker
-from reranker.train import STEPS, RerankTrainConfig, accumulate, make_groups, train_reranker
+from reranker.layer_cache import LowerLayerCache
+from reranker.config import RerankTrainConfig
+from reranker.train import STEPS, accumulate, make_groups, train_reranker
 
 LLM = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
@@ -75,19 +78,26 @@ def speed(args) -> None:
     groups = make_groups(examples, 8, 0, 0)
     objective = "cl"
     sides = {}
-    for name, layers in (("full-depth LoRA", None), (f"top-{args.train_layers} LoRA", args.train_layers)):
+    top = f"top-{args.train_layers} LoRA"
+    cached = f"{top}, lower layers cached (a group seen before)"
+    for name, layers in (("full-depth LoRA", None), (top, args.train_layers), (cached, args.train_layers)):
         rr = make_reranker(args.scorer, args.doc_max_tokens)
         n = rr.model.config.num_hidden_layers
         rr.model = get_peft_model(rr.model, LoraConfig(r=8, lora_alpha=16, task_type="CAUSAL_LM",
                                                        target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
                                                        layers_to_transform=None if layers is None else list(range(n - layers, n))))
         rr.model.train()
+        if name == cached:
+            rr.lower_cache = LowerLayerCache(rr.model, layers)
         sides[name] = (rr, torch.optim.AdamW([p for p in rr.model.parameters() if p.requires_grad], lr=1e-4), [])
     config = RerankTrainConfig(objective=objective, group_size=8, batch_size=args.batch_size)
     step_fn = STEPS[args.scorer][0]
     for step in range(args.steps):
         chunk = groups[step * args.batch_size:(step + 1) * args.batch_size]
         for name, (rr, opt, times) in sides.items():   # alternate sides within a step: shared load hits both
+            if rr.lower_cache is not None:  # the epoch before: this chunk's prompts went through the lower layers
+                with torch.no_grad():
+                    step_fn(rr, chunk, config, step)
             t0 = time.perf_counter()
             accumulate(step_fn, rr, chunk, config, step, lambda loss: loss.backward(), lambda v: None)
             opt.step()
@@ -96,10 +106,11 @@ def speed(args) -> None:
             print(f"step {step} {name}: {times[-1]:.1f} s", flush=True)
     pairs = args.batch_size * 8
     rows = {name: pairs / statistics.median(times[1:]) for name, (_, _, times) in sides.items()}  # step 0: warm-up
-    full, top = rows.values()
+    full = rows["full-depth LoRA"]
     print(json.dumps({"bench": "rerank_train_speed", "scorer": args.scorer, "objective": objective, "model": LLM,
                       "doc_max_tokens": args.doc_max_tokens, "pairs_per_step": pairs, "steps": args.steps,
-                      **{f"pairs_per_s {k}": round(v, 3) for k, v in rows.items()}, "ratio": round(top / full, 3)}))
+                      **{f"pairs_per_s {k}": round(v, 3) for k, v in rows.items()}, "ratio": round(rows[top] / full, 3),
+                      "ratio cached": round(rows[cached] / full, 3)}))
 
 
 def train(args) -> None:
@@ -109,7 +120,8 @@ def train(args) -> None:
     epochs = -(-args.groups // len(examples))
     config = RerankTrainConfig(objective=args.objective, group_size=8, batch_size=args.batch_size, micro_batch=args.micro_batch,
                                lr=args.lr, epochs=epochs, max_steps=steps, temperature=args.temperature, seed=42,
-                               train_layers=args.train_layers, checkpoint_every=25)
+                               train_layers=args.train_layers, checkpoint_every=25,
+                               cache_lower_layers=args.cache_lower_layers, fixed_negatives=args.fixed_negatives)
     t0 = time.perf_counter()
     train_reranker(rr, examples, args.out, config, resume=args.resume)
     print(json.dumps({"bench": "rerank_train", "scorer": args.scorer, "objective": args.objective, "groups": steps * args.batch_size,
@@ -137,6 +149,8 @@ def main() -> None:
     train_p.add_argument("--out", required=True)
     train_p.add_argument("--bench-out", default="runs/bench-rerank")
     train_p.add_argument("--resume", action="store_true")
+    train_p.add_argument("--cache-lower-layers", action="store_true", help="keep the frozen layers' output across epochs")
+    train_p.add_argument("--fixed-negatives", action="store_true", help="each query's negatives drawn once (prompts recur)")
     args = p.parse_args()
     (speed if args.command == "speed" else train)(args)
 

@@ -62,3 +62,25 @@ def _save(fig, path: str | Path) -> Path:
     fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return path
+
+
+def plot_learning_curves(curves: dict[str, list[tuple[float, float]]], path: str | Path, metric: str = "nDCG@10",
+                         references: dict[str, float] | None = None, xlabel: str = "training groups seen") -> Path:
+    """One line per system through its ``(x, value)`` points (e.g. training groups seen -> nDCG@10; 0 = zero-shot)
+    and a dotted horizontal line per reference value (e.g. the first stage); saved as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, points in curves.items():
+        xs, ys = zip(*sorted(points))
+        ax.plot(xs, ys, marker="o", label=label)
+    for label, value in (references or {}).items():
+        ax.axhline(value, linestyle=":", linewidth=1, color="grey")
+        ax.annotate(f"{label} {value:.3f}", (0, value), fontsize=7, va="bottom")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(metric)
+    ax.legend(loc="lower right", fontsize=7)
+    return _save(fig, path)

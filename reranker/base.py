@@ -133,6 +133,7 @@ class CausalLMRanker(torch.nn.Module):
     kind = "base"
     config_class: type = object
     modes: tuple[str, ...] = ("score",)
+    lower_cache = None
 
     def __init__(self, model, tokenizer, config, name: str = ""):
         super().__init__()
@@ -192,6 +193,13 @@ class CausalLMRanker(torch.nn.Module):
         if mode not in self.modes:
             raise ValueError(f"the {self.kind} reranker has no mode {mode!r}: use {' or '.join(self.modes)}")
         return mode
+
+    def forward_lm(self, batch: dict[str, torch.Tensor], **kwargs):
+        """The causal LM's output for a ``left_padded`` batch; while training with a ``lower_cache``
+        (``layer_cache.LowerLayerCache``, set by ``train_reranker``) the frozen lower layers run once per prompt."""
+        if self.lower_cache is not None and self.model.training:
+            return self.lower_cache(self.model, batch, **kwargs)
+        return self.model(**batch, **kwargs)
 
     def left_padded(self, ids: Sequence[list[int]]) -> dict[str, torch.Tensor]:
         """Left-pad rows so that every row ends in the last column; ``position_ids`` count real tokens only."""

@@ -33,7 +33,7 @@ class RerankTrainConfig:
     lora_r: int = setting(8, "LoRA rank", **AT_LEAST_ONE)
     lora_alpha: int = setting(16, "LoRA alpha (the adapters' scale is alpha / r)", **AT_LEAST_ONE)
     lora_dropout: float = setting(0.05, "LoRA dropout", **FRACTION)
-    lora_targets: list[str] | None = setting(None, "module names LoRA adapts (default: all linear layers)")
+    lora_targets: list[str] | None = setting(None, "module names LoRA adapts (default: q_proj k_proj v_proj o_proj)")
     checkpoint_every: int = setting(50, "optimizer steps between checkpoints", **AT_LEAST_ONE)
     aux_weight: float = setting(0.1, "blockrank: total loss = LM loss + aux weight * attention InfoNCE", **NON_NEGATIVE)
     aux_temperature: float = setting(0.05, "blockrank: tau of the attention InfoNCE", **POSITIVE)
@@ -41,9 +41,15 @@ class RerankTrainConfig:
                                        **AT_LEAST_ONE)
     micro_batch: int | None = setting(None, "groups per forward; gradients accumulate up to the batch size (default: "
                                       "the batch size)", **AT_LEAST_ONE)
+    cache_lower_layers: bool = setting(False, "with --train-layers: keep each prompt's frozen lower-layer output, so a "
+                                       "prompt seen in an earlier epoch runs the top layers only (reranker/layer_cache.py)")
+    fixed_negatives: bool = setting(False, "draw each query's negatives once instead of every epoch (the same prompts "
+                                    "recur, which --cache-lower-layers needs to pay off)")
 
     def __post_init__(self):
         check_fields(self)
+        if self.cache_lower_layers and not self.train_layers:
+            raise ValueError("--cache-lower-layers needs --train-layers L: only layers below the trained ones can be cached")
 
 
 @dataclass

@@ -73,7 +73,7 @@ class LLMReranker(CausalLMRanker):
 
     def answer_logits(self, ids: Sequence[list[int]]) -> torch.Tensor:
         """``[batch, 2]`` logits of (yes, no) at the answer position (with gradients when training)."""
-        out = self.model(**self.left_padded(ids), logits_to_keep=1)
+        out = self.forward_lm(self.left_padded(ids), logits_to_keep=1)
         return out.logits[:, -1, [self.yes_id, self.no_id]].float()
 
     def batch_scores(self, ids: Sequence[list[int]]) -> torch.Tensor:

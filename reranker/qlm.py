@@ -72,7 +72,7 @@ class QLMReranker(CausalLMRanker):
         ids = [x for x, _ in encoded]
         m = max(n for _, n in encoded)
         batch = self.left_padded(ids)
-        logits = self.model(**batch, logits_to_keep=m + 1).logits[:, :-1].float()   # predicts the last m tokens
+        logits = self.forward_lm(batch, logits_to_keep=m + 1).logits[:, :-1].float()   # predicts the last m tokens
         targets = batch["input_ids"][:, -m:]
         logp = torch.log_softmax(logits, dim=-1).gather(-1, targets[..., None])[..., 0]
         lengths = torch.tensor([n for _, n in encoded], device=logp.device)

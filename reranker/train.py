@@ -67,15 +67,20 @@ def gradient_weights(logits: torch.Tensor, group_size: int, kind: str, temperatu
     raise ValueError(f"unknown weight kind {kind!r}: use sft or cl")
 
 
-def make_groups(examples: list[dict], group_size: int, seed: int, epoch: int) -> list[tuple[str, list[str]]]:
+def make_groups(examples: list[dict], group_size: int, seed: int, epoch: int,
+                resample: bool = True) -> list[tuple[str, list[str]]]:
     """One epoch of groups ``(query, [positive, negatives...])``, shuffled by (seed, epoch); examples with
-    fewer negatives than needed are filled by sampling their negatives with replacement."""
+    fewer negatives than needed are filled by sampling their negatives with replacement. ``resample``:
+    draw each example's positive and negatives anew every epoch (else once, by (seed, example), so every
+    epoch sees the same groups in another order)."""
     rng = random.Random(seed * 1_000_003 + epoch)
     order = list(range(len(examples)))
     rng.shuffle(order)
     groups = []
     for i in order:
         e = examples[i]
+        if not resample:
+            rng = random.Random(f"{seed}:{i}")
         need = group_size - 1
         negs = rng.sample(e["negatives"], need) if len(e["negatives"]) >= need else [rng.choice(e["negatives"]) for _ in range(need)]
         groups.append((e["query"], [rng.choice(e["positives"])] + negs))
@@ -247,7 +252,8 @@ def train_reranker(reranker: LLMReranker | BlockRanker, examples: list[dict], ou
     if not examples:
         raise ValueError("no training group has both a positive and a negative")
     out = Path(out)
-    groups = [g for epoch in range(config.epochs) for g in make_groups(examples, config.group_size, config.seed, epoch)]
+    groups = [g for epoch in range(config.epochs)
+              for g in make_groups(examples, config.group_size, config.seed, epoch, not config.fixed_negatives)]
     steps = step_micro_batches(groups, config.batch_size, config.micro_batch, world)
     if config.max_steps is not None:
         steps = steps[:config.max_steps]
@@ -267,14 +273,24 @@ def train_reranker(reranker: LLMReranker | BlockRanker, examples: list[dict], ou
     elif not config.lora and config.train_layers:
         restrict_to_top_layers(reranker.model, config.train_layers)
 
+    if config.cache_lower_layers:
+        if reranker.kind not in ("pointwise", "qlm"):
+            raise ValueError(f"--cache-lower-layers applies to the pointwise and qlm scorers, not {reranker.kind}")
+        from .layer_cache import LowerLayerCache
+
+        reranker.lower_cache = LowerLayerCache(reranker.model, config.train_layers)
+
     def finish(main: bool) -> None:
         reranker.model.eval()
         if main:
             reranker.save(out / "model", overwrite=True)  # the run's own model/ (the folder was claimed by start_run)
 
-    fit(RerankerStep(reranker, step_loss, config), steps, out, identity=identity, config=asdict(config),
-        optim=Optimization(lr=config.lr, weight_decay=0.01, warmup_ratio=config.warmup_ratio, max_grad_norm=1.0),
-        checkpoint_every=config.checkpoint_every, resume=resume, overwrite=overwrite, stop_after=stop_after,
-        show_progress=show_progress, desc=f"train reranker {config.objective}",
-        watched=("objective", "temperature", "aux_temperature", "aux_weight", "lr", "batch_size"), finish=finish)
+    try:
+        fit(RerankerStep(reranker, step_loss, config), steps, out, identity=identity, config=asdict(config),
+            optim=Optimization(lr=config.lr, weight_decay=0.01, warmup_ratio=config.warmup_ratio, max_grad_norm=1.0),
+            checkpoint_every=config.checkpoint_every, resume=resume, overwrite=overwrite, stop_after=stop_after,
+            show_progress=show_progress, desc=f"train reranker {config.objective}",
+            watched=("objective", "temperature", "aux_temperature", "aux_weight", "lr", "batch_size"), finish=finish)
+    finally:
+        reranker.lower_cache = None
     return reranker

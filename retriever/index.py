@@ -5,7 +5,8 @@ metric is always inner product (cosine for normalised vectors). FAISS holds int6
 index keeps ``ids[row]``. A saved index is a folder::
 
     index.faiss   the FAISS index
-    ids.json      row -> doc id
+    ids.npy       row -> doc id, one fixed-width UTF-8 byte array (``DocIds``; memory-mapped on load;
+                  folders from densekit < 0.2 hold ``ids.json``, a JSON list, and still load)
     meta.json     dim, factory, model, pooling, normalize, corpus fingerprint, ntotal ... (written last)
     lists.ivfdata IVF lists of an on-disk index (``index merge --on-disk``; memory-mapped when searching)
 
@@ -29,6 +30,43 @@ FORMAT_VERSION = 1
 
 class BadIndexError(DataError):
     """A wrong or unusable index (dimension, model, folder, factory)."""
+
+
+class DocIds(Sequence[str]):
+    """Row -> doc id over one fixed-width UTF-8 byte array (numpy ``S<w>``, memory-mapped when loaded from
+    ``ids.npy``): ``w`` bytes per id, ``w`` the longest id's length in bytes (MS MARCO's 8.8M passage ids:
+    7 bytes each, 62 MB, where a Python list of strings takes about 0.6 GB). Ids are decoded on access."""
+
+    def __init__(self, array: np.ndarray):
+        self.array = array
+
+    @classmethod
+    def of(cls, ids: Iterable[str]) -> "DocIds":
+        encoded = [str(i).encode("utf-8") for i in ids]
+        if any(b"\0" in e for e in encoded):
+            raise BadIndexError("doc ids must not contain NUL characters")
+        return cls(np.array(encoded, dtype=f"S{max(map(len, encoded), default=1) or 1}"))
+
+    def __len__(self) -> int:
+        return len(self.array)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [b.decode("utf-8") for b in self.array[i].tolist()]
+        return self.array[i].decode("utf-8")
+
+    def __iter__(self):
+        for start in range(0, len(self.array), 65536):
+            yield from (b.decode("utf-8") for b in self.array[start:start + 65536].tolist())
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Sequence) and len(other) == len(self) and list(self) == list(other)
+
+    def __repr__(self) -> str:
+        return f"DocIds({len(self)} ids, {self.array.dtype})"
+
+    def unique(self) -> bool:
+        return len(np.unique(self.array)) == len(self.array)
 
 
 def check_factory(factory: str, dim: int, num_vectors: int | None = None) -> None:
@@ -91,7 +129,8 @@ class Index:
 
     ``Index(dim, factory, meta)`` makes an empty index from a FAISS factory string; ``Index(dim, factory, meta,
     faiss_index=..., ids=...)`` wraps a filled FAISS index whose row ``i`` holds ``ids[i]`` (``load`` does this).
-    ``ids`` is the row -> id list; the id -> row map behind ``reconstruct`` is kept beside it (O(1) per id)."""
+    ``ids`` is the row -> id sequence (a list while building, ``DocIds`` once loaded); the id -> row map behind
+    ``reconstruct`` and ``in`` is built on first use and kept (O(1) per id after that)."""
 
     def __init__(self, dim: int, factory: str = "Flat", meta: dict | None = None, *, faiss_index=None,
                  ids: Sequence[str] = ()):
@@ -103,21 +142,25 @@ class Index:
         if int(faiss_index.d) != self.dim:
             raise BadIndexError(f"FAISS index has dimension {int(faiss_index.d)} but the index has dimension {self.dim}")
         self.faiss = faiss_index
-        self.ids: list[str] = [str(i) for i in ids]
+        self.ids: list[str] | DocIds = ids if isinstance(ids, DocIds) else [str(i) for i in ids]
         if len(self.ids) != self.ntotal:
             raise BadIndexError(f"{self.ntotal} vectors but {len(self.ids)} ids")
-        self._row_of: dict[str, int] = {d: row for row, d in enumerate(self.ids)}
-        if len(self._row_of) != len(self.ids):
+        if not (self.ids.unique() if isinstance(self.ids, DocIds) else len(set(self.ids)) == len(self.ids)):
             raise BadIndexError("doc ids must be unique within an index")
+        self._row_of: dict[str, int] = {}
 
     def __repr__(self) -> str:
         return f"Index(dim={self.dim}, factory={self.factory!r}, ntotal={self.ntotal})"
 
     def _rows(self) -> dict[str, int]:
-        """The id -> row map, rebuilt only when ``ids`` was extended from outside (``shards._merge_on_disk``)."""
+        """The id -> row map, built on first use and rebuilt only when ``ids`` was extended from outside
+        (``shards._merge_on_disk``)."""
         if len(self._row_of) != len(self.ids):
             self._row_of = {d: row for row, d in enumerate(self.ids)}
         return self._row_of
+
+    def __contains__(self, doc_id: str) -> bool:
+        return doc_id in self._rows()
 
     # ------------------------------------------------------------ building
     @property
@@ -162,6 +205,8 @@ class Index:
         ids = [str(i) for i in ids]
         if len(ids) != len(x):
             raise BadIndexError(f"{len(x)} vectors but {len(ids)} ids")
+        if isinstance(self.ids, DocIds):  # adding to a loaded index: its ids become a list again until saved
+            self.ids = list(self.ids)
         row_of = self._rows()
         if len(set(ids)) != len(ids) or any(i in row_of for i in ids):
             raise BadIndexError("doc ids must be unique within an index")
@@ -240,11 +285,12 @@ class Index:
         return Path(folder)
 
     def write_files(self, tmp: Path) -> None:
-        """``index.faiss``, ``ids.json`` and ``meta.json`` (last) into the temporary folder ``tmp``."""
+        """``index.faiss``, ``ids.npy`` and ``meta.json`` (last) into the temporary folder ``tmp``."""
         import faiss
 
         faiss.write_index(self.faiss, str(tmp / "index.faiss"))
-        (tmp / "ids.json").write_text(json.dumps(self.ids))
+        ids = self.ids if isinstance(self.ids, DocIds) else DocIds.of(self.ids)
+        np.save(tmp / "ids.npy", ids.array, allow_pickle=False)
         meta = {**self.meta, "format": FORMAT_VERSION, "dim": self.dim, "factory": self.factory, "ntotal": self.ntotal}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
 
@@ -255,8 +301,8 @@ class Index:
         meta_path = folder / "meta.json"
         if not folder.is_dir():
             raise BadIndexError(f"{folder}: no such index folder")
-        if not meta_path.exists() or not (folder / "index.faiss").exists() or not (folder / "ids.json").exists():
-            raise BadIndexError(f"{folder}: incomplete index folder (index.faiss, ids.json and meta.json are all needed)")
+        if not meta_path.exists() or not (folder / "index.faiss").exists() or not _ids_file(folder).exists():
+            raise BadIndexError(f"{folder}: incomplete index folder (index.faiss, ids.npy and meta.json are all needed)")
         meta = _read_json(meta_path, dict)
         missing = [k for k in ("dim", "factory", "ntotal") if k not in meta]
         if missing:
@@ -285,7 +331,18 @@ class Index:
             raise BadIndexError(f"{folder / 'index.faiss'}: unreadable FAISS index (truncated or corrupt: "
                                 f"{str(err).strip().splitlines()[-1] if str(err).strip() else 'read failed'}); "
                                 "rebuild it with `densekit index build --overwrite`") from None
-        ids = _read_json(folder / "ids.json", list)
+        ids_file = _ids_file(folder)
+        if ids_file.suffix == ".npy":
+            try:
+                ids = DocIds(np.load(ids_file, mmap_mode="r", allow_pickle=False))
+            except (OSError, ValueError) as err:
+                raise BadIndexError(f"{ids_file}: corrupt index file ({err}); rebuild the index with "
+                                    "`densekit index build --overwrite`") from None
+            if ids.array.dtype.kind != "S" or ids.array.ndim != 1:
+                raise BadIndexError(f"{ids_file}: corrupt index file (expected a 1-d byte-string array, got "
+                                    f"{ids.array.dtype} of shape {ids.array.shape})")
+        else:
+            ids = _read_json(ids_file, list)
         if int(faiss_index.ntotal) != len(ids) or int(faiss_index.ntotal) != meta["ntotal"]:
             raise BadIndexError(f"{folder}: corrupt index ({int(faiss_index.ntotal)} vectors, {len(ids)} ids, meta says {meta['ntotal']})")
         if int(faiss_index.d) != int(meta["dim"]):
@@ -296,6 +353,11 @@ class Index:
         except BadIndexError as err:
             raise BadIndexError(f"{folder}: corrupt index ({err})") from None
         return index
+
+
+def _ids_file(folder: Path) -> Path:
+    """``ids.npy``, or ``ids.json`` in a folder written by densekit < 0.2."""
+    return folder / "ids.npy" if (folder / "ids.npy").exists() or not (folder / "ids.json").exists() else folder / "ids.json"
 
 
 def _read_json(path: Path, expected: type):

@@ -43,10 +43,9 @@ def select_negatives(run: dict[str, dict[str, float]], qrels: dict[str, dict[str
 def dense_positive_scores(index: Index, query_ids: list[str], query_vectors: np.ndarray,
                           qrels: dict[str, dict[str, int]], relevance_level: int = 1) -> dict[str, float]:
     """Each query's lowest score over its relevant documents present in the index."""
-    present = set(index.ids)
     out = {}
     for qid, vec in zip(query_ids, query_vectors):
-        docs = [d for d, g in qrels.get(qid, {}).items() if g >= relevance_level and d in present]
+        docs = [d for d, g in qrels.get(qid, {}).items() if g >= relevance_level and d in index]
         if docs:
             out[qid] = float((index.reconstruct(docs) @ vec).min())
     return out

@@ -116,3 +116,43 @@ def test_constructor_wraps_a_faiss_index_and_reconstruct_uses_one_cached_map(vec
         Index(16, faiss_index=flat, ids=[ids[0]] * 5)
     with pytest.raises(BadIndexError, match="dimension 16 but the index has dimension 8"):
         Index(8, faiss_index=flat, ids=ids[:5])
+
+
+def test_ids_are_stored_compactly_and_old_folders_still_load(tmp_path):
+    """ids.npy holds one fixed-width UTF-8 byte array (memory-mapped on load); a folder with the old ids.json loads."""
+    import json
+
+    from retriever.index import DocIds
+
+    ids = ["d1", "doc-2", "naïve-3", "4"]
+    x = np.random.default_rng(0).standard_normal((4, 8)).astype(np.float32)
+    Index.build(x, ids, meta={"model": "m"}).save(tmp_path / "new")
+    assert (tmp_path / "new" / "ids.npy").exists() and not (tmp_path / "new" / "ids.json").exists()
+    stored = np.load(tmp_path / "new" / "ids.npy")
+    assert stored.dtype == np.dtype(f"S{len('naïve-3'.encode())}") and stored.nbytes == 4 * len("naïve-3".encode())
+    back = Index.load(tmp_path / "new")
+    assert isinstance(back.ids, DocIds) and isinstance(back.ids.array, np.memmap)
+    assert back.ids == ids and list(back.ids) == ids and back.ids[1:3] == ids[1:3]
+    assert "naïve-3" in back and "d9" not in back
+    np.testing.assert_allclose(back.reconstruct(["naïve-3"]), x[2:3], atol=1e-6)
+    assert back.search(x[2:3], 1)[0] == [["naïve-3"]]
+    old = tmp_path / "old"
+    old.mkdir()
+    for name in ("index.faiss", "meta.json"):
+        (old / name).write_bytes((tmp_path / "new" / name).read_bytes())
+    (old / "ids.json").write_text(json.dumps(ids))
+    assert Index.load(old).ids == ids
+    back.add(x[:1] * 2, ["d5"])  # adding to a loaded index
+    assert list(back.ids) == ids + ["d5"] and back.search(x[:1] * 2, 1)[0] == [["d5"]]
+
+
+def test_duplicate_and_nul_ids_are_refused(tmp_path):
+    from retriever.index import DocIds
+
+    x = np.eye(3, dtype=np.float32)
+    Index.build(x, ["a", "b", "c"]).save(tmp_path / "i")
+    np.save(tmp_path / "i" / "ids.npy", np.array([b"a", b"b", b"a"]))
+    with pytest.raises(BadIndexError, match="unique"):
+        Index.load(tmp_path / "i")
+    with pytest.raises(BadIndexError, match="NUL"):
+        DocIds.of(["a\0"])

@@ -114,3 +114,66 @@ def test_cli_trains_a_qlm_reranker_on_top_layers_and_evaluates_it(tiny_beir, tin
                  "--rerank-top-k", "6"]) == 0
     row = json.loads(capsys.readouterr().out.splitlines()[0])
     assert row["reranker"] == str(tmp_path / "rr" / "model") and row["retriever"] == "bm25"
+
+
+def test_lower_layer_cache_gives_the_full_forward_logits(tiny_causal_lm):
+    """Second sight of the same prompts, batched differently (other padding): only the top layer runs
+    (the lower layer's forward is not called), and the logits equal the full model's."""
+    from reranker.layer_cache import LowerLayerCache, decoder_stack
+
+    rr = QLMReranker.from_pretrained(str(tiny_causal_lm))
+    encoded = [rr.encode_pair(q, d) for q, docs in make_groups(toy_groups(), 3, 0, 0)[:3] for d in docs]
+    cache = LowerLayerCache(rr.model, 1)
+    rr.lower_cache = cache
+    rr.model.train()  # the cache is used in training only
+    with torch.no_grad():
+        full = rr.batch_scores(encoded)       # all misses: the whole model runs, layer 1's inputs are kept
+        calls = []
+        hook = decoder_stack(rr.model).layers[0].register_forward_hook(lambda *a: calls.append(1))
+        cached = torch.cat([rr.batch_scores(encoded[i:i + 2]) for i in range(0, len(encoded), 2)])
+        hook.remove()
+    assert cache.misses == len(encoded) and cache.hits == len(encoded) and len(cache) == len({tuple(x) for x, _ in encoded})
+    assert calls == []
+    torch.testing.assert_close(cached, full, atol=1e-5, rtol=1e-5)
+    rr.model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(rr.batch_scores(encoded), full, atol=1e-5, rtol=1e-5)  # eval: no cache
+
+
+def test_training_with_the_lower_layer_cache_equals_training_without(tiny_causal_lm, tmp_path, monkeypatch):
+    """Three epochs of top-1-layer LoRA training, the same groups each epoch (epochs 2-3 run from the cache):
+    same losses, same weights as without the cache."""
+    results = []
+    for cached in (False, True):
+        rr = QLMReranker.from_pretrained(str(tiny_causal_lm), QLMConfig(doc_max_tokens=16))
+        config = RerankTrainConfig(objective="cl", group_size=3, batch_size=2, lr=5e-3, epochs=3, lora_r=4, lora_dropout=0.0,
+                                   train_layers=1, cache_lower_layers=cached, fixed_negatives=True, warmup_ratio=0.0,
+                                   checkpoint_every=100)
+        lower = []  # prompts that ran through the lower layer
+        if cached:
+            from reranker.layer_cache import LowerLayerCache
+
+            original = LowerLayerCache._run_lower
+            monkeypatch.setattr(LowerLayerCache, "_run_lower", lambda self, model, seqs: lower.extend(seqs) or original(self, model, seqs))
+        trained = train_reranker(rr, toy_groups(), tmp_path / f"out-{cached}", config, show_progress=False)
+        assert trained.lower_cache is None
+        if cached:  # 3 epochs x 3 steps x 2 groups x 3 prompts forwarded; each distinct prompt's lower layer ran once
+            assert len(lower) == len(set(lower)) and 0 < len(lower) <= 7 * 3 < 54
+        log = [json.loads(l)["loss"] for l in (tmp_path / f"out-{cached}" / "train_log.jsonl").read_text().splitlines()]
+        results.append((log, {k: v for k, v in trained.model.state_dict().items() if "lora_" in k}))
+    (loss_a, weights_a), (loss_b, weights_b) = results
+    assert loss_a == pytest.approx(loss_b, abs=1e-5)
+    for key in weights_a:
+        torch.testing.assert_close(weights_a[key], weights_b[key], atol=1e-5, rtol=1e-4)
+
+
+def test_cache_lower_layers_needs_train_layers():
+    with pytest.raises(ValueError, match="needs --train-layers"):
+        RerankTrainConfig(cache_lower_layers=True)
+
+
+def test_fixed_negatives_repeat_the_groups_in_another_order():
+    examples = toy_groups()
+    one, two = make_groups(examples, 3, 7, 0, resample=False), make_groups(examples, 3, 7, 1, resample=False)
+    assert sorted(one) == sorted(two) and one != two
+    assert sorted(make_groups(examples, 3, 7, 0)) != sorted(make_groups(examples, 3, 7, 1))

@@ -68,7 +68,7 @@ def test_index_is_replaced_only_with_overwrite(tiny_beir, tiny_bert, tmp_path, c
     build = ["index", "build", "--data", str(tiny_beir), "--model", str(tiny_bert), "--out", str(tmp_path / "idx")]
     assert main(build) == 0
     manifest = json.loads((tmp_path / "idx" / MANIFEST).read_text())
-    assert manifest["kind"] == "index" and set(manifest["files"]) == {"index.faiss", "ids.json", "meta.json"}
+    assert manifest["kind"] == "index" and set(manifest["files"]) == {"index.faiss", "ids.npy", "meta.json"}
     capsys.readouterr()
     assert main(build) == 2
     assert "already holds a densekit index; pass --overwrite" in capsys.readouterr().err

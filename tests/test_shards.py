@@ -293,7 +293,7 @@ def test_on_disk_ivf_merge_searches_like_in_memory_and_survives_a_move(tmp_path)
     memory = merge_shards([tmp_path / "w"], tmp_path / "mem", "IVF16,Flat", show_progress=False)
     disk = merge_shards([tmp_path / "w"], tmp_path / "a" / "disk", "IVF16,Flat", show_progress=False, on_disk=True)
     assert sorted(p.name for p in (tmp_path / "a" / "disk").iterdir()) == [
-        "densekit.json", "ids.json", "index.faiss", "lists.ivfdata", "meta.json"]
+        "densekit.json", "ids.npy", "index.faiss", "lists.ivfdata", "meta.json"]
     os.rename(tmp_path / "a", tmp_path / "b")  # the folder moves: lists.ivfdata is found beside index.faiss
     moved = Index.load(tmp_path / "b" / "disk")
     for index in (memory, disk, moved):
