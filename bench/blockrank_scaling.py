@@ -28,8 +28,8 @@ from pathlib import Path
 
 import torch
 
-from reranker.blockrank import BlockPrompt, BlockRanker
-from reranker.config import BlockRankConfig
+from densekit.reranker.blockrank import BlockPrompt, BlockRanker
+from densekit.reranker.config import BlockRankConfig
 
 SMOLLM2 = "HuggingFaceTB/SmolLM2-135M-Instruct"
 LARGER = dict(hidden_size=1024, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=2,
@@ -110,7 +110,7 @@ def load(which: str) -> BlockRanker:
         return BlockRanker.from_pretrained(SMOLLM2, BlockRankConfig())
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from retriever.models import resolve
+    from densekit.retriever.models import resolve
 
     tok = AutoTokenizer.from_pretrained(resolve(SMOLLM2))
     torch.manual_seed(0)

@@ -15,9 +15,9 @@ import time
 from pathlib import Path
 
 from rerank_scifact import LLM, Setup, train_seconds
-from reranker.blockrank import BlockRanker
-from reranker.config import BlockRankConfig, RerankTrainConfig
-from reranker.train import train_reranker
+from densekit.reranker.blockrank import BlockRanker
+from densekit.reranker.config import BlockRankConfig, RerankTrainConfig
+from densekit.reranker.train import train_reranker
 
 
 def main() -> None:

@@ -2,7 +2,7 @@
 
 Each command runs ``--repeats`` times in a fresh subprocess (same interpreter, same environment), in turn,
 so load from other processes hits all three alike; the median is reported. ``densekit`` is the console
-script beside this interpreter when installed, else ``python -m eval.cli``. Prints one JSON line:
+script beside this interpreter when installed, else ``python -m densekit.eval.cli``. Prints one JSON line:
 seconds per command and each ratio to the interpreter-plus-argparse peer.
 
     python bench/cli_help.py > bench/results/cli_help.jsonl
@@ -22,7 +22,7 @@ from pathlib import Path
 
 def densekit_command() -> list[str]:
     script = Path(sys.executable).parent / "densekit"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "eval.cli"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "densekit.eval.cli"]
 
 
 def wall_seconds(argv: list[str]) -> float:

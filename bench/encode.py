@@ -16,12 +16,12 @@ import faiss
 import numpy as np
 import torch
 
-from eval.data import load_dataset, resolve_dataset
-from eval.pipeline import evaluate
-from retriever.encoder import DualEncoder
-from retriever.index import Index
-from retriever.models import cache_dir, resolve
-from retriever.text import doc_text
+from densekit.eval.data import load_dataset, resolve_dataset
+from densekit.eval.pipeline import evaluate
+from densekit.retriever.encoder import DualEncoder
+from densekit.retriever.index import Index
+from densekit.retriever.models import cache_dir, resolve
+from densekit.retriever.text import doc_text
 
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 

@@ -2,7 +2,7 @@
 
 Writes a synthetic corpus of ``--docs`` x ``--dim`` float32 unit vectors as ``--shards`` densekit index
 shards (``shard-i-of-n/`` folders: shard.json, ids.json, vectors-*.npy pieces, as `index build
---num-shards` writes them), then merges them in a fresh subprocess (``retriever.shards.merge_shards``) and
+--num-shards` writes them), then merges them in a fresh subprocess (``densekit.retriever.shards.merge_shards``) and
 reads that child's peak RSS (``resource.getrusage(RUSAGE_CHILDREN).ru_maxrss``; the child also reports its
 VmHWM and its RSS right after imports). ``--baseline`` also measures, in another fresh subprocess, what
 ``build_index`` did before shards were streamed: load every piece into memory, concatenate, ``Index.build``.
@@ -34,8 +34,8 @@ import json, os, sys, time
 import faiss
 faiss.omp_set_num_threads(1)
 from pathlib import Path
-from retriever.shards import merge_shards, shard_folders, check_shards, _pieces
-from retriever.index import Index
+from densekit.retriever.shards import merge_shards, shard_folders, check_shards, _pieces
+from densekit.retriever.index import Index
 
 def rss(field):
     for line in Path("/proc/self/status").read_text().splitlines():
@@ -62,7 +62,7 @@ print(json.dumps({"seconds": round(time.time() - began, 1), "ntotal": index.ntot
 
 def write_shards(work: Path, docs: int, dim: int, shards: int, chunk: int = 65536, seed: int = 0) -> None:
     """Densekit shard folders of synthetic unit vectors, written chunk by chunk (never all in memory)."""
-    from retriever.shards import SHARD_FORMAT, shard_name, shard_range
+    from densekit.retriever.shards import SHARD_FORMAT, shard_name, shard_range
 
     meta = {"model": "synthetic", "model_hash": "synthetic-0", "corpus_fingerprint": f"synthetic-{docs}x{dim}-{seed}",
             "num_docs": docs, "pooling": "mean", "normalize": True}

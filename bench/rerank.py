@@ -14,7 +14,7 @@ Tasks (first stage -> candidates; each test task has a tuning task whose qrels c
 time, to ``<out>/scores/<task>/<reranker>.jsonl``: an interrupted run resumes where it stopped.
 ``report`` reads every cached score file and prints one JSON line per row (and a Markdown table):
 nDCG@10, the difference to the first stage with two-sided paired tests over queries
-(``eval.report.ttest`` = ``scipy.stats.ttest_rel``, and a 10,000-flip randomisation test), the number of
+(``densekit.eval.report.ttest`` = ``scipy.stats.ttest_rel``, and a 10,000-flip randomisation test), the number of
 queries, scoring docs/s and, for fused rows, the weight chosen on the tuning task. A reranker trained by
 ``bench/rerank_train.py`` (a saved folder) also gets its training groups seen, training minutes and the
 paired test against its own zero-shot row; two trained rows of one scorer and base model (e.g. SFT vs CL)
@@ -33,10 +33,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from eval.data import load_dataset, resolve_dataset, select_queries
-from eval.fusion import fuse, tune_weight
-from eval.pipeline import evaluate, read_run, write_run
-from retriever.runs import rank, top_k
+from densekit.eval.data import load_dataset, resolve_dataset, select_queries
+from densekit.eval.fusion import fuse, tune_weight
+from densekit.eval.pipeline import evaluate, read_run, write_run
+from densekit.retriever.runs import rank, top_k
 
 METRIC = "ndcg@10"
 
@@ -73,13 +73,13 @@ def load_task(name: str, out: Path):
     judged = {q: t for q, t in ds.queries.items() if q in ds.qrels}
     queries = select_queries(judged, task.max_queries)
     if task.first_stage == "bm25":
-        from retriever.bm25 import bm25_search
+        from densekit.retriever.bm25 import bm25_search
 
         run = bm25_search(ds.corpus, queries, task.k)
     elif task.first_stage == "dense":
         cached = out / "first" / f"{name}.trec"
         if not cached.exists():
-            from retriever.search import dense_search
+            from densekit.retriever.search import dense_search
 
             run = dense_search(ds.corpus, queries, task.k, index_dir=str(out / f"index-{task.dataset}-minilm"))
             write_run(cached, run, tag="dense-minilm")
@@ -91,7 +91,7 @@ def load_task(name: str, out: Path):
 
 
 def score(args) -> None:
-    from reranker.base import load_reranker
+    from densekit.reranker.base import load_reranker
 
     out = Path(args.out)
     ds, queries, run = load_task(args.task, out)
@@ -153,8 +153,8 @@ def training_info(spec: str) -> dict | None:
 
 
 def report(args) -> None:
-    from eval.plots import plot_learning_curves
-    from eval.report import randomisation_test, ttest
+    from densekit.eval.plots import plot_learning_curves
+    from densekit.eval.report import randomisation_test, ttest
 
     out = Path(args.out)
     rows, comparisons = [], []

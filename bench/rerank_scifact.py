@@ -21,17 +21,17 @@ from pathlib import Path
 
 import numpy as np
 
-from eval.data import load_dataset, resolve_dataset, select_queries
-from eval.pipeline import evaluate
-from retriever.examples import training_groups
-from reranker.config import RerankerConfig, RerankTrainConfig
-from reranker.pointwise import LLMReranker
-from reranker.train import train_reranker
-from retriever.encoder import DualEncoder
-from retriever.index import Index
-from retriever.models import cache_dir
-from retriever.runs import rank
-from retriever.text import doc_text
+from densekit.eval.data import load_dataset, resolve_dataset, select_queries
+from densekit.eval.pipeline import evaluate
+from densekit.retriever.examples import training_groups
+from densekit.reranker.config import RerankerConfig, RerankTrainConfig
+from densekit.reranker.pointwise import LLMReranker
+from densekit.reranker.train import train_reranker
+from densekit.retriever.encoder import DualEncoder
+from densekit.retriever.index import Index
+from densekit.retriever.models import cache_dir
+from densekit.retriever.runs import rank
+from densekit.retriever.text import doc_text
 
 LLM = "HuggingFaceTB/SmolLM2-135M-Instruct"
 RETRIEVER = "sentence-transformers/all-MiniLM-L6-v2"

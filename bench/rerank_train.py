@@ -9,7 +9,7 @@ minus positives; documents cut to ``--doc-max-tokens``.
 ``speed``: the same model and the same groups, steps alternating between (a) today's loop, LoRA on
 every layer (gradients flow through the whole depth), (b) LoRA on the top ``--train-layers``
 layers only (the lower layers run without autograd) and (c) as (b) for groups seen in an earlier epoch,
-whose lower layers' output is kept (``reranker.layer_cache``); prints pairs/s of each and the ratios to (a).
+whose lower layers' output is kept (``densekit.reranker.layer_cache``); prints pairs/s of each and the ratios to (a).
 
 ``train``: one run (scorer x objective) under a budget of ``--groups`` training groups, checkpointed
 and resumable (``--resume``); the model lands in ``<out>/model`` and can be scored with
@@ -28,12 +28,12 @@ from pathlib import Path
 
 import torch
 
-from eval.data import load_dataset, resolve_dataset, select_queries
-from retriever.examples import training_groups
-from reranker.base import load_reranker
-from reranker.layer_cache import LowerLayerCache
-from reranker.config import RerankTrainConfig
-from reranker.train import STEPS, accumulate, make_groups, train_reranker
+from densekit.eval.data import load_dataset, resolve_dataset, select_queries
+from densekit.retriever.examples import training_groups
+from densekit.reranker.base import load_reranker
+from densekit.reranker.layer_cache import LowerLayerCache
+from densekit.reranker.config import RerankTrainConfig
+from densekit.reranker.train import STEPS, accumulate, make_groups, train_reranker
 
 LLM = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
@@ -43,7 +43,7 @@ def scifact_groups(out: Path, depth: int = 30) -> list[dict]:
     cached = out / "scifact-train-groups.json"
     if cached.exists():
         return held_out(json.loads(cached.read_text()))
-    from retriever.search import dense_search
+    from densekit.retriever.search import dense_search
 
     ds = load_dataset(resolve_dataset("scifact"), "train")
     queries = {q: t for q, t in ds.queries.items() if q in ds.qrels}

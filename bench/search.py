@@ -16,11 +16,11 @@ import time
 import faiss
 import numpy as np
 
-from eval.data import load_dataset, resolve_dataset
-from retriever.encoder import DualEncoder
-from retriever.index import Index
-from retriever.models import cache_dir
-from retriever.text import doc_text
+from densekit.eval.data import load_dataset, resolve_dataset
+from densekit.retriever.encoder import DualEncoder
+from densekit.retriever.index import Index
+from densekit.retriever.models import cache_dir
+from densekit.retriever.text import doc_text
 
 FACTORIES = {  # factory -> search knobs
     "Flat": {},

@@ -17,16 +17,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from eval.data import load_dataset, resolve_dataset
-from eval.pipeline import evaluate
-from retriever import examples as ex
-from retriever.encoder import DualEncoder
-from retriever.index import Index
-from retriever.models import cache_dir
-from retriever.mining import dense_positive_scores, select_negatives
-from retriever.search import build_index
-from retriever.config import TrainConfig
-from retriever.train import RetrieverStep, train
+from densekit.eval.data import load_dataset, resolve_dataset
+from densekit.eval.pipeline import evaluate
+from densekit.retriever import examples as ex
+from densekit.retriever.encoder import DualEncoder
+from densekit.retriever.index import Index
+from densekit.retriever.models import cache_dir
+from densekit.retriever.mining import dense_positive_scores, select_negatives
+from densekit.retriever.search import build_index
+from densekit.retriever.config import TrainConfig
+from densekit.retriever.train import RetrieverStep, train
 
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 METRICS = ["ndcg@10", "recall@100"]
@@ -49,7 +49,7 @@ def throughput(batch_size: int, examples: list[dict], steps: int) -> dict:
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.losses import MultipleNegativesRankingLoss
 
-    from retriever.models import resolve
+    from densekit.retriever.models import resolve
 
     data = ex.batches(examples, batch_size, 1, seed=0, epoch=0)[:steps + 1]
     enc = DualEncoder.from_pretrained(MODEL)

@@ -2,7 +2,7 @@
 
 ``add_config_args(parser, Config)`` adds one flag per field: ``--field-name`` (``--no-field-name`` for a
 bool that defaults to True), the field's ``help`` metadata as help text, the dataclass default as
-default, and an argparse ``type`` built from the field's constraints (``retriever.config.setting``), so
+default, and an argparse ``type`` built from the field's constraints (``densekit.retriever.config.setting``), so
 a bad value exits 2 at parse time naming the flag. ``config_from_args(Config, args)`` builds the config
 back from the parsed namespace. Types: ``int``, ``float``, ``str`` (``choices`` metadata), ``bool``,
 ``X | None`` and ``list[str]`` (one or more values).
@@ -13,7 +13,7 @@ import argparse
 import math
 from dataclasses import MISSING, fields
 
-from retriever.config import field_type
+from densekit.retriever.config import field_type
 
 
 def int_at_least(minimum: int, what: str):

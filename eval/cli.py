@@ -1,4 +1,4 @@
-"""``densekit`` command line: argument parsing, then one ``eval.jobs`` call per subcommand.
+"""``densekit`` command line: argument parsing, then one ``densekit.eval.jobs`` call per subcommand.
 
 The training and mining flags are generated from the config dataclasses (``CONFIGS``, ``eval/args.py``);
 the other flags (data, outputs, first stage ...) are written here once each. Building the parser imports
@@ -10,9 +10,9 @@ import json
 import sys
 from pathlib import Path
 
-from retriever.config import MineConfig, TrainConfig
-from retriever.models import ModelNotAvailable
-from reranker.config import BlockRankConfig, QLMConfig, RerankerConfig, RerankTrainConfig
+from densekit.retriever.config import MineConfig, TrainConfig
+from densekit.retriever.models import ModelNotAvailable
+from densekit.reranker.config import BlockRankConfig, QLMConfig, RerankerConfig, RerankTrainConfig
 
 from . import jobs
 from .args import add_config_args, config_from_args, float_in, non_negative_int, positive_int, unit_float

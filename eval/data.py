@@ -24,9 +24,9 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from retriever.io import DataError, atomic_write_text, lines as _lines, read_jsonl, write_jsonl  # noqa: F401
+from densekit.retriever.io import DataError, atomic_write_text, lines as _lines, read_jsonl, write_jsonl  # noqa: F401
 
-from retriever.types import Corpus, Qrels, Queries
+from densekit.retriever.types import Corpus, Qrels, Queries
 
 BEIR_URL = "https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets/{name}.zip"
 # md5 of each official BEIR zip, as published in the BEIR README.
@@ -272,7 +272,7 @@ def load_corpus_arrow(folder: str | Path, cache_dir: str | Path | None = None):
     keyed by the file's path, size and modification time; later opens map the cached Arrow file and cost
     no RAM beyond the pages read. Encoding and the sharded build read it in slices (``Dataset.shard``)."""
     import datasets
-    from retriever.models import cache_dir as densekit_cache
+    from densekit.retriever.models import cache_dir as densekit_cache
 
     path = _corpus_file(Path(folder))
     stat = path.stat()

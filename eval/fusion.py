@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
-from retriever.runs import rank
+from densekit.retriever.runs import rank
 
 NORMS = ("z", "minmax")
 GRID = tuple(round(i / 20, 2) for i in range(21))

@@ -1,7 +1,7 @@
 """What each ``densekit`` subcommand does, as library functions: plain arguments and config objects in,
 plain data (what the command prints) out. ``eval/cli.py`` only parses arguments and calls one of these.
 
-Every job checks its output path (``retriever.io``) before it loads data or a model, so a refused
+Every job checks its output path (``densekit.retriever.io``) before it loads data or a model, so a refused
 output costs nothing. Notes for the user (skipped queries, a tuned fusion weight ...) go to the
 ``note`` callback (default: ``warnings.warn``). Importing this module imports neither torch nor
 transformers nor faiss; each job imports what it needs.
@@ -15,8 +15,8 @@ import warnings
 from pathlib import Path
 from typing import Callable
 
-from retriever.config import MineConfig, TrainConfig
-from retriever.io import check_file_target, check_target
+from densekit.retriever.config import MineConfig, TrainConfig
+from densekit.retriever.io import check_file_target, check_target
 
 from .data import DataError
 
@@ -70,7 +70,7 @@ def evaluate(data: str, split: str = "test", *, retriever: str | None = None, ru
     pytrec_eval gives for a run holding every evaluated query (the beir convention). ``save_run`` (a
     ``.N`` suffix per model when there are several) is checked before any work and replaced only with
     ``overwrite``; ``roc`` is a PNG of every system's ROC curve."""
-    from retriever.search import first_stage
+    from densekit.retriever.search import first_stage
 
     from . import pipeline
     from .data import load_dataset, resolve_dataset, select_queries
@@ -94,7 +94,7 @@ def evaluate(data: str, split: str = "test", *, retriever: str | None = None, ru
     ranker, mode = None, None
     depth = rerank_top_k or 20
     if reranker:
-        from reranker.base import load_reranker
+        from densekit.reranker.base import load_reranker
 
         ranker = load_reranker(reranker)
         modes = tuple(getattr(ranker, "modes", ()))
@@ -231,8 +231,8 @@ def build_index(data: str, model: str, out: str, factory: str = "Flat", batch_si
     With ``num_shards``: encode shard ``shard_index`` only (merged later by ``merge_index``). Returns
     ``{"index", "ntotal", "dim", "factory"}`` when this process built the index, else
     ``{"shard", "shard_index", "num_shards"}``."""
-    from retriever.encoder import DualEncoder
-    from retriever.search import build_index as build
+    from densekit.retriever.encoder import DualEncoder
+    from densekit.retriever.search import build_index as build
 
     from .data import load_corpus_of
 
@@ -256,7 +256,7 @@ def merge_index(out: str, shards: list[str] | None = None, factory: str = "Flat"
     folders never are). Returns ``{"index", "ntotal", "dim", "factory"}``."""
     import shutil
 
-    from retriever.shards import merge_shards
+    from densekit.retriever.shards import merge_shards
 
     check_target(out, "index", overwrite)
     work = Path(out).with_name(Path(out).name + ".partial")
@@ -270,9 +270,9 @@ def search(index_dir: str, queries: list[str], model: str | None = None, k: int 
            ef_search: int | None = None) -> list[dict]:
     """The top ``k`` of each query text in a saved index, searched with ``model`` (default: the index's own
     encoder; checked against the index). Returns ``[{"query", "hits": [{"id", "score"}]}]``, one per query."""
-    from retriever.encoder import DualEncoder
-    from retriever.index import Index
-    from retriever.search import check_encoder
+    from densekit.retriever.encoder import DualEncoder
+    from densekit.retriever.index import Index
+    from densekit.retriever.search import check_encoder
 
     index = Index.load(index_dir)
     encoder = DualEncoder.from_pretrained(model or index.meta["model"])
@@ -295,10 +295,10 @@ def train_retriever(data: str, out: str, config: TrainConfig, model: str = DEFAU
     import random
     from dataclasses import replace
 
-    from retriever import examples as ex
-    from retriever.checkpoints import check_run_folder
-    from retriever.encoder import DualEncoder
-    from retriever.train import train
+    from densekit.retriever import examples as ex
+    from densekit.retriever.checkpoints import check_run_folder
+    from densekit.retriever.encoder import DualEncoder
+    from densekit.retriever.train import train
 
     from .data import load_dataset, resolve_dataset
 
@@ -334,14 +334,14 @@ def train_reranker(data: str, out: str, config, scorer, model: str = "HuggingFac
     BlockRank) on base ``model``. Training groups: the judged queries of ``split`` (the first ``max_queries``),
     their positives, and negatives from the ``first_stage`` (dense or bm25) top ``depth``. The run folder is
     checked before any data is loaded. Returns ``{"model", "groups", "objective", "kind"}``."""
-    from reranker.blockrank import BlockRanker
-    from reranker.config import BlockRankConfig, QLMConfig, RerankerConfig
-    from reranker.pointwise import LLMReranker
-    from reranker.qlm import QLMReranker
-    from reranker.train import train_reranker as train
-    from retriever.checkpoints import check_run_folder
-    from retriever.examples import training_groups
-    from retriever.search import first_stage as retrieve
+    from densekit.reranker.blockrank import BlockRanker
+    from densekit.reranker.config import BlockRankConfig, QLMConfig, RerankerConfig
+    from densekit.reranker.pointwise import LLMReranker
+    from densekit.reranker.qlm import QLMReranker
+    from densekit.reranker.train import train_reranker as train
+    from densekit.retriever.checkpoints import check_run_folder
+    from densekit.retriever.examples import training_groups
+    from densekit.retriever.search import first_stage as retrieve
 
     from .data import load_dataset, resolve_dataset, select_queries
 
@@ -361,10 +361,10 @@ def train_reranker(data: str, out: str, config, scorer, model: str = "HuggingFac
 
 def mine(data: str, out: str, config: MineConfig, split: str = "train", index: str | None = None,
          model: str | None = None, overwrite: bool = False) -> dict:
-    """Mine hard negatives of the judged queries of ``split`` (``retriever.mining.mine_negatives``: the dense
+    """Mine hard negatives of the judged queries of ``split`` (``densekit.retriever.mining.mine_negatives``: the dense
     ``index``, else BM25) into the JSONL training file ``out`` (checked before any work). Returns
     ``{"out", "queries", "negatives"}``."""
-    from retriever.mining import mine_negatives, write_mined
+    from densekit.retriever.mining import mine_negatives, write_mined
 
     from .data import load_dataset, resolve_dataset
 

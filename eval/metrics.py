@@ -21,9 +21,9 @@ from typing import Iterable
 
 import numpy as np
 
-from retriever.runs import rank
+from densekit.retriever.runs import rank
 
-from retriever.types import Qrels, Run
+from densekit.retriever.types import Qrels, Run
 
 MEASURES = ("ndcg", "mrr", "recall", "map", "p")
 _ALIASES = {"precision": "p", "recip_rank": "mrr", "ndcg_cut": "ndcg", "map_cut": "map"}

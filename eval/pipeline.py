@@ -13,13 +13,13 @@ from pathlib import Path
 from typing import Iterable
 
 from . import metrics as M
-from retriever.runs import top_k  # noqa: F401  (re-exported)
+from densekit.retriever.runs import top_k  # noqa: F401  (re-exported)
 
 from .fusion import fuse  # noqa: F401  (re-exported)
 
 from .data import DataError, atomic_write_text
 
-from retriever.types import Qrels, Run
+from densekit.retriever.types import Qrels, Run
 
 DEFAULT_METRICS = ("ndcg@10", "mrr@10", "recall@100", "map@100", "p@10")
 
@@ -84,7 +84,7 @@ def write_run(path: str | Path, run: Run, tag: str = "densekit") -> None:
 def read_run(path: str | Path) -> Run:
     """Read a TREC run file; a malformed line, a NaN score or a repeated (query, doc) pair raises
     DataError naming the file and line (trec_eval refuses duplicate docs too)."""
-    from retriever.io import lines as numbered_lines
+    from densekit.retriever.io import lines as numbered_lines
 
     path = Path(path)
     if path.is_dir():
@@ -127,9 +127,9 @@ def format_table(rows: dict[str, dict[str, float]], digits: int = 4) -> str:
 def rerank_stage(run: Run, corpus: dict, queries: dict[str, str], reranker, top_k: int, batch_size: int = 8,
                  mode: str | None = None, show_progress: bool = True) -> Run:
     """Re-score each query's top ``top_k`` with ``reranker`` (a reranker, or a spec for
-    ``reranker.base.load_reranker``: ``qlm:<model>``, ``blockrank:<folder>``, a saved folder, ...);
+    ``densekit.reranker.base.load_reranker``: ``qlm:<model>``, ``blockrank:<folder>``, a saved folder, ...);
     ``mode`` is the kind's scoring mode (BlockRank: attention | decode)."""
-    from reranker.base import load_reranker
+    from densekit.reranker.base import load_reranker
 
     if isinstance(reranker, str):
         reranker = load_reranker(reranker)
@@ -162,7 +162,7 @@ def tune_fusion(folder: str | Path, split: str, reranker, k: int, norm: str = "z
     """``(weight, queries used)``: the fusion weight with the best nDCG@10 on ``split``'s first
     ``max_queries`` judged queries (sorted ids), their first stage's top ``k`` (``retriever``, or ``run_file``)
     reranked by ``reranker``. Only ``split``'s qrels are read."""
-    from retriever.search import first_stage
+    from densekit.retriever.search import first_stage
 
     from .data import load_dataset, select_queries
     from .fusion import tune_weight

@@ -26,7 +26,7 @@ import numpy as np
 
 from .data import DataError
 
-from retriever.types import Qrels, Run
+from densekit.retriever.types import Qrels, Run
 
 DEFAULT_METRICS = ("ndcg@10", "mrr@10", "recall@100")
 TIE_TOLERANCE = 1e-12

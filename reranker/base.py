@@ -23,10 +23,10 @@ from typing import Sequence
 
 import torch
 
-from retriever import models
-from retriever.io import DataError, atomic_dir
-from retriever.runs import rank
-from retriever.text import doc_text
+from densekit.retriever import models
+from densekit.retriever.io import DataError, atomic_dir
+from densekit.retriever.runs import rank
+from densekit.retriever.text import doc_text
 
 REGISTRY: dict[str, type] = {}
 DEFAULT_KIND = "pointwise"
@@ -173,7 +173,7 @@ class CausalLMRanker(torch.nn.Module):
     def save(self, folder: str | os.PathLike, overwrite: bool = False) -> Path:
         """Save the LoRA adapter (or the full model) plus ``reranker.json`` (kind, base model, config), atomically,
         with ``densekit.json`` kind ``reranker``. An existing densekit reranker folder is replaced only with
-        ``overwrite`` (``retriever.io.check_target``); non-finite weights are refused before anything is written."""
+        ``overwrite`` (``densekit.retriever.io.check_target``); non-finite weights are refused before anything is written."""
         bad = [n for n, t in self.model.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
         if bad:
             raise DataError(f"the {self.kind} reranker has non-finite weights in {len(bad)} tensor(s), e.g. "

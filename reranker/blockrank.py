@@ -39,7 +39,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from retriever.text import doc_text
+from densekit.retriever.text import doc_text
 
 from .base import CausalLMRanker, leading_special_tokens, register
 from .config import BlockRankConfig

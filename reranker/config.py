@@ -1,19 +1,19 @@
 """The reranker layer's configuration dataclasses, importable without torch (the CLI builds its flags from them).
 
-Fields carry their help text and value constraints as metadata (``retriever.config.setting``).
+Fields carry their help text and value constraints as metadata (``densekit.retriever.config.setting``).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from retriever.config import AT_LEAST_ONE, FRACTION, NON_NEGATIVE, POSITIVE, check_fields, setting
+from densekit.retriever.config import AT_LEAST_ONE, FRACTION, NON_NEGATIVE, POSITIVE, check_fields, setting
 
 OBJECTIVES = ("sft", "cl", "unified", "blockrank")
 
 
 @dataclass
 class RerankTrainConfig:
-    """Reranker training (``reranker.train.train_reranker``): one objective, LoRA (or full) tuning, the engine's loop."""
+    """Reranker training (``densekit.reranker.train.train_reranker``): one objective, LoRA (or full) tuning, the engine's loop."""
 
     objective: str = setting("sft", "sft | cl | unified (pointwise and qlm scorers) | blockrank (BlockRanker)",
                              choices=OBJECTIVES)
@@ -54,7 +54,7 @@ class RerankTrainConfig:
 
 @dataclass
 class RerankerConfig:
-    """The pointwise yes/no prompt (``reranker.pointwise.LLMReranker``)."""
+    """The pointwise yes/no prompt (``densekit.reranker.pointwise.LLMReranker``)."""
 
     instruction: str = setting("Judge whether the document is relevant to the search query.",
                                "pointwise: the task text of the prompt")
@@ -70,7 +70,7 @@ DEFAULT_TEMPLATE = "Passage: {document}\nPlease write a question or claim that t
 
 @dataclass
 class QLMConfig:
-    """The query-likelihood prompt and score (``reranker.qlm.QLMReranker``)."""
+    """The query-likelihood prompt and score (``densekit.reranker.qlm.QLMReranker``)."""
 
     template: str = setting(DEFAULT_TEMPLATE, "qlm: prompt with a {document} slot, then a {query} slot that ends it")
     reduce: str = setting("mean", "qlm: mean or sum of the query tokens' log-probabilities", choices=("mean", "sum"))
@@ -91,7 +91,7 @@ class QLMConfig:
 
 @dataclass
 class BlockRankConfig:
-    """The BlockRank prompt and attention scoring (``reranker.blockrank.BlockRanker``)."""
+    """The BlockRank prompt and attention scoring (``densekit.reranker.blockrank.BlockRanker``)."""
 
     instruction: str = setting("You are given a search query and a list of documents, each shown as "
                                "'ID: [i] | CONTENT: ... | END ID: [i]'. Find the document that best answers the query "

@@ -25,9 +25,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from retriever.checkpoints import run_identity
-from retriever.engine import Optimization, TrainStep, check_divisible, fit, process_count
-from retriever.models import weights_hash
+from densekit.retriever.checkpoints import run_identity
+from densekit.retriever.engine import Optimization, TrainStep, check_divisible, fit, process_count
+from densekit.retriever.models import weights_hash
 
 from .blockrank import BlockRanker, blockrank_groups
 from .config import RerankTrainConfig
@@ -184,7 +184,7 @@ def restrict_to_top_layers(model, layers: int) -> None:
 
 
 def accumulate(step_loss, model, chunk, config: RerankTrainConfig, step: int, backward, check) -> tuple[float, dict]:
-    """(A single-process helper for benchmarks and tests; training runs through ``retriever.engine``,
+    """(A single-process helper for benchmarks and tests; training runs through ``densekit.retriever.engine``,
     which accumulates the same way.) Forward/backward ``chunk`` in micro-batches of ``config.micro_batch`` groups, each loss scaled by
     its share of the step (the sum of gradients equals one pass over the whole chunk); returns the
     step's loss and its records averaged the same way."""
@@ -231,10 +231,10 @@ def train_reranker(reranker: LLMReranker | BlockRanker, examples: list[dict], ou
     holds the loss per step plus, for the pointwise objectives, the mean SFT and CL gradient weights of
     positives and negatives, and for BlockRank the LM and auxiliary parts.
 
-    The loop is the engine's (``retriever.engine.fit``: DDP, accumulation over ``micro_batch``, schedule,
+    The loop is the engine's (``densekit.retriever.engine.fit``: DDP, accumulation over ``micro_batch``, schedule,
     checkpoints, logs). With N processes ``batch_size`` is the global number of groups a step (each
     process takes ``batch_size / N``; it must divide, checked before any work), so N processes train the
-    same model as one. The folder rules are ``retriever.checkpoints``'s: ``resume`` continues only the
+    same model as one. The folder rules are ``densekit.retriever.checkpoints``'s: ``resume`` continues only the
     same run (same config, data, base model, reranker config and process count; a raised ``max_steps``
     is refused) and truncates the log to the resumed step; a fresh run replaces a run in ``out`` only with
     ``overwrite``. A NaN/inf loss or gradient stops training (naming the step and the config) before the

@@ -85,7 +85,7 @@ FRACTION = {"min": 0, "max": 1}
 
 @dataclass
 class TrainConfig:
-    """Dual-encoder training (``retriever.train.train``)."""
+    """Dual-encoder training (``densekit.retriever.train.train``)."""
 
     loss: str = setting("infonce", "training loss: InfoNCE or MW (Mann-Whitney U, AUC)", choices=("infonce", "mw"))
     temperature: float = setting(0.05, "score temperature tau (scores = q.d / tau)", **POSITIVE)
@@ -125,7 +125,7 @@ class TrainConfig:
         check_fields(self)
 
     def make_loss(self):
-        """The loss module (``retriever.losses``; imports torch)."""
+        """The loss module (``densekit.retriever.losses``; imports torch)."""
         from .losses import InfoNCELoss, MWLoss
 
         if self.loss == "infonce":
@@ -154,7 +154,7 @@ class EncoderConfig:
 
 @dataclass
 class BM25Config:
-    """bm25s settings (``retriever.bm25``)."""
+    """bm25s settings (``densekit.retriever.bm25``)."""
 
     k1: float = 1.5
     b: float = 0.75
@@ -165,7 +165,7 @@ class BM25Config:
 
 @dataclass
 class MineConfig:
-    """Which first-stage ranks become negatives (see ``retriever.mining.select_negatives``)."""
+    """Which first-stage ranks become negatives (see ``densekit.retriever.mining.select_negatives``)."""
 
     rank_from: int = setting(10, "first rank kept (0-based); skipping the top avoids false negatives", **NON_NEGATIVE)
     rank_to: int = setting(50, "end of the kept ranks (exclusive)", **AT_LEAST_ONE)

@@ -1,7 +1,7 @@
 """The plain data every densekit module passes around: the BEIR dict formats (see DESIGN.md).
 
 Ids are strings. A corpus bigger than RAM may instead be a memory-mapped ``datasets.Dataset`` with
-columns ``_id``, ``title``, ``text`` (``eval.data.load_corpus_arrow``); functions that accept one say so.
+columns ``_id``, ``title``, ``text`` (``densekit.eval.data.load_corpus_arrow``); functions that accept one say so.
 """
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from eval.data import write_beir
+from densekit.eval.data import write_beir
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -49,7 +49,7 @@ def _tiny_model_folder(root: Path, kind: str) -> Path:
     import torch
     from transformers import AutoTokenizer, BertConfig, BertModel, LlamaConfig, LlamaModel
 
-    from retriever.models import resolve
+    from densekit.retriever.models import resolve
 
     torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(resolve(MINILM))
@@ -84,7 +84,7 @@ def tiny_causal_lm(tmp_path_factory):
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from retriever.models import resolve
+    from densekit.retriever.models import resolve
 
     torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(resolve(MINILM))
@@ -105,8 +105,8 @@ def rerank_order_problem(first: dict, reranked: dict, corpus: dict, queries: dic
     ``reranker.score_groups``, one query at a time. Those scores must tell every two docs apart (gap > ``min_gap``:
     a constant-score reranker orders nothing, so any order would "agree" with it), the saved run must hold them
     (within 1e-4) and rank the docs in their order, and the docs below ``top_k`` must follow in first-stage order."""
-    from retriever.runs import rank
-    from retriever.text import doc_text
+    from densekit.retriever.runs import rank
+    from densekit.retriever.text import doc_text
 
     for qid, docs in first.items():
         ranking = rank(docs)
@@ -129,10 +129,10 @@ def rerank_order_problem(first: dict, reranked: dict, corpus: dict, queries: dic
 def cli_rerank_problem(tiny_beir, tmp_path, capsys, spec: str, top_k: int = 3, mode: str | None = None) -> str | None:
     """``densekit eval`` BM25 top 6, then again reranking the top ``top_k`` with ``spec``, both runs saved; recall@6
     must not change, and ``rerank_order_problem`` of the saved runs against the reranker loaded from ``spec``."""
-    from eval.cli import main
-    from eval.data import load_dataset
-    from eval.pipeline import read_run
-    from reranker.base import load_reranker
+    from densekit.eval.cli import main
+    from densekit.eval.data import load_dataset
+    from densekit.eval.pipeline import read_run
+    from densekit.reranker.base import load_reranker
 
     plain_path, reranked_path = tmp_path / "plain.trec", tmp_path / "reranked.trec"
     base = ["eval", "--data", str(tiny_beir), "--retriever", "bm25", "--top-k", "6", "--json", "--overwrite"]

@@ -1,5 +1,5 @@
 """densekit's DualEncoder inside the ``beir`` library: beir's ``DenseRetrievalExactSearch`` +
-``EvaluateRetrieval`` against densekit's own ``dense_search`` (FAISS Flat index) + ``eval.pipeline.evaluate``,
+``EvaluateRetrieval`` against densekit's own ``dense_search`` (FAISS Flat index) + ``densekit.eval.pipeline.evaluate``,
 on the tiny BEIR fixture of conftest.py with the tiny random models.
 
 The beir contract (beir 2.2.0, read from its installed source):
@@ -29,11 +29,11 @@ from beir.datasets.data_loader import GenericDataLoader
 from beir.retrieval.evaluation import EvaluateRetrieval
 from beir.retrieval.search.dense import DenseRetrievalExactSearch
 
-from eval.data import load_dataset, load_queries, write_beir
-from eval.pipeline import drop_identical_ids, evaluate
-from retriever.encoder import DualEncoder
-from retriever.runs import rank
-from retriever.search import dense_search
+from densekit.eval.data import load_dataset, load_queries, write_beir
+from densekit.eval.pipeline import drop_identical_ids, evaluate
+from densekit.retriever.encoder import DualEncoder
+from densekit.retriever.runs import rank
+from densekit.retriever.search import dense_search
 
 K_VALUES = [1, 3, 5]  # depth 5 < 6 docs: the top-k cut matters
 BEIR_KEYS = {"ndcg": "NDCG@{}", "map": "MAP@{}", "recall": "Recall@{}", "p": "P@{}"}

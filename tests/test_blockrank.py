@@ -6,9 +6,9 @@ import math
 import pytest
 import torch
 
-from reranker.blockrank import BlockPrompt, BlockRanker, blockrank_groups, dense_mask, doc_masks
-from reranker.config import BlockRankConfig, RerankTrainConfig
-from reranker.train import train_reranker
+from densekit.reranker.blockrank import BlockPrompt, BlockRanker, blockrank_groups, dense_mask, doc_masks
+from densekit.reranker.config import BlockRankConfig, RerankTrainConfig
+from densekit.reranker.train import train_reranker
 
 DOCS = ["cats are small animals that purr and sleep most of the day", "dogs bark",
         "the stock market fell today by a large number of points", "a kitten is a young cat"]
@@ -77,7 +77,7 @@ def deep_ranker():
     """4 layers, GQA, scoring layer 1: the reference's hidden states after 2 layers are comparable."""
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from retriever.models import resolve
+    from densekit.retriever.models import resolve
 
     torch.manual_seed(1)
     tok = AutoTokenizer.from_pretrained(resolve("sentence-transformers/all-MiniLM-L6-v2"))
@@ -181,8 +181,8 @@ def test_objective_must_fit_the_model(ranker, tmp_path):
 
 
 def test_rerank_attention_and_decode_modes(ranker, monkeypatch):
-    from retriever.runs import rank
-    from retriever.text import doc_text
+    from densekit.retriever.runs import rank
+    from densekit.retriever.text import doc_text
 
     corpus = {f"d{i}": {"title": "", "text": t} for i, t in enumerate(DOCS)}
     run = {"q1": {"d0": 3.0, "d1": 2.0, "d2": 1.0, "d3": 0.5, "gone": 0.7}}
@@ -226,7 +226,7 @@ def test_bad_input(ranker):
 @pytest.mark.slow
 @torch.no_grad()
 def test_paths_agree_on_smollm2():
-    from retriever.models import ModelNotAvailable
+    from densekit.retriever.models import ModelNotAvailable
 
     try:
         r = BlockRanker.from_pretrained("HuggingFaceTB/SmolLM2-135M-Instruct", BlockRankConfig(doc_max_tokens=32))
@@ -239,7 +239,7 @@ def test_paths_agree_on_smollm2():
 
 
 def test_cli_train_blockrank_then_eval_both_modes(tiny_beir, tiny_bert, tiny_causal_lm, tmp_path, capsys):
-    from eval.cli import main
+    from densekit.eval.cli import main
 
     assert main(["train", "blockrank", "--data", str(tiny_beir), "--split", "test", "--model", str(tiny_causal_lm),
                  "--retriever-model", str(tiny_bert), "--group-size", "3", "--batch-size", "1", "--epochs", "1",

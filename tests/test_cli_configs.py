@@ -11,10 +11,10 @@ from dataclasses import dataclass, fields
 
 import pytest
 
-from eval import cli
-from eval.args import add_config_args, config_from_args, field_default
-from reranker.config import BlockRankConfig, QLMConfig, RerankerConfig, RerankTrainConfig
-from retriever.config import MineConfig, TrainConfig, field_type, setting
+from densekit.eval import cli
+from densekit.eval.args import add_config_args, config_from_args, field_default
+from densekit.reranker.config import BlockRankConfig, QLMConfig, RerankerConfig, RerankTrainConfig
+from densekit.retriever.config import MineConfig, TrainConfig, field_type, setting
 
 REQUIRED = ["--data", "d", "--out", "o"]
 EXTRA = {("mine",): ["--index", "i"]}  # --max-ratio needs dense mining
@@ -151,7 +151,7 @@ def test_a_new_field_becomes_a_flag_without_mapping(capsys):
 
 
 def test_help_imports_no_torch():
-    code = ("import sys; from eval.cli import build_parser; build_parser(); "
+    code = ("import sys; from densekit.eval.cli import build_parser; build_parser(); "
             "print(sorted(m for m in ('torch', 'transformers', 'faiss') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

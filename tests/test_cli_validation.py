@@ -9,10 +9,10 @@ import math
 import pytest
 import pytrec_eval
 
-from eval import metrics as M
-from eval.cli import build_parser, main
-from eval.data import DataError, load_corpus, load_qrels, load_queries, write_beir
-from eval.pipeline import evaluate, read_run, write_run
+from densekit.eval import metrics as M
+from densekit.eval.cli import build_parser, main
+from densekit.eval.data import DataError, load_corpus, load_qrels, load_queries, write_beir
+from densekit.eval.pipeline import evaluate, read_run, write_run
 
 
 def strict_json(text: str):
@@ -125,7 +125,7 @@ def test_version_and_defaults_in_help(capsys):
 
 
 def test_eval_passes_ef_search_and_nprobe_to_the_index(tiny_beir, tiny_bert, tmp_path, capsys, monkeypatch):
-    from retriever.index import Index
+    from densekit.retriever.index import Index
 
     calls = []
     original = Index.set_params
@@ -184,7 +184,7 @@ class StubReranker:
 
 
 def test_eval_run_rerank_skips_docs_absent_from_corpus(nohit_beir, tmp_path, capsys, monkeypatch):
-    import reranker.base
+    import densekit.reranker.base
 
     stub = StubReranker()
     monkeypatch.setattr(reranker.base, "load_reranker", lambda spec: stub)
@@ -252,7 +252,7 @@ def test_null_or_empty_id_is_refused_with_file_and_line(tmp_path, value):
 # ---------------------------------------------------------------- item 9: JSON output
 
 def test_json_fields_are_structured(nohit_beir, capsys, monkeypatch):
-    import reranker.base
+    import densekit.reranker.base
 
     monkeypatch.setattr(reranker.base, "load_reranker", lambda spec: StubReranker(("attention", "decode")))
     base = ["eval", "--data", str(nohit_beir), "--json", "--reranker", "blockrank:HuggingFaceTB/SmolLM2-135M-Instruct",
@@ -286,8 +286,8 @@ def test_undefined_auc_is_null_not_nan(tmp_path, capsys):
 # ---------------------------------------------------------------- item 10: queries without hits
 
 def test_printed_mean_counts_queries_without_hits_like_pytrec_eval(nohit_beir, tmp_path, capsys):
-    from retriever.bm25 import bm25_search
-    from eval.data import load_dataset
+    from densekit.retriever.bm25 import bm25_search
+    from densekit.eval.data import load_dataset
 
     path = tmp_path / "r.trec"
     assert main(["eval", "--data", str(nohit_beir), "--json", "--save-run", str(path)]) == 0
@@ -329,7 +329,7 @@ def test_mistyped_model_path_is_a_clean_error(tiny_beir, tmp_path, capsys, monke
 
 
 def test_save_run_to_a_folder_fails_before_any_work(tiny_beir, tmp_path, capsys, monkeypatch):
-    from retriever import search
+    from densekit.retriever import search
 
     monkeypatch.setattr(search, "first_stage", lambda *a, **k: pytest.fail("work started"))
     assert "is a folder" in exits_2(["eval", "--data", str(tiny_beir), "--save-run", str(tmp_path)], capsys)
@@ -337,7 +337,7 @@ def test_save_run_to_a_folder_fails_before_any_work(tiny_beir, tmp_path, capsys,
 
 
 def test_main_keeps_tracebacks_of_genuine_bugs(tiny_beir, monkeypatch):
-    from retriever import search
+    from densekit.retriever import search
 
     def bug(*args, **kwargs):
         raise TypeError("a bug")
@@ -351,7 +351,7 @@ def test_main_keeps_tracebacks_of_genuine_bugs(tiny_beir, monkeypatch):
 
 def test_metrics_refuse_nan_scores(nohit_beir, capsys, monkeypatch):
     """A NaN score (a diverged reranker) ranked d1 first and printed nDCG 1.0, AUC 1.0, exit 0."""
-    import reranker.base
+    import densekit.reranker.base
 
     run, qrels = {"q1": {"d1": float("nan"), "d2": 1.0}}, {"q1": {"d1": 1, "d2": 0}}
     for call in (lambda: evaluate(run, qrels, auc_k=10), lambda: M.compute(qrels, run, ["ndcg@10"]),
@@ -374,7 +374,7 @@ def test_metrics_refuse_nan_scores(nohit_beir, capsys, monkeypatch):
 def test_eval_reranker_refuses_an_encoder_or_a_folder_of_another_kind(tiny_beir, tiny_bert, tiny_causal_lm, tmp_path, capsys):
     """`--reranker <an encoder folder>` reranked with a random head, exit 0; `blockrank:<a pointwise folder>`
     silently ran the pointwise reranker; `blockrank:<an encoder folder>` was a traceback."""
-    from reranker.pointwise import LLMReranker
+    from densekit.reranker.pointwise import LLMReranker
 
     base = ["eval", "--data", str(tiny_beir), "--rerank-top-k", "3", "--json"]
     for spec in (str(tiny_bert), f"blockrank:{tiny_bert}"):

@@ -8,7 +8,7 @@ import zipfile
 
 import pytest
 
-from eval.data import (DataError, available_splits, download, load_corpus, load_dataset, load_qrels,
+from densekit.eval.data import (DataError, available_splits, download, load_corpus, load_dataset, load_qrels,
                        resolve_dataset, select_queries)
 
 

@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from eval.cli import main
-from eval.data import load_dataset, write_beir
-from retriever.encoder import DualEncoder
-from retriever.index import BadIndexError, Index
-from retriever.search import build_index, load_or_build_index
+from densekit.eval.cli import main
+from densekit.eval.data import load_dataset, write_beir
+from densekit.retriever.encoder import DualEncoder
+from densekit.retriever.index import BadIndexError, Index
+from densekit.retriever.search import build_index, load_or_build_index
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -65,7 +65,7 @@ def test_build_resumes_from_shards(tiny_bert, tmp_path, monkeypatch):
 def test_killed_index_build_leaves_no_loadable_folder(tiny_bert, tmp_path):
     data = write_beir(tmp_path / "data", synthetic_corpus(400), {"q": "x"}, {"test": {"q": {"doc1": 1}}})
     out = tmp_path / "idx"
-    cmd = [sys.executable, "-m", "eval.cli", "index", "build", "--data", str(data), "--model", str(tiny_bert),
+    cmd = [sys.executable, "-m", "densekit.eval.cli", "index", "build", "--data", str(data), "--model", str(tiny_bert),
            "--out", str(out), "--shard-size", "50", "--batch-size", "4"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     seen = 0

@@ -35,7 +35,7 @@ def toy_groups():
 
 
 def retriever_configs():
-    from retriever.config import TrainConfig
+    from densekit.retriever.config import TrainConfig
 
     return {
         # InfoNCE both directions, hard negatives, warm-up then decay, a checkpoint every 2 steps
@@ -48,7 +48,7 @@ def retriever_configs():
 
 
 def reranker_config():
-    from reranker.config import RerankTrainConfig
+    from densekit.reranker.config import RerankTrainConfig
 
     return RerankTrainConfig(objective="cl", group_size=3, batch_size=4, micro_batch=1, lr=5e-3, epochs=2, lora_r=4,
                              lora_dropout=0.0, temperature=0.5, warmup_ratio=0.5, checkpoint_every=100)
@@ -56,7 +56,7 @@ def reranker_config():
 
 def encoder(path):
     """The tiny BERT without dropout, so that runs compare exactly."""
-    from retriever.encoder import DualEncoder
+    from densekit.retriever.encoder import DualEncoder
 
     enc = DualEncoder.from_pretrained(str(path))
     for module in enc.model.modules():
@@ -66,8 +66,8 @@ def encoder(path):
 
 
 def reranker(path):
-    from reranker.config import QLMConfig
-    from reranker.qlm import QLMReranker
+    from densekit.reranker.config import QLMConfig
+    from densekit.reranker.qlm import QLMReranker
 
     return QLMReranker.from_pretrained(str(path), QLMConfig(doc_max_tokens=16))
 
@@ -80,9 +80,9 @@ def lora_params(rr) -> dict:
 def _worker(phase: str, root: str, bert: str, causal: str) -> None:
     torch.set_num_threads(1)
     root = Path(root)
-    from reranker.train import train_reranker
-    from retriever.config import TrainConfig
-    from retriever.train import train
+    from densekit.reranker.train import train_reranker
+    from densekit.retriever.config import TrainConfig
+    from densekit.retriever.train import train
 
     rank = int(os.environ["RANK"])
     if phase == "first":
@@ -128,8 +128,8 @@ def two(tmp_path_factory, tiny_bert, tiny_causal_lm):
 @pytest.fixture(scope="module")
 def one(tmp_path_factory, tiny_bert, tiny_causal_lm):
     """The same configs in one process: the reference."""
-    from reranker.train import train_reranker
-    from retriever.train import train
+    from densekit.reranker.train import train_reranker
+    from densekit.retriever.train import train
 
     root = tmp_path_factory.mktemp("one-process")
     got = {}
@@ -201,8 +201,8 @@ def test_batch_not_divisible_by_the_processes_is_refused_before_any_work(two):
 def test_resume_with_another_process_count_is_refused(two, tiny_bert, tmp_path):
     import shutil
 
-    from retriever.io import OutputExistsError
-    from retriever.train import train
+    from densekit.retriever.io import OutputExistsError
+    from densekit.retriever.train import train
 
     out = tmp_path / "copy"
     shutil.copytree(two / "interrupted", out)
@@ -215,7 +215,7 @@ def test_engine_accumulation_weights_micro_batches_by_their_share(tiny_causal_lm
     """4 groups a step in uneven micro-batches (3 + 1, weighted 3/4 and 1/4) train the model of one pass of 4."""
     import dataclasses
 
-    from reranker.train import train_reranker
+    from densekit.reranker.train import train_reranker
 
     got = []
     for micro in (None, 3):

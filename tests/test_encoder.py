@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from retriever.encoder import DualEncoder
-from retriever.models import ModelNotAvailable, PACKAGED, Packaged, resolve
+from densekit.retriever.encoder import DualEncoder
+from densekit.retriever.models import ModelNotAvailable, PACKAGED, Packaged, resolve
 
 from conftest import MINILM
 
@@ -105,7 +105,7 @@ def test_encode_to_memmap(tiny_bert, tmp_path):
 def test_beir_exact_search_accepts_dual_encoder(tiny_bert):
     from beir.retrieval.search.dense import DenseRetrievalExactSearch
 
-    from retriever.search import dense_search
+    from densekit.retriever.search import dense_search
 
     enc = DualEncoder.from_pretrained(str(tiny_bert))
     corpus = {f"d{i}": {"title": f"t{i}", "text": f"document number {i} about topic {i % 3}"} for i in range(20)}

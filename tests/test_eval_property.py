@@ -18,9 +18,9 @@ import pytest
 import pytrec_eval
 from hypothesis import HealthCheck, event, given, settings, strategies as st
 
-from eval.cli import main
-from eval.data import write_beir
-from eval.pipeline import top_k
+from densekit.eval.cli import main
+from densekit.eval.data import write_beir
+from densekit.eval.pipeline import top_k
 
 QUERY_IDS = ["q0", "q1", "q2", "q3"]
 DOC_IDS = [f"d{i}" for i in range(7)] + ["q0", "q1"]  # "q0"/"q1" as doc ids: identical-id cases
@@ -129,7 +129,7 @@ def test_eval_run_prints_only_pytrec_eval_numbers(case, capsys):
 
 def test_scores_equal_in_float32_tie_like_trec_eval():
     """trec_eval keeps scores as C floats: 0.0 and -1e-300 tie and the doc id decides (found by the property test)."""
-    from eval import metrics as M
+    from densekit.eval import metrics as M
 
     qrels, run = {"q1": {"d0": 1}}, {"q1": {"d0": 0.0, "d1": -1e-300}}
     oracle = pytrec_eval.RelevanceEvaluator(qrels, {"recip_rank"}).evaluate(run)["q1"]["recip_rank"]

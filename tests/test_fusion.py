@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from eval.fusion import fuse, normalise, tune_weight
+from densekit.eval.fusion import fuse, normalise, tune_weight
 
 FIRST = {"q1": {"a": 3.0, "b": 2.0, "c": 1.0, "d": 0.5}, "q2": {"x": 10.0, "y": 10.0}}
 RERANKED = {"q1": {"a": -3.0, "b": -1.0, "c": -2.0, "d": -9.0}, "q2": {"x": 1.0, "y": 2.0}}
@@ -49,7 +49,7 @@ def test_tune_weight_uses_only_the_qrels_it_is_given():
 def _eval_json(args, capsys):
     import json
 
-    from eval.cli import main
+    from densekit.eval.cli import main
 
     code = main(args)
     captured = capsys.readouterr()
@@ -62,8 +62,8 @@ def test_cli_fuse_zero_keeps_the_first_stage_ranking(tiny_beir, tiny_causal_lm, 
     code, fused, _ = _eval_json(base + ["--reranker", f"qlm:{tiny_causal_lm}", "--rerank-top-k", "6", "--fuse", "0",
                                         "--save-run", str(tmp_path / "b.trec")], capsys)
     assert code == 0 and fused[0]["fuse"] == {"weight": 0.0, "norm": "z", "tuned_on": None, "tune_queries": None}
-    from eval.pipeline import read_run
-    from retriever.runs import rank
+    from densekit.eval.pipeline import read_run
+    from densekit.retriever.runs import rank
 
     a, b = read_run(tmp_path / "a.trec"), read_run(tmp_path / "b.trec")
     assert {q: rank(d) for q, d in a.items()} == {q: rank(d) for q, d in b.items()}
@@ -93,7 +93,7 @@ def test_cli_fuse_auto_without_a_tuning_split_names_the_splits(tiny_beir, tiny_c
 @pytest.mark.parametrize("extra, message", [(["--fuse", "1.5"], "[0, 1]"), (["--fuse", "0.5"], "without --reranker"),
                                             (["--tune-split", "train"], "without --fuse")])
 def test_cli_fuse_arguments_validated(tiny_beir, capsys, extra, message):
-    from eval.cli import main
+    from densekit.eval.cli import main
 
     with pytest.raises(SystemExit) as exc:
         main(["eval", "--data", str(tiny_beir)] + extra)

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from retriever.index import BadIndexError, Index
+from densekit.retriever.index import BadIndexError, Index
 
 
 @pytest.fixture
@@ -122,7 +122,7 @@ def test_ids_are_stored_compactly_and_old_folders_still_load(tmp_path):
     """ids.npy holds one fixed-width UTF-8 byte array (memory-mapped on load); a folder with the old ids.json loads."""
     import json
 
-    from retriever.index import DocIds
+    from densekit.retriever.index import DocIds
 
     ids = ["d1", "doc-2", "naïve-3", "4"]
     x = np.random.default_rng(0).standard_normal((4, 8)).astype(np.float32)
@@ -147,7 +147,7 @@ def test_ids_are_stored_compactly_and_old_folders_still_load(tmp_path):
 
 
 def test_duplicate_and_nul_ids_are_refused(tmp_path):
-    from retriever.index import DocIds
+    from densekit.retriever.index import DocIds
 
     x = np.eye(3, dtype=np.float32)
     Index.build(x, ["a", "b", "c"]).save(tmp_path / "i")

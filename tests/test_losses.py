@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from eval.metrics import auc
-from retriever.losses import InfoNCELoss, MWLoss, mw_from_scores, score_matrix
+from densekit.eval.metrics import auc
+from densekit.retriever.losses import InfoNCELoss, MWLoss, mw_from_scores, score_matrix
 
 # Hand example: B = 2 queries, n = 1 hard negative each, D = 2.
 Q = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
@@ -96,7 +96,7 @@ def test_mw_bounds_one_minus_auc():
                                   MWLoss(0.5), MWLoss(0.5, per_query=True)])
 def test_text_keys_drop_the_same_cells_as_the_exclude_mask(loss):
     """keys (what crosses processes) == an exclude mask of the documents equal to the row's positive."""
-    from retriever.losses import text_keys
+    from densekit.retriever.losses import text_keys
 
     torch.manual_seed(2)
     positives, negatives = ["a", "b", "c"], [["b", "x"], ["y", "a"], ["c", "z"]]  # duplicates of other rows' positives

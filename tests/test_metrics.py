@@ -6,8 +6,8 @@ import pytest
 import pytrec_eval
 from hypothesis import given, settings, strategies as st
 
-from eval import metrics as M
-from eval.pipeline import top_k
+from densekit.eval import metrics as M
+from densekit.eval.pipeline import top_k
 
 CUTS = (1, 3, 5, 10)
 OUR = [f"{m}@{k}" for m in ("ndcg", "recall", "map", "p") for k in CUTS]

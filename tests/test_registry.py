@@ -3,11 +3,11 @@ import json
 
 import pytest
 
-from reranker.base import REGISTRY, load_reranker, register, rerank
-from reranker.blockrank import BlockRanker
-from reranker.pointwise import LLMReranker
-from reranker.qlm import QLMReranker
-from retriever.io import DataError
+from densekit.reranker.base import REGISTRY, load_reranker, register, rerank
+from densekit.reranker.blockrank import BlockRanker
+from densekit.reranker.pointwise import LLMReranker
+from densekit.reranker.qlm import QLMReranker
+from densekit.retriever.io import DataError
 
 
 @register
@@ -58,16 +58,16 @@ def test_generic_rerank_keeps_tail_and_skips_missing_ids():
 
 
 def test_a_new_kind_runs_through_the_cli_with_no_change_to_eval(tiny_beir, capsys):
-    from eval.cli import main
+    from densekit.eval.cli import main
 
     assert "shortest-first-test" in REGISTRY
     base = ["eval", "--data", str(tiny_beir), "--retriever", "bm25", "--top-k", "6", "--json", "--save-run"]
     assert main(base + [str(tiny_beir / "plain.trec")]) == 0
     assert main(base + [str(tiny_beir / "short.trec"), "--reranker", "shortest-first-test:anything",
                         "--rerank-top-k", "6"]) == 0
-    from eval.pipeline import read_run
-    from retriever.text import doc_text
-    from eval.data import load_corpus
+    from densekit.eval.pipeline import read_run
+    from densekit.retriever.text import doc_text
+    from densekit.eval.data import load_corpus
 
     corpus = load_corpus(tiny_beir / "corpus.jsonl")
     for qid, docs in read_run(tiny_beir / "short.trec").items():

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from scipy.stats import ttest_rel
 
-from eval import pipeline, report
-from eval.cli import main
+from densekit.eval import pipeline, report
+from densekit.eval.cli import main
 
 
 def _synthetic(num_queries=40, docs=12, seed=0):
@@ -133,8 +133,8 @@ def test_cli_compare_prints_the_table_and_writes_png_and_json(tiny_beir, tmp_pat
 def test_cli_compare_three_scifact_runs(beir_data, tmp_path, capsys):
     if not (beir_data / "scifact").is_dir():
         pytest.skip("scifact not in $DENSEKIT_DATA")
-    from eval.data import load_dataset
-    from eval.metrics import rank
+    from densekit.eval.data import load_dataset
+    from densekit.eval.metrics import rank
 
     bm25 = tmp_path / "bm25.trec"
     assert main(["eval", "--data", str(beir_data / "scifact"), "--retriever", "bm25", "--top-k", "100",

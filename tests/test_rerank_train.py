@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
-from reranker.config import QLMConfig, RerankTrainConfig
-from reranker.qlm import QLMReranker
-from reranker.train import accumulate, make_groups, qlm_gradient_weights, qlm_losses, qlm_step, train_reranker
+from densekit.reranker.config import QLMConfig, RerankTrainConfig
+from densekit.reranker.qlm import QLMReranker
+from densekit.reranker.train import accumulate, make_groups, qlm_gradient_weights, qlm_losses, qlm_step, train_reranker
 
 SCORES = torch.tensor([[-1.0, -2.0, -3.0], [-0.5, -0.2, -1.0]])  # 2 groups of 3, column 0 the positive
 
@@ -102,7 +102,7 @@ def test_objective_must_fit_the_kind(tiny_causal_lm, tmp_path):
 
 
 def test_cli_trains_a_qlm_reranker_on_top_layers_and_evaluates_it(tiny_beir, tiny_bert, tiny_causal_lm, tmp_path, capsys):
-    from eval.cli import main
+    from densekit.eval.cli import main
 
     assert main(["train", "reranker", "--data", str(tiny_beir), "--split", "test", "--model", str(tiny_causal_lm),
                  "--retriever-model", str(tiny_bert), "--scorer", "qlm", "--objective", "cl", "--group-size", "2", "--batch-size", "2",
@@ -119,7 +119,7 @@ def test_cli_trains_a_qlm_reranker_on_top_layers_and_evaluates_it(tiny_beir, tin
 def test_lower_layer_cache_gives_the_full_forward_logits(tiny_causal_lm):
     """Second sight of the same prompts, batched differently (other padding): only the top layer runs
     (the lower layer's forward is not called), and the logits equal the full model's."""
-    from reranker.layer_cache import LowerLayerCache, decoder_stack
+    from densekit.reranker.layer_cache import LowerLayerCache, decoder_stack
 
     rr = QLMReranker.from_pretrained(str(tiny_causal_lm))
     encoded = [rr.encode_pair(q, d) for q, docs in make_groups(toy_groups(), 3, 0, 0)[:3] for d in docs]
@@ -151,7 +151,7 @@ def test_training_with_the_lower_layer_cache_equals_training_without(tiny_causal
                                    checkpoint_every=100)
         lower = []  # prompts that ran through the lower layer
         if cached:
-            from reranker.layer_cache import LowerLayerCache
+            from densekit.reranker.layer_cache import LowerLayerCache
 
             original = LowerLayerCache._run_lower
             monkeypatch.setattr(LowerLayerCache, "_run_lower", lambda self, model, seqs: lower.extend(seqs) or original(self, model, seqs))

@@ -4,10 +4,10 @@ import math
 import pytest
 import torch
 
-from reranker.base import register, rerank
-from reranker.config import RerankerConfig, RerankTrainConfig
-from reranker.pointwise import LLMReranker, TokenError
-from reranker.train import gradient_weights, group_losses, make_groups, train_reranker
+from densekit.reranker.base import register, rerank
+from densekit.reranker.config import RerankerConfig, RerankTrainConfig
+from densekit.reranker.pointwise import LLMReranker, TokenError
+from densekit.reranker.train import gradient_weights, group_losses, make_groups, train_reranker
 
 DOCS = ["cats purr when they are happy", "", "dogs bark " * 300, "fish swim"]
 
@@ -121,7 +121,7 @@ def test_training_lowers_loss_and_adapter_roundtrip(tiny_causal_lm, tmp_path, ob
 
 
 def test_cli_train_reranker_then_rerank_eval(tiny_beir, tiny_bert, tiny_causal_lm, tmp_path, capsys):
-    from eval.cli import main
+    from densekit.eval.cli import main
 
     assert main(["train", "reranker", "--data", str(tiny_beir), "--split", "test", "--model", str(tiny_causal_lm),
                  "--retriever-model", str(tiny_bert), "--objective", "cl", "--group-size", "3", "--batch-size", "1",

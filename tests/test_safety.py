@@ -14,15 +14,15 @@ import numpy as np
 import pytest
 import torch
 
-from eval.cli import main
-from eval.data import write_beir
-from retriever.checkpoints import NonFiniteError, list_checkpoints
-from retriever.encoder import DualEncoder
-from retriever.index import BadIndexError, Index
-from retriever.io import MANIFEST, OutputExistsError, atomic_dir, atomic_write_text
-from retriever.search import build_index
-from retriever.config import TrainConfig
-from retriever.train import train
+from densekit.eval.cli import main
+from densekit.eval.data import write_beir
+from densekit.retriever.checkpoints import NonFiniteError, list_checkpoints
+from densekit.retriever.encoder import DualEncoder
+from densekit.retriever.index import BadIndexError, Index
+from densekit.retriever.io import MANIFEST, OutputExistsError, atomic_dir, atomic_write_text
+from densekit.retriever.search import build_index
+from densekit.retriever.config import TrainConfig
+from densekit.retriever.train import train
 
 TOPICS = ["cats", "dogs", "fish", "birds", "trees", "rivers", "stars", "trains"]
 
@@ -182,9 +182,9 @@ def test_fresh_run_in_an_old_out_is_refused_and_overwrite_keeps_its_own_checkpoi
 
 
 def test_resumed_reranker_log_does_not_repeat_steps(tiny_causal_lm, tmp_path):
-    from reranker.pointwise import LLMReranker
-    from reranker.config import RerankTrainConfig
-    from reranker.train import train_reranker
+    from densekit.reranker.pointwise import LLMReranker
+    from densekit.reranker.config import RerankTrainConfig
+    from densekit.reranker.train import train_reranker
 
     groups = [{"query": f"q{t}", "positives": [f"{t} {t} {t}"], "negatives": [f"{o} {o}" for o in "abcde" if o != t]}
               for t in "abcde"]
@@ -204,7 +204,7 @@ def test_resumed_reranker_log_does_not_repeat_steps(tiny_causal_lm, tmp_path):
 
 # ---------------------------------------------------------------- 3. finite checks
 def test_configs_refuse_out_of_range_values():
-    from reranker.config import RerankTrainConfig
+    from densekit.reranker.config import RerankTrainConfig
 
     for bad in ({"temperature": 0}, {"temperature": -1}, {"lr": 0}, {"batch_size": 0}, {"max_steps": 0},
                 {"warmup_ratio": 2}, {"loss": "nope"}, {"lr": float("nan")}):
@@ -231,7 +231,7 @@ def test_nonfinite_loss_stops_training_before_anything_is_saved(tiny_beir, tiny_
 
 
 def test_nonfinite_weights_are_never_saved_nor_encoded(tiny_bert, tiny_causal_lm, tmp_path):
-    from reranker.pointwise import LLMReranker
+    from densekit.reranker.pointwise import LLMReranker
 
     enc = DualEncoder.from_pretrained(str(tiny_bert))
     enc.save(tmp_path / "good")
@@ -319,7 +319,7 @@ def _forkserver():
     import multiprocessing
 
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["eval.cli", "retriever.train", "retriever.search", "reranker.train", "reranker.pointwise",
+    ctx.set_forkserver_preload(["densekit.eval.cli", "densekit.retriever.train", "densekit.retriever.search", "densekit.reranker.train", "densekit.reranker.pointwise",
                                 "accelerate", "peft", "faiss", "transformers.models.bert.modeling_bert",
                                 "transformers.models.llama.modeling_llama"])
     warm = ctx.Process(target=os.getpid)  # start the server now, so that timings below are the commands' own

@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from eval.cli import main
-from eval.data import load_corpus_arrow, load_dataset, write_beir
-from retriever.encoder import DualEncoder
-from retriever.index import BadIndexError, Index, corpus_fingerprint
-from retriever.search import build_index, dense_search
-from retriever.shards import encode_shard, merge_shards, shard_range
+from densekit.eval.cli import main
+from densekit.eval.data import load_corpus_arrow, load_dataset, write_beir
+from densekit.retriever.encoder import DualEncoder
+from densekit.retriever.index import BadIndexError, Index, corpus_fingerprint
+from densekit.retriever.search import build_index, dense_search
+from densekit.retriever.shards import encode_shard, merge_shards, shard_range
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -65,7 +65,7 @@ def test_two_process_sharded_build_equals_one_process(tiny_bert, tmp_path, capsy
     data = write_beir(tmp_path / "data", corpus, {"q": "x"}, {"test": {"q": {"doc1": 1}}})
     common = ["index", "build", "--data", str(data), "--model", str(tiny_bert), "--shard-size", "5", "--batch-size", "4"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    procs = [subprocess.Popen([sys.executable, "-m", "eval.cli", *common, "--out", str(tmp_path / "sharded"),
+    procs = [subprocess.Popen([sys.executable, "-m", "densekit.eval.cli", *common, "--out", str(tmp_path / "sharded"),
                                "--num-shards", "2", "--shard-index", str(i)], cwd=ROOT, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
     outs = [p.communicate(timeout=300) for p in procs]

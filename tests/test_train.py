@@ -4,13 +4,13 @@ import random
 import pytest
 import torch
 
-from eval.cli import main
-from retriever import examples as ex
-from retriever.encoder import DualEncoder
-from retriever.io import DataError
-from retriever.mining import select_negatives, write_mined
-from retriever.config import TrainConfig
-from retriever.train import _embed_batch, train
+from densekit.eval.cli import main
+from densekit.retriever import examples as ex
+from densekit.retriever.encoder import DualEncoder
+from densekit.retriever.io import DataError
+from densekit.retriever.mining import select_negatives, write_mined
+from densekit.retriever.config import TrainConfig
+from densekit.retriever.train import _embed_batch, train
 
 TOPICS = ["cats", "dogs", "fish", "birds", "trees", "rivers", "stars", "trains", "books", "music", "bread", "snow"]
 

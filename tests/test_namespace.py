@@ -1,0 +1,39 @@
+"""The folders retriever/, reranker/ and eval/ install as densekit.retriever, densekit.reranker and densekit.eval:
+nothing named ``eval``, ``retriever`` or ``reranker`` is importable from outside the checkout."""
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_python(code: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True)
+
+
+def test_installed_under_the_densekit_namespace_only(tmp_path):
+    ok = run_python("import densekit.retriever, densekit.reranker, densekit.eval, densekit.eval.cli; "
+                    "print(densekit.eval.cli.__file__)", tmp_path)
+    assert ok.returncode == 0, ok.stderr
+    assert Path(ok.stdout.strip()).resolve() == (ROOT / "eval" / "cli.py").resolve()
+    for name in ("eval", "retriever", "reranker"):
+        bare = run_python(f"import {name}", tmp_path)
+        assert bare.returncode != 0 and "ModuleNotFoundError" in bare.stderr, name
+
+
+@pytest.mark.slow
+def test_the_wheel_holds_only_the_densekit_package(tmp_path):
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)],
+                           capture_output=True, text=True)
+    assert built.returncode == 0, built.stderr
+    wheel, = tmp_path.glob("densekit-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    tops = {n.split("/")[0] for n in names}
+    assert tops == {"densekit", next(t for t in tops if t.endswith(".dist-info"))}, tops
+    for module in ("densekit/eval/cli.py", "densekit/retriever/index.py", "densekit/reranker/qlm.py"):
+        assert module in names
+    entry = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
+    assert "densekit = densekit.eval.cli:main" in entry
