@@ -5,7 +5,7 @@ bool that defaults to True), the field's ``help`` metadata as help text, the dat
 default, and an argparse ``type`` built from the field's constraints (``densekit.retriever.config.setting``), so
 a bad value exits 2 at parse time naming the flag. ``config_from_args(Config, args)`` builds the config
 back from the parsed namespace. Types: ``int``, ``float``, ``str`` (``choices`` metadata), ``bool``,
-``X | None`` and ``list[str]`` (one or more values).
+``X | None`` and ``list[str]`` / ``list[int]`` (one or more values).
 """
 from __future__ import annotations
 
@@ -74,8 +74,15 @@ def value_type(cls, name: str):
     if base is float:
         low, high, low_open = meta.get("min", -math.inf), meta.get("max", math.inf), meta.get("min_open", False)
         return float_in(low, high, low_open, meta.get("what") or _float_words(low, high, low_open))
-    if base in (str, list):
+    if base is str:
         return str
+    if base is list:  # list[str] or list[int]: the element type
+        import typing
+
+        hint = typing.get_type_hints(cls)[name]
+        element = next(a for a in typing.get_args(hint) if a is not type(None))
+        inner = typing.get_args(element)[0]
+        return int_at_least(-math.inf, "an integer") if inner is int else str
     raise TypeError(f"{cls.__name__}.{name}: a {base.__name__} field cannot be a command-line flag; leave it out")
 
 

@@ -37,7 +37,8 @@ NOT_FLAGS = {
     ("train", "blockrank"): {"objective": "the subcommand sets objective='blockrank'",
                              "weight": "the unified objective's: `densekit train reranker`",
                              "direction": "the unified objective's: `densekit train reranker`",
-                             "temperature": "the CL/unified objectives' yes-logit softmax: `densekit train reranker`"},
+                             "temperature": "the CL/unified objectives' yes-logit softmax: `densekit train reranker`",
+                             "cache_lower_layers": "one prompt per group of 20 documents: BlockRank's prompts rarely recur"},
 }
 
 # Where a subcommand's flag differs from its field's generated one (argparse keywords), and why.

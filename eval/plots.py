@@ -84,3 +84,24 @@ def plot_learning_curves(curves: dict[str, list[tuple[float, float]]], path: str
     ax.set_ylabel(metric)
     ax.legend(loc="lower right", fontsize=7)
     return _save(fig, path)
+
+
+def plot_heatmap(values, row_labels: list[str], col_labels: list[str], path: str | Path, title: str = "",
+                 label: str = "nDCG@10") -> Path:
+    """A heat map of ``values`` ``[rows, cols]`` with the best cell outlined; saved as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    values = np.asarray(values, dtype=float)
+    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(col_labels), 1.0 + 0.25 * len(row_labels)))
+    image = ax.imshow(values, aspect="auto", cmap="viridis")
+    ax.set_xticks(range(len(col_labels)), col_labels, rotation=35, ha="right", fontsize=7)
+    ax.set_yticks(range(len(row_labels)), row_labels, fontsize=7)
+    r, c = np.unravel_index(np.nanargmax(values), values.shape)
+    ax.add_patch(plt.Rectangle((c - 0.5, r - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2))
+    ax.set_title(title, fontsize=8)
+    fig.colorbar(image, ax=ax, label=label)
+    return _save(fig, path)

@@ -80,8 +80,8 @@ class BlockPrompt:
         return out + list(range(start + longest, start + longest + len(self.tail)))
 
     def signal_rows(self, n: int) -> list[int]:
-        """Indices within ``tail`` of the last ``n`` query-block tokens (before the answer)."""
-        return list(range(len(self.query) - n, len(self.query)))
+        """Indices within ``tail`` of the last ``n`` query-block tokens (before the answer); 0: every one."""
+        return list(range(len(self.query) - n if n else 0, len(self.query)))
 
 
 def dense_mask(prompt: BlockPrompt) -> torch.Tensor:
@@ -135,8 +135,12 @@ def _capturing_attention(module, query, key, value, attention_mask, **kwargs):
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
     capture = kwargs.pop("blockrank_capture", None)
-    if capture is not None and module.layer_idx == capture["layer"]:
-        capture.update(query=query, key=key, scaling=module.scaling, groups=module.num_key_value_groups)
+    if capture is not None:
+        entry = dict(query=query, key=key, scaling=module.scaling, groups=module.num_key_value_groups)
+        if module.layer_idx == capture["layer"]:
+            capture.update(entry)
+        if capture.get("every") is not None:  # the probe: every layer's
+            capture["every"][module.layer_idx] = entry
     return ALL_ATTENTION_FUNCTIONS["sdpa"](module, query, key, value, attention_mask, **kwargs)
 
 
@@ -144,12 +148,37 @@ def _additive(mask: torch.Tensor, dtype) -> torch.Tensor:
     return torch.zeros(mask.shape, dtype=dtype).masked_fill(~mask, torch.finfo(dtype).min)
 
 
-def _doc_mass(probs: torch.Tensor, lens: Sequence[int]) -> torch.Tensor:
-    """``[heads, signals, doc tokens]`` probabilities -> ``[N]`` per-document mass, heads and signals averaged."""
-    owner = torch.repeat_interleave(torch.arange(len(lens), device=probs.device), torch.tensor(lens, device=probs.device))
-    per_doc = torch.zeros(*probs.shape[:2], len(lens), dtype=probs.dtype, device=probs.device)
-    per_doc = per_doc.index_add(2, owner, probs)
-    return per_doc.mean(dim=(0, 1))
+def _head_mass(probs: torch.Tensor, lens: Sequence[int], reduce: str = "sum") -> torch.Tensor:
+    """``[heads, signals, doc tokens]`` probabilities -> ``[heads, N]``: each document's mass summed over its
+    tokens (``reduce="mean"``: divided by its token count, so length earns nothing), averaged over signals."""
+    lengths = torch.tensor(lens, device=probs.device)
+    owner = torch.repeat_interleave(torch.arange(len(lens), device=probs.device), lengths)
+    per_doc = torch.zeros(*probs.shape[:2], len(lens), dtype=probs.dtype, device=probs.device).index_add(2, owner, probs)
+    if reduce == "mean":
+        per_doc = per_doc / lengths.to(per_doc.dtype)
+    return per_doc.mean(dim=1)
+
+
+def _doc_mass(probs: torch.Tensor, lens: Sequence[int], reduce: str = "sum", heads: Sequence[int] | None = None) -> torch.Tensor:
+    """``[N]`` per-document mass (``_head_mass``) averaged over ``heads`` (default: every head)."""
+    per_head = _head_mass(probs, lens, reduce)
+    return (per_head if heads is None else per_head[list(heads)]).mean(dim=0)
+
+
+def _signal_probs(entry: dict, prompt: BlockPrompt, signal_tokens: int) -> torch.Tensor:
+    """``[heads, signals, doc tokens]``: softmax over document tokens only of the signal rows' attention
+    logits, from one layer's captured (rotated) queries of the tail and keys of the whole sequence."""
+    L0, n_docs = len(prompt.instruction), sum(len(d) for d in prompt.docs)
+    q = entry["query"][0, :, prompt.signal_rows(signal_tokens)]
+    k = entry["key"][0, :, L0:L0 + n_docs].repeat_interleave(entry["groups"], dim=0)
+    return torch.softmax((q @ k.transpose(-1, -2)).float() * entry["scaling"], dim=-1)
+
+
+# Scoring defaults per packaged model, chosen by the zero-shot probe (bench/blockrank_probe.py) on its tuning
+# split (scifact train, 40 queries, dense top 20): the table's best nDCG@10, never a test figure. Models not
+# listed get the paper's choices: layer round(0.6 * layers), the last 2 query-block tokens, summed mass, all heads.
+PROBED: dict[str, dict] = {}
+PAPER = {"signal_tokens": 2, "doc_mass": "sum", "score_heads": None}
 
 
 @register
@@ -173,10 +202,22 @@ class BlockRanker(CausalLMRanker):
     def n_layers(self) -> int:
         return len(self._base().model.layers)
 
+    def setting(self, name: str):
+        """A scoring choice: the config's, else the probed default of this model (``PROBED``), else the paper's."""
+        value = getattr(self.config, name)
+        if value is not None:
+            return value
+        probed = PROBED.get(self.name, {})
+        if name in probed:
+            return probed[name]
+        return round(0.6 * self.n_layers) if name == "score_layer" else PAPER[name]
+
     @property
     def score_layer(self) -> int:
-        layer = self.config.score_layer if self.config.score_layer is not None else round(0.6 * self.n_layers)
-        return min(max(layer, 0), self.n_layers - 1)
+        layer = self.setting("score_layer")
+        if not 0 <= layer < self.n_layers:
+            raise ValueError(f"score_layer {layer} is outside the model's layers 0..{self.n_layers - 1}")
+        return layer
 
     # ------------------------------------------------------------ prompts
     def _encode(self, text: str) -> list[int]:
@@ -195,8 +236,8 @@ class BlockRanker(CausalLMRanker):
                           + self._encode(f" | END ID: [{i}]\n"))
         prompt = BlockPrompt(self._bos + self._encode(c.instruction.format(query=query)), blocks,
                              self._encode(c.query_template.format(query=query)))
-        if len(prompt.query) < c.signal_tokens:
-            raise ValueError(f"query block has {len(prompt.query)} tokens, fewer than signal_tokens={c.signal_tokens}")
+        if len(prompt.query) < self.setting("signal_tokens"):
+            raise ValueError(f"query block has {len(prompt.query)} tokens, fewer than signal_tokens={self.setting('signal_tokens')}")
         if answer is not None:
             prompt.answer = self._encode(c.answer_template.format(id=answer))
         return prompt
@@ -214,10 +255,11 @@ class BlockRanker(CausalLMRanker):
             h = layer(h, attention_mask=mask, position_ids=positions, past_key_values=cache, position_embeddings=pe, **extra)
         return h
 
-    def forward_blocks(self, prompt: BlockPrompt, n_layers: int | None = None) -> dict:
+    def forward_blocks(self, prompt: BlockPrompt, n_layers: int | None = None, every_layer: bool = False) -> dict:
         """Efficient path. Runs layers ``0 .. n_layers-1`` (default: up to the scoring layer) and returns
         ``hidden`` (the tail's last hidden states ``[1, len(tail), H]``), ``caches`` (per stage) and
-        ``capture`` (the scoring layer's queries of the tail and keys of the whole sequence)."""
+        ``capture`` (the scoring layer's queries of the tail and keys of the whole sequence; with ``every_layer``
+        also ``capture["every"][layer]``, the same for each layer run)."""
         n_layers = self.score_layer + 1 if n_layers is None else n_layers
         device = next(self.model.parameters()).device
         L0, lens = len(prompt.instruction), [len(d) for d in prompt.docs]
@@ -254,21 +296,34 @@ class BlockRanker(CausalLMRanker):
         allowed = torch.cat([torch.ones(len(tail), n_prefix, dtype=torch.bool),
                              torch.ones(len(tail), len(tail), dtype=torch.bool).tril()], dim=1)[None]
         start = L0 + Ld
-        capture = {"layer": self.score_layer}
+        capture = {"layer": self.score_layer, "every": {} if every_layer else None}
         c3 = _PrefixCache(prefix)
         hidden = self._run(torch.tensor([tail], device=device), (start + torch.arange(len(tail), device=device))[None],
                            allowed, c3, n_layers, capture)
         return {"hidden": hidden, "capture": capture, "cache": c3, "n_layers": n_layers}
 
     def doc_mass(self, prompt: BlockPrompt, capture: dict) -> torch.Tensor:
-        """``[N]`` attention mass per document from the captured scoring-layer queries/keys (see module doc)."""
-        L0, lens = len(prompt.instruction), [len(d) for d in prompt.docs]
-        rows = prompt.signal_rows(self.config.signal_tokens)
-        q = capture["query"][0, :, rows]                                    # [heads, S, d]
-        k = capture["key"][0, :, L0:L0 + sum(lens)]                         # [kv, doc tokens, d]
-        k = k.repeat_interleave(capture["groups"], dim=0)
-        probs = torch.softmax((q @ k.transpose(-1, -2)).float() * capture["scaling"], dim=-1)
-        return _doc_mass(probs, lens)
+        """``[N]`` attention mass per document from the captured scoring-layer queries/keys (see module doc),
+        with this model's signal tokens, per-document reduction and heads (``setting``)."""
+        probs = _signal_probs(capture, prompt, self.setting("signal_tokens"))
+        return _doc_mass(probs, [len(d) for d in prompt.docs], self.setting("doc_mass"), self.setting("score_heads"))
+
+    @torch.inference_mode()
+    def layer_masses(self, query: str, docs: Sequence[str | dict]) -> torch.Tensor:
+        """The probe's raw material: ``[layers, 2, 2, heads, N]`` per-head document mass at every layer, for
+        signal tokens (last ``PAPER`` 2, every query-block token) x reduction (sum, mean over the doc's tokens)."""
+        prompt = self.build_prompt(query, [doc_text(d) for d in docs])
+        was = self.model.training
+        self.model.eval()
+        try:
+            every = self.forward_blocks(prompt, n_layers=self.n_layers, every_layer=True)["capture"]["every"]
+        finally:
+            self.model.train(was)
+        lens = [len(d) for d in prompt.docs]
+        return torch.stack([torch.stack([torch.stack([_head_mass(_signal_probs(every[layer], prompt, signals), lens, reduce)
+                                                      for reduce in ("sum", "mean")])
+                                         for signals in (PAPER["signal_tokens"], 0)])
+                            for layer in range(self.n_layers)])
 
     def reference_forward(self, prompt: BlockPrompt, n_layers: int | None = None) -> dict:
         """Reference path: one standard forward of the whole sequence with ``dense_mask`` and eager
@@ -285,13 +340,14 @@ class BlockRanker(CausalLMRanker):
             base.set_attn_implementation(ATTENTION_NAME)
         blocks = torch.tensor(prompt.block_ids())
         n_tail = len(prompt.tail)
-        rows = [len(blocks) - n_tail + r for r in prompt.signal_rows(self.config.signal_tokens)]
+        rows = [len(blocks) - n_tail + r for r in prompt.signal_rows(self.setting("signal_tokens"))]
         is_doc = ((blocks >= 1) & (blocks <= len(prompt.docs))).to(device)
         probs = out.attentions[self.score_layer][0][:, rows][:, :, is_doc].float()
         probs = probs / probs.sum(-1, keepdim=True)
+        lens = [len(d) for d in prompt.docs]
         n_layers = self.score_layer + 1 if n_layers is None else n_layers
         hidden = out.hidden_states[n_layers][:, -n_tail:] if n_layers < self.n_layers else out.last_hidden_state[:, -n_tail:]
-        return {"hidden": hidden, "mass": _doc_mass(probs, [len(d) for d in prompt.docs])}
+        return {"hidden": hidden, "mass": _doc_mass(probs, lens, self.setting("doc_mass"), self.setting("score_heads"))}
 
     # ------------------------------------------------------------ training
     def loss(self, prompt: BlockPrompt, positive: int, aux_weight: float = 0.1, temperature: float = 0.05) -> tuple[torch.Tensor, dict]:

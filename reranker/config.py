@@ -100,9 +100,12 @@ class BlockRankConfig:
     answer_template: str = setting("{id}]", "the answer (training target), {id} the relevant document's number")
     doc_max_tokens: int = setting(128, "document tokens kept per block", **AT_LEAST_ONE)
     query_max_tokens: int = setting(64, "query tokens kept", **AT_LEAST_ONE)
-    score_layer: int | None = setting(None, "0-based layer read for attention scores (default: 60% depth)",
-                                      **NON_NEGATIVE)
-    signal_tokens: int = setting(2, "the last tokens of the query block whose attention scores the documents",
-                                 **AT_LEAST_ONE)
+    score_layer: int | None = setting(None, "0-based layer read for attention scores (default: the probed layer of a "
+                                      "packaged model, else 60% depth)", **NON_NEGATIVE)
+    signal_tokens: int | None = setting(None, "the last tokens of the query block whose attention scores the documents; "
+                                        "0 = every query-block token (default: probed, else 2)", **NON_NEGATIVE)
+    doc_mass: str | None = setting(None, "a document's score: its attention mass summed over its tokens, or their mean "
+                                   "(no length bias) (default: probed, else sum)", choices=("sum", "mean"))
+    score_heads: list[int] | None = setting(None, "attention heads averaged for the score (default: probed, else all)")
     doc_batch: int = setting(32, "doc blocks per forward of the efficient path (bounds activation memory)",
                              **AT_LEAST_ONE)

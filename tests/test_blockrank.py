@@ -3,6 +3,7 @@ early stop at the scoring layer, training, save/load, decode and rerank."""
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -251,3 +252,75 @@ def test_cli_train_blockrank_then_eval_both_modes(tiny_beir, tiny_bert, tiny_cau
     for spec, mode in ((str(tmp_path / "br" / "model"), "attention"), (f"blockrank:{tmp_path / 'br' / 'model'}", "decode"),
                        (f"blockrank:{tiny_causal_lm}", "attention")):
         assert cli_rerank_problem(tiny_beir, tmp_path, capsys, spec, 3, mode) is None
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("signal_tokens, doc_mass, heads", [(0, "mean", None), (2, "mean", [1, 3]), (0, "sum", [2])])
+def test_scoring_choices_match_the_dense_reference(deep_ranker, signal_tokens, doc_mass, heads, monkeypatch):
+    """Every-query-token signals, per-token means and a head subset: efficient path == dense reference; the
+    mean reduction equals the summed mass divided by each document's token count."""
+    r = deep_ranker
+    for name, value in (("signal_tokens", signal_tokens), ("doc_mass", doc_mass), ("score_heads", heads)):
+        monkeypatch.setattr(r.config, name, value)
+    p = r.build_prompt("what is a cat", DOCS)
+    mass = r.doc_mass(p, r.forward_blocks(p)["capture"])
+    assert torch.allclose(mass, r.reference_forward(p)["mass"], atol=1e-5)
+    if doc_mass == "mean":
+        monkeypatch.setattr(r.config, "doc_mass", "sum")
+        summed = r.doc_mass(p, r.forward_blocks(p)["capture"])
+        assert torch.allclose(mass, summed / torch.tensor([len(d) for d in p.docs], dtype=summed.dtype), atol=1e-6)
+
+
+@torch.no_grad()
+def test_layer_masses_hold_every_layer_and_choice(deep_ranker, monkeypatch):
+    """``layer_masses[l, s, r]`` averaged over heads is the score BlockRank gives with score_layer l and that choice."""
+    r = deep_ranker
+    masses = r.layer_masses("what is a cat", DOCS)
+    assert masses.shape == (r.n_layers, 2, 2, 4, len(DOCS))
+    for layer in (0, 3):
+        for si, signals in enumerate((2, 0)):
+            for ri, reduce in enumerate(("sum", "mean")):
+                for name, value in (("score_layer", layer), ("signal_tokens", signals), ("doc_mass", reduce)):
+                    monkeypatch.setattr(r.config, name, value)
+                expected = torch.tensor(r.score("what is a cat", DOCS))
+                assert torch.allclose(masses[layer, si, ri].mean(0), expected, atol=1e-5)
+
+
+def test_settings_come_from_the_config_then_the_probe_then_the_paper(deep_ranker, monkeypatch):
+    from densekit.reranker import blockrank
+
+    r = deep_ranker
+    monkeypatch.setattr(r.config, "score_layer", None)
+    monkeypatch.setattr(r, "name", "some/model")
+    assert (r.score_layer, r.setting("signal_tokens"), r.setting("doc_mass"), r.setting("score_heads")) == (2, 2, "sum", None)
+    monkeypatch.setitem(blockrank.PROBED, "some/model", {"score_layer": 1, "doc_mass": "mean", "score_heads": [0, 2]})
+    assert (r.score_layer, r.setting("signal_tokens"), r.setting("doc_mass"), r.setting("score_heads")) == (1, 2, "mean", [0, 2])
+    monkeypatch.setattr(r.config, "doc_mass", "sum")
+    assert r.setting("doc_mass") == "sum"
+    monkeypatch.setattr(r.config, "score_layer", 9)
+    with pytest.raises(ValueError, match="outside the model's layers 0..3"):
+        r.score("q", DOCS)
+
+
+def test_probe_finds_the_planted_signal():
+    """Synthetic masses: at layer 2, summed mass, head 1 ranks each query's relevant document first; every other
+    (layer, choice, head) is noise. The probe's best row is that cell with best-k heads, cross-fitted."""
+    from densekit.eval.probe import best_setting, probe
+
+    rng = np.random.default_rng(0)
+    queries = [f"q{i}" for i in range(12)]
+    docs = {q: [f"{q}-d{j}" for j in range(6)] for q in queries}
+    qrels = {q: {docs[q][i % 6]: 1} for i, q in enumerate(queries)}
+    masses = {}
+    for i, q in enumerate(queries):
+        m = rng.random((3, 2, 2, 4, 6))
+        m[2, 0, 0, 1] = 0.0
+        m[2, 0, 0, 1, i % 6] = 1.0
+        masses[q] = m
+    rows = probe(masses, docs, qrels, k=1)
+    assert len(rows) == 3 * 2 * 2 * 2
+    best = max(rows, key=lambda r: r["ndcg@10"])
+    assert (best["layer"], best["signal"], best["doc_mass"], best["heads"], best["ndcg@10"]) == (2, "last 2", "sum", "best 1", 1.0)
+    assert all(r["ndcg@10"] < 1.0 for r in rows if r is not best)
+    assert best_setting(rows, masses, docs, qrels, k=1) == {"score_layer": 2, "signal_tokens": 2, "doc_mass": "sum",
+                                                             "score_heads": [1]}

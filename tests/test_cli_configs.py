@@ -18,9 +18,9 @@ from densekit.retriever.config import MineConfig, TrainConfig, field_type, setti
 
 REQUIRED = ["--data", "d", "--out", "o"]
 EXTRA = {("mine",): ["--index", "i"]}  # --max-ratio needs dense mining
-CONTEXT = {"per_query": ["--loss", "mw"]}  # flags that other flags make meaningful (cli.check_args)
+CONTEXT = {"per_query": ["--loss", "mw"], "cache_lower_layers": ["--train-layers", "2"]}  # flags that other flags make meaningful (cli.check_args)
 # Values that a generic rule cannot make valid
-SPECIAL = {"template": "Doc: {document}\nQuery: {query}", "lora_targets": ["q_proj", "v_proj"]}
+SPECIAL = {"template": "Doc: {document}\nQuery: {query}", "lora_targets": ["q_proj", "v_proj"], "score_heads": [0, 2]}
 
 
 @functools.lru_cache(maxsize=None)
@@ -70,8 +70,8 @@ def other_value(cls, f, action):
 def argv_for(action, value) -> list[str]:
     if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
         return [action.option_strings[0]]
-    return [action.option_strings[0], *(value if isinstance(value, list) else [repr(value) if isinstance(value, float)
-                                                                               else str(value)])]
+    return [action.option_strings[0], *(map(str, value) if isinstance(value, list) else [repr(value) if isinstance(value, float)
+                                                                                         else str(value)])]
 
 
 def test_the_cli_configs_are_the_expected_ones():
