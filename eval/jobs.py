@@ -15,12 +15,11 @@ import warnings
 from pathlib import Path
 from typing import Callable
 
-from densekit.retriever.config import MineConfig, TrainConfig
+from densekit.retriever.config import DEFAULT_ENCODER, MineConfig, TrainConfig
 from densekit.retriever.io import check_file_target, check_target
 
 from .data import DataError
 
-DEFAULT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
 Note = Callable[[str], None]
 
 

@@ -22,6 +22,8 @@ def setting(default=None, help: str = "", *, default_factory=None, **constraints
     return field(default=default, metadata=metadata)
 
 
+DEFAULT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"   # the dense first stage when no model is named
+
 def field_type(cls, name: str) -> tuple[type, bool]:
     """``(base type, optional)`` of a field: ``int | None`` gives ``(int, True)``, ``list[str]`` gives ``(list, False)``."""
     hint = typing.get_type_hints(cls)[name]

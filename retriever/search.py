@@ -25,9 +25,9 @@ from .index import BadIndexError, Index, check_factory, corpus_fingerprint
 from .io import check_target
 from .models import same_model_name
 from .shards import CorpusRows, encode_shard, merge_shards, wait_for_shards
+from .config import DEFAULT_ENCODER
 from .types import Queries, Run
 
-DEFAULT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
 
 
 def index_meta(encoder: DualEncoder, corpus) -> dict:
