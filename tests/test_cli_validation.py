@@ -184,10 +184,10 @@ class StubReranker:
 
 
 def test_eval_run_rerank_skips_docs_absent_from_corpus(nohit_beir, tmp_path, capsys, monkeypatch):
-    import densekit.reranker.base
+    from densekit.reranker import base as reranker_base
 
     stub = StubReranker()
-    monkeypatch.setattr(reranker.base, "load_reranker", lambda spec: stub)
+    monkeypatch.setattr(reranker_base, "load_reranker", lambda spec: stub)
     path = tmp_path / "r.trec"
     path.write_text("q1 Q0 d1 1 3.0 t\nq1 Q0 ghost 2 2.0 t\nq1 Q0 d4 3 1.0 t\nq2 Q0 d3 1 1.0 t\nq7 Q0 d3 1 1.0 t\n")
     assert main(["eval", "--data", str(nohit_beir), "--run", str(path), "--reranker", "stub:x", "--json"]) == 0
@@ -252,9 +252,9 @@ def test_null_or_empty_id_is_refused_with_file_and_line(tmp_path, value):
 # ---------------------------------------------------------------- item 9: JSON output
 
 def test_json_fields_are_structured(nohit_beir, capsys, monkeypatch):
-    import densekit.reranker.base
+    from densekit.reranker import base as reranker_base
 
-    monkeypatch.setattr(reranker.base, "load_reranker", lambda spec: StubReranker(("attention", "decode")))
+    monkeypatch.setattr(reranker_base, "load_reranker", lambda spec: StubReranker(("attention", "decode")))
     base = ["eval", "--data", str(nohit_beir), "--json", "--reranker", "blockrank:HuggingFaceTB/SmolLM2-135M-Instruct",
             "--rerank-top-k", "2"]
     rows = []
@@ -266,7 +266,7 @@ def test_json_fields_are_structured(nohit_beir, capsys, monkeypatch):
         assert row["reranker"] == "blockrank:HuggingFaceTB/SmolLM2-135M-Instruct" and row["rerank_mode"] == mode
         assert row["rerank_top_k"] == 2
     # BM25 + a pointwise reranker: the reranker is named (it had no field at all)
-    monkeypatch.setattr(reranker.base, "load_reranker", lambda spec: StubReranker(()))
+    monkeypatch.setattr(reranker_base, "load_reranker", lambda spec: StubReranker(()))
     assert main(["eval", "--data", str(nohit_beir), "--json", "--reranker", "pointwise:my-rr", "--rerank-top-k", "3"]) == 0
     row = strict_json(capsys.readouterr().out)
     assert (row["retriever"], row["model"], row["reranker"], row["rerank_mode"], row["rerank_top_k"]) == \
@@ -351,7 +351,7 @@ def test_main_keeps_tracebacks_of_genuine_bugs(tiny_beir, monkeypatch):
 
 def test_metrics_refuse_nan_scores(nohit_beir, capsys, monkeypatch):
     """A NaN score (a diverged reranker) ranked d1 first and printed nDCG 1.0, AUC 1.0, exit 0."""
-    import densekit.reranker.base
+    from densekit.reranker import base as reranker_base
 
     run, qrels = {"q1": {"d1": float("nan"), "d2": 1.0}}, {"q1": {"d1": 1, "d2": 0}}
     for call in (lambda: evaluate(run, qrels, auc_k=10), lambda: M.compute(qrels, run, ["ndcg@10"]),
@@ -364,7 +364,7 @@ def test_metrics_refuse_nan_scores(nohit_beir, capsys, monkeypatch):
         def rerank(self, run, *args, **kwargs):
             return {qid: {doc: float("nan") for doc in docs} for qid, docs in run.items()}
 
-    monkeypatch.setattr(reranker.base, "load_reranker", lambda spec: NaNReranker(()))
+    monkeypatch.setattr(reranker_base, "load_reranker", lambda spec: NaNReranker(()))
     err = exits_2(["eval", "--data", str(nohit_beir), "--json", "--reranker", "pointwise:x"], capsys)
     assert "densekit: error: score of doc" in err and "is NaN" in err
 

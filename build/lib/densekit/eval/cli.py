@@ -1,0 +1,492 @@
+"""``densekit`` command line: argument parsing, then one ``densekit.eval.jobs`` call per subcommand.
+
+The training and mining flags are generated from the config dataclasses (``CONFIGS``, ``eval/args.py``);
+the other flags (data, outputs, first stage ...) are written here once each. Building the parser imports
+no torch, transformers or faiss, so ``--help`` is fast."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from densekit.retriever.config import MineConfig, TrainConfig
+from densekit.retriever.models import ModelNotAvailable
+from densekit.reranker.config import BlockRankConfig, QLMConfig, RerankerConfig, RerankTrainConfig
+
+from . import jobs
+from .args import add_config_args, config_from_args, float_in, non_negative_int, positive_int, unit_float
+from .data import DataError
+
+DEFAULT_ENCODER = jobs.DEFAULT_ENCODER
+
+# The config dataclasses behind each subcommand's flags: every field is a flag (generated, ``args.add_config_args``)
+# except those in NOT_FLAGS; tests/test_cli_configs.py holds the parser to this.
+CONFIGS = {
+    ("train", "retriever"): (TrainConfig,),
+    ("train", "reranker"): (RerankTrainConfig, RerankerConfig, QLMConfig),
+    ("train", "blockrank"): (RerankTrainConfig, BlockRankConfig),
+    ("mine",): (MineConfig,),
+}
+
+# Config fields a subcommand deliberately offers no flag for, and why.
+NOT_FLAGS = {
+    ("train", "retriever"): {"extra": "a free-form dict for library callers; no flag can express it"},
+    ("train", "reranker"): {"aux_weight": "BlockRank's attention loss: `densekit train blockrank`",
+                            "aux_temperature": "BlockRank's attention loss: `densekit train blockrank`"},
+    ("train", "blockrank"): {"objective": "the subcommand sets objective='blockrank'",
+                             "weight": "the unified objective's: `densekit train reranker`",
+                             "direction": "the unified objective's: `densekit train reranker`",
+                             "temperature": "the CL/unified objectives' yes-logit softmax: `densekit train reranker`",
+                             "cache_lower_layers": "one prompt per group of 20 documents: BlockRank's prompts rarely recur"},
+}
+
+# Where a subcommand's flag differs from its field's generated one (argparse keywords), and why.
+OVERRIDES = {
+    ("train", "retriever"): {  # the natural count depends on the data source
+        "n_negatives": {"default": None, "help": "hard negatives per query (default 1 with a negatives file or "
+                        "triples, else 0)"}},
+    ("train", "reranker"): {
+        "objective": {"choices": ("sft", "cl", "unified"),  # blockrank has its own subcommand
+                      "help": "sft: yes/no cross-entropy; cl: InfoNCE on the yes logit; unified: --weight and --direction"},
+        "doc_max_tokens": {"default": None, "help": "document tokens kept (default: the scorer's, 192 pointwise, "
+                           "160 qlm)"}},  # the two scorer configs share the flag, not the default
+    ("train", "blockrank"): {  # one prompt holds the whole group, so BlockRank trains on bigger groups
+        "group_size": {"default": 20, "help": "documents per prompt (1 positive + negatives)"}},
+}
+
+
+def _config_args(parser, command: tuple[str, ...]) -> None:
+    """The generated flags of ``command``'s configs; a field two configs share is one flag."""
+    seen = set(NOT_FLAGS.get(command, ()))
+    for cls in CONFIGS[command]:
+        seen.update(add_config_args(parser, cls, skip=seen, overrides=OVERRIDES.get(command),
+                                    title=f"{cls.__name__} (library: {cls.__module__})"))
+
+
+def _add_eval(sub) -> None:
+    p = sub.add_parser("eval", help="retrieve (and optionally rerank) a BEIR split and print metrics")
+    p.add_argument("--data", required=True, help="BEIR folder, or a dataset name under $DENSEKIT_DATA")
+    p.add_argument("--retriever", choices=["bm25", "dense"], default=None, help="first stage (default: bm25; not with --run)")
+    p.add_argument("--run", metavar="FILE", help="score (and with --reranker, rerank) this saved TREC run file instead "
+                   "of running a first stage")
+    p.add_argument("--model", nargs="+", default=None,
+                   help=f"dense encoder(s) (names or folders); several models are evaluated side by side "
+                   f"(default: {DEFAULT_ENCODER})")
+    p.add_argument("--index", help="dense, one model: reuse this index folder (built there when absent)")
+    p.add_argument("--factory", default=None, help="dense: FAISS factory string when building an index (default: Flat)")
+    p.add_argument("--nprobe", type=positive_int, help="dense: IVF lists searched per query (FAISS default 1)")
+    p.add_argument("--ef-search", type=positive_int, help="dense: HNSW efSearch")
+    p.add_argument("--batch-size", type=positive_int, default=None, help="dense: encoding batch size (default: 64)")
+    p.add_argument("--split", default="test")
+    p.add_argument("--top-k", type=positive_int, default=100, help="first-stage depth; also the cut-off of recall, map and auc")
+    p.add_argument("--max-queries", type=positive_int, help="only the first N queries of the split (sorted ids)")
+    p.add_argument("--relevance-level", type=positive_int, default=1,
+                   help="min grade counted relevant by binary measures (>= 1, as pytrec_eval)")
+    p.add_argument("--keep-identical-ids", action="store_true", help="do not drop docs whose id equals the query id")
+    p.add_argument("--save-run", help="write the (final) run as a TREC run file")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --save-run file (refused without it)")
+    p.add_argument("--reranker", help="rerank with a trained reranker folder, a causal LM name (zero-shot pointwise "
+                   "prompt) or blockrank:<folder or model>")
+    p.add_argument("--rerank-mode", choices=["attention", "decode"], default=None,
+                   help="BlockRank: rank by attention mass (its default), or put the decoded answer first")
+    p.add_argument("--rerank-top-k", type=positive_int, default=None, help="documents reranked per query (default: 20)")
+    p.add_argument("--rerank-batch-size", type=positive_int, default=None, help="reranker batch size (default: 8)")
+    p.add_argument("--fuse", type=_fuse_weight, default=None, metavar="W|auto",
+                   help="fuse first-stage and reranker scores per query: (1-W)*norm(first) + W*norm(rerank); 'auto' "
+                   "picks W on a tuning split (never the evaluated one)")
+    p.add_argument("--fuse-norm", choices=["z", "minmax"], default=None, help="per-query normalisation for --fuse (default: z)")
+    p.add_argument("--tune-split", help="--fuse auto: the split whose qrels choose W (default: dl20 for dl19 and back, "
+                   "else dev, else train)")
+    p.add_argument("--tune-run", metavar="FILE", help="--fuse auto with --run: the saved first-stage run of the tuning split")
+    p.add_argument("--tune-queries", type=positive_int, default=None,
+                   help="--fuse auto: first N judged tuning queries, sorted ids (default: 100)")
+    p.add_argument("--roc", help="draw the ROC curves (top-k candidates) of every evaluated system into this PNG")
+    p.add_argument("--json", action="store_true", help="print one JSON object per system instead of a table")
+
+
+def _fuse_weight(text: str):
+    return "auto" if text == "auto" else unit_float(text)
+
+
+def metric_name(text: str) -> str:
+    """A metric like ``ndcg@10`` (argparse type: exit 2 on an unknown one)."""
+    from .metrics import parse_metric
+
+    try:
+        parse_metric(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text.lower()
+
+
+def _add_compare(sub) -> None:
+    p = sub.add_parser("compare", help="compare saved runs on one qrels: metrics, paired t-test and randomisation "
+                       "test vs a baseline (Holm-corrected), win/tie/loss")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="TREC run files, NAME=FILE to name a system (default: the file name)")
+    p.add_argument("--data", required=True, help="BEIR folder, or a dataset name under $DENSEKIT_DATA")
+    p.add_argument("--split", default="test")
+    p.add_argument("--metrics", nargs="+", type=metric_name, default=["ndcg@10", "mrr@10", "recall@100"])
+    p.add_argument("--baseline", metavar="NAME", help="the system the others are tested against (default: the first run)")
+    p.add_argument("--permutations", type=positive_int, default=10000, help="sign flips of the randomisation test")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the randomisation test")
+    p.add_argument("--alpha", type=float_in(0.0, 1.0, True, "a level in (0, 1]"), default=0.05,
+                   help="significance level of the table's marks")
+    p.add_argument("--max-queries", type=positive_int, help="only the first N queries of the split (sorted ids)")
+    p.add_argument("--relevance-level", type=positive_int, default=1, help="min grade counted relevant by binary measures")
+    p.add_argument("--keep-identical-ids", action="store_true", help="do not drop docs whose id equals the query id")
+    p.add_argument("--json", metavar="FILE", help="also write the result (per-query values included) as JSON")
+    p.add_argument("--plot", metavar="FILE.png", help="draw the sorted per-query differences vs the baseline")
+    p.add_argument("--overwrite", action="store_true", help="replace existing --json / --plot files")
+
+
+def _add_data(sub) -> None:
+    p = sub.add_parser("data", help="dataset utilities")
+    dsub = p.add_subparsers(dest="data_command", required=True)
+    d = dsub.add_parser("download", help="download an official BEIR dataset (online only)")
+    d.add_argument("name")
+    d.add_argument("--out", required=True)
+
+
+def _add_index(sub) -> None:
+    p = sub.add_parser("index", help="dense index utilities")
+    isub = p.add_subparsers(dest="index_command", required=True)
+    b = isub.add_parser("build", help="encode a corpus and save a FAISS index folder (resumable)")
+    b.add_argument("--data", required=True, help="BEIR folder or dataset name under $DENSEKIT_DATA")
+    b.add_argument("--model", default=DEFAULT_ENCODER)
+    b.add_argument("--out", required=True)
+    b.add_argument("--factory", default="Flat", help="FAISS factory string: Flat, HNSW32, IVF256,Flat, IVF256,PQ32 ...")
+    b.add_argument("--batch-size", type=positive_int, default=64)
+    b.add_argument("--shard-size", type=positive_int, default=4096, help="docs per resumable encoding piece")
+    b.add_argument("--num-shards", type=positive_int, default=None,
+                   help="split the corpus into N contiguous shards and encode only --shard-index here; the index is "
+                        "then built by `densekit index merge` (default: $WORLD_SIZE under torchrun/accelerate, where "
+                        "rank 0 waits for every shard and merges; else 1: encode everything and build)")
+    b.add_argument("--shard-index", type=non_negative_int, default=None,
+                   help="which shard this process encodes, 0..N-1 (default: $RANK under torchrun/accelerate)")
+    b.add_argument("--device", default=None,
+                   help="torch device to encode on (default: cuda:$LOCAL_RANK when CUDA is available, else cpu)")
+    b.add_argument("--arrow", action="store_true",
+                   help="open the corpus as a memory-mapped Arrow dataset (`datasets`, cached in $DENSEKIT_CACHE/datasets) "
+                        "instead of a dict in memory: for corpora bigger than RAM")
+    _merge_args(b)
+    b.add_argument("--overwrite", action="store_true",
+                   help="replace an existing densekit index at --out (anything else there is never replaced)")
+    m = isub.add_parser("merge", help="build the index from the shards of `index build --num-shards N --shard-index I`")
+    m.add_argument("--out", required=True, help="index folder to write")
+    m.add_argument("--shards", nargs="+", default=None,
+                   help="shard folders, or folders holding them (default: <out>.partial, where index build writes them; "
+                        "it is deleted after a successful merge, folders given here never are)")
+    m.add_argument("--factory", default="Flat", help="FAISS factory string: Flat, HNSW32, IVF256,Flat, IVF256,PQ32 ...")
+    _merge_args(m)
+    m.add_argument("--overwrite", action="store_true",
+                   help="replace an existing densekit index at --out (anything else there is never replaced)")
+
+
+def _merge_args(p) -> None:
+    p.add_argument("--train-sample", type=positive_int, default=100_000,
+                   help="vectors sampled (seeded, from every shard) to train IVF/PQ quantisers")
+    p.add_argument("--add-batch", type=positive_int, default=65536,
+                   help="vectors read from the shards and added to the index at a time (merge memory = index + one batch)")
+    p.add_argument("--on-disk", action="store_true",
+                   help="IVF factories: keep the inverted lists in <out>/lists.ivfdata (FAISS merge_ondisk), memory-mapped "
+                        "when searching, so neither the merge nor search holds them in RAM")
+
+
+def _add_search(sub) -> None:
+    p = sub.add_parser("search", help="search a saved index with a text query")
+    p.add_argument("--index", required=True)
+    p.add_argument("--query", required=True, action="append", help="repeat for several queries")
+    p.add_argument("--model", help="encoder (default: the model the index was built with)")
+    p.add_argument("--k", type=positive_int, default=10)
+    p.add_argument("--nprobe", type=positive_int, help="IVF lists searched per query")
+    p.add_argument("--ef-search", type=positive_int, help="HNSW efSearch")
+    p.add_argument("--json", action="store_true")
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train a model")
+    tsub = p.add_subparsers(dest="train_command", required=True)
+    r = tsub.add_parser("retriever", help="train a dual encoder (InfoNCE or MW loss)")
+    r.add_argument("--data", required=True, help="BEIR folder or dataset name (its corpus; qrels of --split)")
+    r.add_argument("--split", default="train")
+    r.add_argument("--model", default=DEFAULT_ENCODER)
+    r.add_argument("--out", required=True)
+    source = r.add_mutually_exclusive_group()
+    source.add_argument("--negatives", "--train-file", dest="train_file",
+                        help="JSONL {query|query_id, positives, negatives} (doc ids), e.g. from `densekit mine`")
+    source.add_argument("--triples", help="TSV of query<TAB>positive<TAB>negative texts")
+    source.add_argument("--unsupervised", action="store_true", help="Contriever-style random crop pairs from the corpus")
+    _run_folder_args(r)
+    _config_args(r, ("train", "retriever"))
+    b = tsub.add_parser("reranker", help="train an LLM reranker (yes/no or query-likelihood scorer; SFT, CL or unified; LoRA)")
+    _reranker_data_args(b)
+    b.add_argument("--scorer", choices=["pointwise", "qlm"], default="pointwise",
+                   help="pointwise: yes/no logits (RerankerConfig); qlm: log P(query | document) (QLMConfig)")
+    _config_args(b, ("train", "reranker"))
+    b = tsub.add_parser("blockrank", help="train BlockRank (LM loss on the answer id + attention InfoNCE, LoRA)")
+    _reranker_data_args(b)
+    _config_args(b, ("train", "blockrank"))
+
+
+def _run_folder_args(p) -> None:
+    p.add_argument("--resume", action="store_true", help="continue the same run from the last checkpoint in --out")
+    p.add_argument("--overwrite", action="store_true", help="start over in an --out holding a densekit training run "
+                   "(removes only its checkpoints, log and model)")
+
+
+def _reranker_data_args(r) -> None:
+    r.add_argument("--data", required=True)
+    r.add_argument("--split", default="train")
+    r.add_argument("--model", default="HuggingFaceTB/SmolLM2-135M-Instruct")
+    r.add_argument("--out", required=True)
+    r.add_argument("--first-stage", choices=["dense", "bm25"], default="dense", help="where hard negatives come from")
+    r.add_argument("--retriever-model", default=None, help=f"dense first stage encoder (default: {DEFAULT_ENCODER})")
+    r.add_argument("--index", help="dense index folder of the corpus (built there when absent)")
+    r.add_argument("--depth", type=positive_int, default=30, help="negatives: first-stage top-depth minus positives")
+    r.add_argument("--max-queries", type=positive_int, help="only the first N training queries (sorted ids)")
+    _run_folder_args(r)
+
+
+def _add_mine(sub) -> None:
+    p = sub.add_parser("mine", help="mine hard negatives for training (writes the JSONL training format)")
+    p.add_argument("--data", required=True)
+    p.add_argument("--split", default="train")
+    p.add_argument("--index", help="densekit index folder of this corpus (dense mining); without it BM25 is used")
+    p.add_argument("--model", help="encoder for the queries (default: the index's model)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file (refused without it)")
+    _config_args(p, ("mine",))
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` shows every flag's default, except None/False (flags whose help text says what they default to)
+    and on/off switches (``--x`` / ``--no-x``, whose name says what the default is)."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False) or action.default is argparse.SUPPRESS or \
+                isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("densekit")
+    except PackageNotFoundError:
+        return "unknown (not installed: pip install -e .)"
+
+
+def _subparsers(parser: argparse.ArgumentParser):
+    """``parser`` and every sub-command parser below it."""
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):
+                yield from _subparsers(child)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="densekit", description="dense retrieval and reranking toolkit",
+                                     formatter_class=_HelpFormatter)
+    parser.add_argument("--version", action="version", version=f"densekit {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_eval(sub)
+    _add_compare(sub)
+    _add_data(sub)
+    _add_index(sub)
+    _add_search(sub)
+    _add_train(sub)
+    _add_mine(sub)
+    for child in _subparsers(parser):
+        child.formatter_class = _HelpFormatter
+        for action in child._actions:  # an undocumented flag with a default still shows the default
+            if action.help is None and action.option_strings and action.default not in (None, False, argparse.SUPPRESS):
+                action.help = "(default: %(default)s)"
+    return parser
+
+
+def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Reject, before any work, flag combinations whose flags would be ignored and outputs that cannot be
+    written (``parser.error``: ``densekit: error: ...``, exit 2). Flags checked here default to None, so
+    only flags the user gave are refused."""
+    def given(*names: str) -> list[str]:
+        return ["--" + name.replace("_", "-") for name in names if getattr(args, name, None) not in (None, False)]
+
+    def refuse(flags: list[str], reason: str) -> None:
+        if flags:
+            parser.error(f"{', '.join(flags)} {'is' if len(flags) == 1 else 'are'} ignored {reason}: drop "
+                         f"{'it' if len(flags) == 1 else 'them'}")
+
+    if args.command == "eval":
+        if args.run and args.retriever:
+            parser.error("--run scores a saved run; it replaces the first stage: drop --retriever (or --run)")
+        retriever = args.retriever or ("run" if args.run else "bm25")
+        dense_only = ("model", "index", "factory", "nprobe", "ef_search", "batch_size")
+        if retriever != "dense":
+            refuse(given(*dense_only), "with --run (it replaces the first stage)" if retriever == "run"
+                   else "with --retriever bm25 (dense-only flags; add --retriever dense)")
+        if args.index and args.model and len(args.model) > 1:
+            parser.error("--index serves one model; drop it to compare several models")
+        if args.nprobe is not None and args.ef_search is not None:
+            parser.error("--nprobe applies to IVF indexes and --ef-search to HNSW indexes: give one of them")
+        if not args.reranker:
+            refuse(given("rerank_mode", "rerank_top_k", "rerank_batch_size", "fuse"), "without --reranker")
+        if args.fuse is None:
+            refuse(given("fuse_norm", "tune_split", "tune_run", "tune_queries"), "without --fuse")
+        elif args.fuse != "auto":
+            refuse(given("tune_split", "tune_run", "tune_queries"), "with a fixed --fuse W (they serve --fuse auto)")
+        for flag, value in (("--save-run", args.save_run), ("--roc", args.roc)):
+            if value and Path(value).is_dir():
+                parser.error(f"{flag} {value}: is a folder; give a file path")
+            if value and Path(value).parent.exists() and not Path(value).parent.is_dir():
+                parser.error(f"{flag} {value}: {Path(value).parent} is a file, not a folder")
+        if args.run and not Path(args.run).is_file():
+            parser.error(f"--run {args.run}: {'is a folder' if Path(args.run).is_dir() else 'no such file'}; "
+                         "give a TREC run file ('qid Q0 docid rank score tag' lines)")
+    elif args.command == "mine":
+        if not args.index:
+            refuse(given("max_ratio", "model"), "with BM25 mining (dense mining needs --index)")
+        if args.rank_from >= args.rank_to:
+            parser.error(f"--rank-from {args.rank_from} must be below --rank-to {args.rank_to}")
+    elif args.command == "train" and args.train_command == "retriever":
+        if args.loss == "mw":
+            refuse(given("symmetric", "decoupled"), "with --loss mw (InfoNCE options)")
+        else:
+            refuse(given("per_query"), f"with --loss {args.loss} (an MW option)")
+    elif args.command == "train" and args.train_command in ("reranker", "blockrank"):
+        if args.first_stage == "bm25":
+            refuse(given("index", "retriever_model"), "with --first-stage bm25 (dense first-stage flags)")
+    elif args.command == "index" and args.index_command == "build":
+        if (args.num_shards is None) != (args.shard_index is None):
+            parser.error("--num-shards and --shard-index go together (or neither: torchrun's $WORLD_SIZE/$RANK, else 1 shard)")
+        if args.num_shards is not None and args.shard_index >= args.num_shards:
+            parser.error(f"--shard-index {args.shard_index} must be below --num-shards {args.num_shards}")
+
+
+def _note(message: str) -> None:
+    print(f"densekit: note: {message}", file=sys.stderr)
+
+
+def _print_json(value) -> None:
+    print(json.dumps(value, allow_nan=False))
+
+
+def cmd_eval(args) -> int:
+    """``jobs.evaluate``: one JSON object per system with ``--json``, else a table."""
+    results = jobs.evaluate(
+        args.data, args.split, retriever=args.retriever, run=args.run, models=args.model, index=args.index,
+        factory=args.factory, nprobe=args.nprobe, ef_search=args.ef_search, batch_size=args.batch_size, top_k=args.top_k,
+        max_queries=args.max_queries, relevance_level=args.relevance_level, keep_identical_ids=args.keep_identical_ids,
+        save_run=args.save_run, overwrite=args.overwrite, reranker=args.reranker, rerank_mode=args.rerank_mode,
+        rerank_top_k=args.rerank_top_k, rerank_batch_size=args.rerank_batch_size, fuse=args.fuse, fuse_norm=args.fuse_norm,
+        tune_split=args.tune_split, tune_run=args.tune_run, tune_queries=args.tune_queries, roc=args.roc, note=_note)
+    if args.json:
+        for result in results.values():
+            _print_json({**result["system"], **result["metrics"]})
+    else:
+        from .pipeline import format_table
+
+        print(format_table({label: result["metrics"] for label, result in results.items()}))
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from .report import to_markdown
+
+    result = jobs.compare(args.runs, args.data, args.split, args.metrics, args.baseline, args.permutations, args.seed,
+                          args.max_queries, args.relevance_level, args.keep_identical_ids, args.json, args.plot,
+                          args.overwrite)
+    print(to_markdown(result, args.alpha))
+    return 0
+
+
+def cmd_data(args) -> int:
+    from .data import download
+
+    print(download(args.name, args.out))
+    return 0
+
+
+def cmd_index(args) -> int:
+    if args.index_command == "merge":
+        _print_json(jobs.merge_index(args.out, args.shards, args.factory, args.train_sample, args.add_batch, args.on_disk,
+                                     args.overwrite))
+        return 0
+    _print_json(jobs.build_index(args.data, args.model, args.out, args.factory, args.batch_size, args.shard_size,
+                                 args.num_shards, args.shard_index, args.device, args.arrow, args.train_sample,
+                                 args.add_batch, args.on_disk, args.overwrite))
+    return 0
+
+
+def cmd_search(args) -> int:
+    results = jobs.search(args.index, args.query, args.model, args.k, args.nprobe, args.ef_search)
+    if args.json:
+        _print_json(results)  # always a list, one object per --query
+    else:
+        for result in results:
+            print(f"query: {result['query']}")
+            for rank, hit in enumerate(result["hits"], start=1):
+                print(f"{rank:>4}  {hit['score']:.4f}  {hit['id']}")
+    return 0
+
+
+def _main_process() -> bool:
+    """False on the other processes of an ``accelerate launch`` / ``torchrun`` run (they print nothing)."""
+    import os
+
+    return os.environ.get("RANK", "0") == "0"
+
+
+def cmd_train(args) -> int:
+    if args.train_command == "retriever":
+        n_negatives = args.n_negatives if args.n_negatives is not None else (1 if (args.train_file or args.triples) else 0)
+        result = jobs.train_retriever(args.data, args.out, config_from_args(TrainConfig, args, n_negatives=n_negatives),
+                                      args.model, args.split, args.train_file, args.triples, args.unsupervised,
+                                      args.resume, args.overwrite)
+    else:
+        if args.train_command == "blockrank":
+            config, scorer = config_from_args(RerankTrainConfig, args, objective="blockrank"), BlockRankConfig
+        else:
+            config, scorer = config_from_args(RerankTrainConfig, args), QLMConfig if args.scorer == "qlm" else RerankerConfig
+        result = jobs.train_reranker(args.data, args.out, config, config_from_args(scorer, args), args.model, args.split,
+                                     args.first_stage, args.retriever_model, args.index, args.depth, args.max_queries,
+                                     args.resume, args.overwrite)
+    if _main_process():
+        _print_json(result)
+    return 0
+
+
+def cmd_mine(args) -> int:
+    _print_json(jobs.mine(args.data, args.out, config_from_args(MineConfig, args), args.split, args.index, args.model,
+                          args.overwrite))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command. Bad arguments exit 2 (argparse, before any work); bad input data, files, models
+    (DataError, ValueError, OSError, ModelNotAvailable) print ``densekit: error: ...`` and return 2.
+    Anything else (TypeError, AttributeError ...) is a bug and keeps its traceback."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_args(parser, args)
+    handlers = {"eval": cmd_eval, "compare": cmd_compare, "data": cmd_data, "index": cmd_index, "search": cmd_search, "train": cmd_train,
+                "mine": cmd_mine}
+    try:
+        return handlers[args.command](args)
+    except (DataError, ValueError, OSError, EOFError, ModelNotAvailable) as err:
+        print(f"densekit: error: {_describe(err)}", file=sys.stderr)
+        return 2
+
+
+def _describe(err: BaseException) -> str:
+    """One line for the user: the message, with the file named for OSErrors that carry one."""
+    if isinstance(err, OSError) and err.filename and str(err.filename) not in str(err):
+        return f"{err.filename}: {err.strerror or err}"
+    return str(err).strip() or type(err).__name__
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,374 @@
+"""What each ``densekit`` subcommand does, as library functions: plain arguments and config objects in,
+plain data (what the command prints) out. ``eval/cli.py`` only parses arguments and calls one of these.
+
+Every job checks its output path (``densekit.retriever.io``) before it loads data or a model, so a refused
+output costs nothing. Notes for the user (skipped queries, a tuned fusion weight ...) go to the
+``note`` callback (default: ``warnings.warn``). Importing this module imports neither torch nor
+transformers nor faiss; each job imports what it needs.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import Callable
+
+from densekit.retriever.config import DEFAULT_ENCODER, MineConfig, TrainConfig
+from densekit.retriever.io import check_file_target, check_target
+
+from .data import DataError
+
+Note = Callable[[str], None]
+
+
+def _warn(message: str) -> None:
+    warnings.warn(message, stacklevel=3)
+
+
+# ---------------------------------------------------------------- eval
+
+def _saved_run_for(run: dict, path: str, queries: dict, ds, split: str, note: Note) -> dict:
+    """The saved run restricted to the evaluated queries; notes count what is left out."""
+    shared = sum(1 for qid in queries if qid in run)
+    if not shared:
+        raise DataError(f"{path}: none of its {len(run)} queries is an evaluated query of {ds.path} split {split!r} "
+                        f"(queries with qrels in that split and text in the queries file); check --data and --split")
+    outside = len(run) - shared
+    if outside:
+        note(f"{path}: {outside} run quer{'y' if outside == 1 else 'ies'} skipped (no qrels in split {split!r}, "
+             "no text in the queries file, or beyond --max-queries)")
+    if shared < len(queries):
+        note(f"{len(queries) - shared} evaluated quer{'y is' if len(queries) - shared == 1 else 'ies are'} absent "
+             f"from {path} and count 0")
+    return {qid: run[qid] for qid in queries if qid in run}
+
+
+def _finite_or_none(values: dict) -> dict:
+    """NaN/inf (an undefined AUC) becomes None: JSON null, ``n/a`` in tables."""
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in values.items()}
+
+
+def evaluate(data: str, split: str = "test", *, retriever: str | None = None, run: str | None = None,
+             models: list[str] | None = None, index: str | None = None, factory: str | None = None,
+             nprobe: int | None = None, ef_search: int | None = None, batch_size: int | None = None, top_k: int = 100,
+             max_queries: int | None = None, relevance_level: int = 1, keep_identical_ids: bool = False,
+             save_run: str | None = None, overwrite: bool = False, reranker: str | None = None,
+             rerank_mode: str | None = None, rerank_top_k: int | None = None, rerank_batch_size: int | None = None,
+             fuse: float | str | None = None, fuse_norm: str | None = None, tune_split: str | None = None,
+             tune_run: str | None = None, tune_queries: int | None = None, roc: str | None = None,
+             note: Note = _warn) -> dict[str, dict]:
+    """First stage (``retriever`` bm25 | dense, default bm25, or the saved TREC ``run``), optional rerank (and
+    fusion), metrics of every evaluated query. Returns ``{label: {"system": {...}, "metrics": {...}}}``, one
+    entry per system (one per dense model): ``system`` holds dataset, split, retriever, run, model, reranker,
+    rerank_mode, rerank_top_k and fuse; ``metrics`` the means (None where undefined), num_queries and seconds.
+
+    The evaluated queries are the split's queries that have qrels and text (the first ``max_queries`` in
+    sorted id order); each mean is over all of them, a query without hits counting 0, which is what
+    pytrec_eval gives for a run holding every evaluated query (the beir convention). ``save_run`` (a
+    ``.N`` suffix per model when there are several) is checked before any work and replaced only with
+    ``overwrite``; ``roc`` is a PNG of every system's ROC curve."""
+    from densekit.retriever.search import first_stage
+
+    from . import pipeline
+    from .data import load_dataset, resolve_dataset, select_queries
+
+    start = time.perf_counter()
+    retriever = retriever or ("run" if run else "bm25")
+    saved_run = pipeline.read_run(run) if run else None
+    ds = load_dataset(resolve_dataset(data), split)
+    queries = select_queries(ds.queries, max_queries)
+    if save_run:  # refuse ids a TREC file cannot hold before any work
+        for qid in queries:
+            pipeline.check_trec_id(qid, "query id")
+        for doc in ds.corpus:
+            pipeline.check_trec_id(doc, "doc id")
+    if saved_run is not None:
+        saved_run = _saved_run_for(saved_run, run, queries, ds, split, note)
+    models = (models or [DEFAULT_ENCODER]) if retriever == "dense" else [None]
+    if save_run:  # the output-path rule, before any work: an existing file is replaced only with overwrite
+        for number in range(1, len(models) + 1):
+            check_file_target(save_run + ("" if len(models) == 1 else f".{number}"), overwrite)
+    ranker, mode = None, None
+    depth = rerank_top_k or 20
+    if reranker:
+        from densekit.reranker.base import load_reranker
+
+        ranker = load_reranker(reranker)
+        modes = tuple(getattr(ranker, "modes", ()))
+        if len(modes) > 1:
+            mode = rerank_mode or modes[0]
+        elif rerank_mode:
+            raise ValueError(f"--rerank-mode {rerank_mode}: the {getattr(ranker, 'kind', '?')} reranker has "
+                             f"no modes (BlockRank has attention and decode); drop --rerank-mode")
+    metric_names = list(dict.fromkeys([*pipeline.DEFAULT_METRICS, f"recall@{top_k}", f"map@{top_k}"]))
+    runs, results = {}, {}
+    for model in models:
+        t0 = time.perf_counter()
+        if saved_run is not None:
+            system_run, label = saved_run, f"run:{run}"
+        else:
+            system_run = first_stage(retriever, ds.corpus, queries, top_k, model=model, index_dir=index,
+                                     factory=factory or "Flat", batch_size=batch_size or 64,
+                                     nprobe=nprobe, ef_search=ef_search)
+            label = retriever if model is None else f"dense:{model}"
+        system_run = {qid: system_run.get(qid, {}) for qid in queries}  # every evaluated query, empty when no hits
+        fusion = None
+        if ranker is not None:
+            missing = sum(1 for docs in system_run.values() for doc in docs if doc not in ds.corpus)
+            if missing:
+                note(f"rerank: skipped {missing} run doc id(s) absent from the corpus of {ds.path}")
+                system_run = {qid: {d: s for d, s in docs.items() if d in ds.corpus} for qid, docs in system_run.items()}
+            first = system_run
+            system_run = pipeline.rerank_stage(system_run, ds.corpus, queries, ranker, depth, rerank_batch_size or 8, mode)
+            system_run = {qid: system_run.get(qid, {}) for qid in queries}
+            label += f">{reranker}@{depth}" + (f"/{mode}" if mode else "")
+            if fuse is not None:
+                fusion = _fusion(ds, split, fuse, fuse_norm, tune_split, tune_run, tune_queries, retriever, model, index,
+                                 ranker, depth, mode, rerank_batch_size, relevance_level, note)
+                system_run = pipeline.fuse(first, system_run, fusion["weight"], depth, fusion["norm"])
+                label += f"+fuse{fusion['weight']}"
+        _, means = pipeline.evaluate(system_run, ds.qrels, metric_names, relevance_level,
+                                     ignore_identical_ids=not keep_identical_ids, auc_k=top_k)
+        runs[label] = pipeline.drop_identical_ids(system_run) if not keep_identical_ids else system_run
+        results[label] = {
+            "system": {"dataset": str(ds.path), "split": split, "retriever": retriever, "run": run, "model": model,
+                       "reranker": reranker, "rerank_mode": mode, "rerank_top_k": depth if reranker else None,
+                       "fuse": fusion},
+            "metrics": _finite_or_none({**means, "num_queries": len(queries),
+                                        "seconds": round(time.perf_counter() - (start if not results else t0), 3)})}
+        if save_run:
+            suffix = "" if len(models) == 1 else f".{len(results)}"
+            pipeline.write_run(save_run + suffix, system_run, tag=label)
+            empty = sum(1 for docs in system_run.values() if not docs)
+            if empty:  # issue 11 item 10: a TREC file cannot hold a query without hits
+                note(f"{empty} evaluated quer{'y has' if empty == 1 else 'ies have'} no hits and no line in "
+                     f"{save_run + suffix}; densekit counts {'it' if empty == 1 else 'them'} 0 in every mean: "
+                     "score the file with `trec_eval -c` (qrels of the evaluated queries) to get the same figures")
+    if roc:
+        from .plots import plot_roc
+
+        plot_roc(runs, ds.qrels, roc, k=top_k, relevance_level=relevance_level)
+    return results
+
+
+def _fusion(ds, split, fuse, fuse_norm, tune_split, tune_run, tune_queries, retriever, model, index, ranker, depth, mode,
+            batch_size, relevance_level, note: Note) -> dict:
+    """``{"weight", "norm", "tuned_on", "tune_queries"}``: the given weight, or with ``auto`` the best
+    weight on the tuning split's first ``tune_queries`` judged queries (its own first stage, reranked)."""
+    from . import pipeline
+
+    norm = fuse_norm or "z"
+    if fuse != "auto":
+        return {"weight": fuse, "norm": norm, "tuned_on": None, "tune_queries": None}
+    tune = pipeline.tuning_split(ds.path, split, tune_split)
+    if retriever == "run" and not tune_run:
+        raise ValueError(f"--fuse auto with --run needs --tune-run: the first-stage run of the tuning split {tune!r}")
+    weight, tuned = pipeline.tune_fusion(ds.path, tune, ranker, depth, norm, tune_queries or 100, retriever=retriever,
+                                         model=model, index_dir=index, run_file=tune_run, mode=mode,
+                                         batch_size=batch_size or 8, relevance_level=relevance_level)
+    note(f"--fuse auto: W={weight} chosen on split {tune!r} ({tuned} queries)")
+    return {"weight": weight, "norm": norm, "tuned_on": tune, "tune_queries": tuned}
+
+
+# ---------------------------------------------------------------- compare
+
+def compare(runs: list[str], data: str, split: str = "test", metrics: list[str] = ("ndcg@10",), baseline: str | None = None,
+            permutations: int = 10000, seed: int = 0, max_queries: int | None = None, relevance_level: int = 1,
+            keep_identical_ids: bool = False, json_path: str | None = None, plot: str | None = None,
+            overwrite: bool = False) -> dict:
+    """``report.compare`` of the TREC ``runs`` (``NAME=FILE`` names a system) on the evaluated queries of
+    ``data``/``split`` (as ``evaluate``); also written as JSON to ``json_path`` and drawn to ``plot`` (both
+    checked before any work, replaced only with ``overwrite``). Returns the comparison."""
+    from . import report
+    from .data import load_dataset, resolve_dataset, select_queries
+
+    for path in (json_path, plot):
+        if path:
+            check_file_target(path, overwrite)
+    ds = load_dataset(resolve_dataset(data), split)
+    result = report.compare(report.read_runs(runs), ds.qrels, list(metrics), baseline,
+                            select_queries(ds.queries, max_queries), permutations, seed,
+                            relevance_level, not keep_identical_ids)
+    if json_path:
+        report.write_json(result, json_path, overwrite)
+    if plot:
+        from .plots import plot_differences
+
+        plot_differences(result, plot)
+    return result
+
+
+# ---------------------------------------------------------------- index build / merge, search
+
+def launcher_shards() -> tuple[int, int] | None:
+    """(world size, rank) when launched by torchrun / accelerate launch with more than one process."""
+    world, rank = os.environ.get("WORLD_SIZE"), os.environ.get("RANK")
+    if world and rank and world.isdigit() and rank.isdigit() and int(world) > 1:
+        return int(world), int(rank)
+    return None
+
+
+def encode_device(device: str | None) -> str:
+    """``device``, else this process's GPU under torchrun/accelerate ($LOCAL_RANK) when CUDA is available, else cpu."""
+    import torch
+
+    if device:
+        return device
+    if not torch.cuda.is_available():
+        return "cpu"
+    return f"cuda:{int(os.environ.get('LOCAL_RANK', '0') or 0) % torch.cuda.device_count()}"
+
+
+def build_index(data: str, model: str, out: str, factory: str = "Flat", batch_size: int = 64, shard_size: int = 4096,
+                num_shards: int | None = None, shard_index: int | None = None, device: str | None = None,
+                arrow: bool = False, train_sample: int = 100_000, add_batch: int = 65536, on_disk: bool = False,
+                overwrite: bool = False) -> dict:
+    """Encode the corpus of ``data`` with ``model`` into the index folder ``out`` (``search.build_index``).
+    Without ``num_shards``: one shard per torchrun/accelerate process (rank 0 merges), else everything here.
+    With ``num_shards``: encode shard ``shard_index`` only (merged later by ``merge_index``). Returns
+    ``{"index", "ntotal", "dim", "factory"}`` when this process built the index, else
+    ``{"shard", "shard_index", "num_shards"}``."""
+    from densekit.retriever.encoder import DualEncoder
+    from densekit.retriever.search import build_index as build
+
+    from .data import load_corpus_of
+
+    check_target(out, "index", overwrite)  # the output-path rule, before loading anything
+    launched = launcher_shards() if num_shards is None else None
+    num_shards, shard_index = launched or (num_shards or 1, shard_index or 0)
+    corpus = load_corpus_of(data, arrow=arrow)
+    encoder = DualEncoder.from_pretrained(model)
+    encoder.model.to(encode_device(device))
+    merge = num_shards == 1 or (launched is not None and shard_index == 0)  # torchrun: rank 0 merges
+    result = build(corpus, encoder, out, factory, batch_size, shard_size, overwrite=overwrite, num_shards=num_shards,
+                   shard_index=shard_index, merge=merge, train_sample=train_sample, add_batch=add_batch, on_disk=on_disk)
+    if not merge:
+        return {"shard": str(result), "shard_index": shard_index, "num_shards": num_shards}
+    return {"index": out, "ntotal": result.ntotal, "dim": result.dim, "factory": result.factory}
+
+
+def merge_index(out: str, shards: list[str] | None = None, factory: str = "Flat", train_sample: int = 100_000,
+                add_batch: int = 65536, on_disk: bool = False, overwrite: bool = False) -> dict:
+    """Build the index ``out`` from encoded shards (default ``<out>.partial``, deleted after the merge; given
+    folders never are). Returns ``{"index", "ntotal", "dim", "factory"}``."""
+    import shutil
+
+    from densekit.retriever.shards import merge_shards
+
+    check_target(out, "index", overwrite)
+    work = Path(out).with_name(Path(out).name + ".partial")
+    index = merge_shards(shards or [work], out, factory, train_sample, add_batch, overwrite, on_disk=on_disk)
+    if shards is None:
+        shutil.rmtree(work, ignore_errors=True)
+    return {"index": out, "ntotal": index.ntotal, "dim": index.dim, "factory": index.factory}
+
+
+def search(index_dir: str, queries: list[str], model: str | None = None, k: int = 10, nprobe: int | None = None,
+           ef_search: int | None = None) -> list[dict]:
+    """The top ``k`` of each query text in a saved index, searched with ``model`` (default: the index's own
+    encoder; checked against the index). Returns ``[{"query", "hits": [{"id", "score"}]}]``, one per query."""
+    from densekit.retriever.encoder import DualEncoder
+    from densekit.retriever.index import Index
+    from densekit.retriever.search import check_encoder
+
+    index = Index.load(index_dir)
+    encoder = DualEncoder.from_pretrained(model or index.meta["model"])
+    check_encoder(index, encoder, index_dir)  # content hash: also with a model, also a model retrained in place
+    index.set_params(nprobe=nprobe, ef_search=ef_search)
+    ids, scores = index.search(encoder.encode(queries, is_query=True), k)
+    return [{"query": q, "hits": [{"id": d, "score": float(s)} for d, s in zip(doc_ids, row)]}
+            for q, doc_ids, row in zip(queries, ids, scores)]
+
+
+# ---------------------------------------------------------------- training, mining
+
+def train_retriever(data: str, out: str, config: TrainConfig, model: str = DEFAULT_ENCODER, split: str = "train",
+                    train_file: str | None = None, triples: str | None = None, unsupervised: bool = False,
+                    resume: bool = False, overwrite: bool = False) -> dict:
+    """Train a dual encoder into ``out`` on one data source: the JSONL ``train_file`` (query, positives and
+    negatives as doc ids of ``data``'s corpus), the TSV ``triples`` (texts), ``unsupervised`` crop pairs of
+    the corpus (no negatives), else the qrels of ``split``. The run folder is checked before any data is
+    loaded. Returns ``{"model", "examples", "loss"}``."""
+    import random
+    from dataclasses import replace
+
+    from densekit.retriever import examples as ex
+    from densekit.retriever.checkpoints import check_run_folder
+    from densekit.retriever.encoder import DualEncoder
+    from densekit.retriever.train import train
+
+    from .data import load_dataset, resolve_dataset
+
+    check_run_folder(out, resume, overwrite)  # before any data is loaded
+    folder = resolve_dataset(data)
+    if unsupervised:
+        from .data import load_corpus_of
+
+        examples = ex.crop_pairs(load_corpus_of(folder), random.Random(config.seed))
+        config = replace(config, n_negatives=0)
+    elif triples:
+        examples = ex.read_triples(triples)
+    else:
+        ds = load_dataset(folder, split)
+        if train_file:
+            from .data import load_queries
+
+            examples = ex.read_jsonl_examples(train_file, ds.corpus, load_queries(folder / "queries.jsonl")
+                                              if (folder / "queries.jsonl").exists() else ds.queries, config.n_negatives)
+        else:
+            examples = ex.from_qrels(ds.corpus, ds.queries, ds.qrels, n_negatives=config.n_negatives)
+    encoder = DualEncoder.from_pretrained(model)
+    train(encoder, examples, out, config, resume=resume, overwrite=overwrite)
+    return {"model": str(Path(out) / "model"), "examples": len(examples), "loss": config.loss}
+
+
+def train_reranker(data: str, out: str, config, scorer, model: str = "HuggingFaceTB/SmolLM2-135M-Instruct",
+                   split: str = "train", first_stage: str = "dense", retriever_model: str | None = None,
+                   index: str | None = None, depth: int = 30, max_queries: int | None = None, resume: bool = False,
+                   overwrite: bool = False) -> dict:
+    """Train a reranker into ``out``: ``config`` a ``RerankTrainConfig``, ``scorer`` the reranker's config, which
+    picks its kind (``RerankerConfig``: pointwise yes/no, ``QLMConfig``: query likelihood, ``BlockRankConfig``:
+    BlockRank) on base ``model``. Training groups: the judged queries of ``split`` (the first ``max_queries``),
+    their positives, and negatives from the ``first_stage`` (dense or bm25) top ``depth``. The run folder is
+    checked before any data is loaded. Returns ``{"model", "groups", "objective", "kind"}``."""
+    from densekit.reranker.blockrank import BlockRanker
+    from densekit.reranker.config import BlockRankConfig, QLMConfig, RerankerConfig
+    from densekit.reranker.pointwise import LLMReranker
+    from densekit.reranker.qlm import QLMReranker
+    from densekit.reranker.train import train_reranker as train
+    from densekit.retriever.checkpoints import check_run_folder
+    from densekit.retriever.examples import training_groups
+    from densekit.retriever.search import first_stage as retrieve
+
+    from .data import load_dataset, resolve_dataset, select_queries
+
+    kinds = {RerankerConfig: LLMReranker, QLMConfig: QLMReranker, BlockRankConfig: BlockRanker}
+    if type(scorer) not in kinds:
+        raise TypeError(f"scorer must be one of {[c.__name__ for c in kinds]}, got {type(scorer).__name__}")
+    check_run_folder(out, resume, overwrite)  # before any data is loaded or encoded
+    ds = load_dataset(resolve_dataset(data), split)
+    queries = select_queries(ds.queries, max_queries)
+    run = retrieve(first_stage, ds.corpus, queries, depth, model=retriever_model, index_dir=index)
+    examples = training_groups(ds.corpus, queries, ds.qrels, run, depth)
+    reranker = kinds[type(scorer)].from_pretrained(model, scorer)
+    train(reranker, examples, out, config, resume=resume, overwrite=overwrite)
+    return {"model": str(Path(out) / "model"), "groups": len(examples), "objective": config.objective,
+            "kind": reranker.kind}
+
+
+def mine(data: str, out: str, config: MineConfig, split: str = "train", index: str | None = None,
+         model: str | None = None, overwrite: bool = False) -> dict:
+    """Mine hard negatives of the judged queries of ``split`` (``densekit.retriever.mining.mine_negatives``: the dense
+    ``index``, else BM25) into the JSONL training file ``out`` (checked before any work). Returns
+    ``{"out", "queries", "negatives"}``."""
+    from densekit.retriever.mining import mine_negatives, write_mined
+
+    from .data import load_dataset, resolve_dataset
+
+    check_file_target(out, overwrite)  # the output-path rule, before any work
+    ds = load_dataset(resolve_dataset(data), split)
+    negatives = mine_negatives(ds.corpus, ds.queries, ds.qrels, config, index, model)
+    count = write_mined(out, ds.queries, ds.qrels, negatives, config.relevance_level)
+    return {"out": out, "queries": count, "negatives": sum(map(len, negatives.values()))}

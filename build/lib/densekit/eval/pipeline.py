@@ -1,0 +1,181 @@
+"""Retrieve -> rerank -> evaluate, plus TREC run files and result tables.
+
+``evaluate(run, qrels, metrics)`` returns ``(per_query, means)``; like beir's
+``ignore_identical_ids`` it first drops any document whose id equals its query id.
+Run files use the TREC format ``qid Q0 docid rank score tag``, written atomically.
+"""
+from __future__ import annotations
+
+import json
+
+import math
+from pathlib import Path
+from typing import Iterable
+
+from . import metrics as M
+from densekit.retriever.runs import top_k  # noqa: F401  (re-exported)
+
+from .fusion import fuse  # noqa: F401  (re-exported)
+
+from .data import DataError, atomic_write_text
+
+from densekit.retriever.types import Qrels, Run
+
+DEFAULT_METRICS = ("ndcg@10", "mrr@10", "recall@100", "map@100", "p@10")
+
+
+def drop_identical_ids(run: Run) -> Run:
+    """Remove documents whose id equals the query id (beir's ``ignore_identical_ids``)."""
+    return {qid: {doc: s for doc, s in docs.items() if doc != qid} for qid, docs in run.items()}
+
+
+def evaluate(run: Run, qrels: Qrels, metrics: Iterable[str] = DEFAULT_METRICS, relevance_level: int = 1,
+             ignore_identical_ids: bool = True, auc_k: int | None = None) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
+    """Per-query values and their means over the queries present in both run and qrels.
+
+    This is pytrec_eval's convention (and beir's): a query of ``run`` with an empty ranking counts 0, a
+    query absent from ``run`` is not averaged at all. ``densekit eval`` therefore puts every evaluated
+    query into the run (empty when it has no hits). ``relevance_level`` must be >= 1 (ValueError).
+
+    With ``auc_k`` set, the means also hold ``auc@<k>``: the global ROC-AUC of relevant vs non-relevant
+    scores over every query's top ``auc_k`` (see ``metrics.roc_auc``).
+    """
+    M.check_relevance_level(relevance_level)
+    if ignore_identical_ids:
+        run = drop_identical_ids(run)
+    per_query = M.compute(qrels, run, list(metrics), relevance_level)
+    means = M.mean(per_query)
+    if auc_k is not None:
+        means[f"auc@{auc_k}"] = M.roc_auc(qrels, run, auc_k, relevance_level)
+    return per_query, means
+
+
+def check_trec_id(value: str, what: str = "id") -> str:
+    """A TREC run/qrels id: non-empty, no whitespace (the format is whitespace-separated columns).
+    Raise DataError naming the id otherwise."""
+    if not isinstance(value, str) or not value or any(ch.isspace() for ch in value):
+        raise DataError(f"cannot write {what} {value!r} to a TREC run file: ids must be non-empty and contain no "
+                        "whitespace (TREC files are whitespace-separated); rename it in the corpus/queries/qrels")
+    return value
+
+
+def write_run(path: str | Path, run: Run, tag: str = "densekit") -> None:
+    """Write a TREC run file (``qid Q0 docid rank score tag``), ranks in trec_eval order, atomically.
+
+    Ids are written as they are: a query or doc id that is empty or contains whitespace (space, tab,
+    newline ...) would make a line of the wrong column count, so it is refused with a DataError naming
+    it, before anything is written. Whitespace in ``tag`` is replaced by ``_``. A query with an empty
+    ranking has no line (TREC files cannot express it): ``trec_eval`` without ``-c`` then averages over
+    fewer queries than densekit, which counts it 0 (``trec_eval -c`` with qrels of the evaluated queries
+    gives densekit's figure).
+    """
+    tag = "_".join(str(tag).split()) or "densekit"
+    lines = []
+    for qid in sorted(run):
+        docs = run[qid]
+        check_trec_id(qid, "query id")
+        for doc in docs:
+            check_trec_id(doc, f"doc id (query {qid})")
+        for position, doc in enumerate(M.rank(docs), start=1):
+            lines.append(f"{qid} Q0 {doc} {position} {float(docs[doc])!r} {tag}\n")
+    atomic_write_text(path, "".join(lines))
+
+
+def read_run(path: str | Path) -> Run:
+    """Read a TREC run file; a malformed line, a NaN score or a repeated (query, doc) pair raises
+    DataError naming the file and line (trec_eval refuses duplicate docs too)."""
+    from densekit.retriever.io import lines as numbered_lines
+
+    path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder, not a TREC run file")
+    if not path.exists():
+        raise DataError(f"{path}: no such run file")
+    run: Run = {}
+    for number, line in numbered_lines(path):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != 6:
+            raise DataError(f"{path}:{number}: expected 6 columns 'qid Q0 docid rank score tag', got {len(fields)}")
+        try:
+            score = float(fields[4])
+        except ValueError:
+            raise DataError(f"{path}:{number}: score {fields[4]!r} is not a number") from None
+        if math.isnan(score):
+            raise DataError(f"{path}:{number}: score is NaN")
+        docs = run.setdefault(fields[0], {})
+        if fields[2] in docs:
+            raise DataError(f"{path}:{number}: doc {fields[2]!r} appears twice for query {fields[0]!r}")
+        docs[fields[2]] = score
+    return run
+
+
+def format_table(rows: dict[str, dict[str, float]], digits: int = 4) -> str:
+    """A Markdown table: one row per system, one column per metric."""
+    if not rows:
+        return ""
+    columns = list(dict.fromkeys(c for values in rows.values() for c in values))
+    lines = ["| system | " + " | ".join(columns) + " |", "| --- |" + " --- |" * len(columns)]
+    for system, values in rows.items():
+        cells = [f"{values[c]:.{digits}f}" if isinstance(values.get(c), float)
+                 else "n/a" if c in values and values[c] is None else str(values.get(c, "")) for c in columns]
+        lines.append(f"| {system} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def rerank_stage(run: Run, corpus: dict, queries: dict[str, str], reranker, top_k: int, batch_size: int = 8,
+                 mode: str | None = None, show_progress: bool = True) -> Run:
+    """Re-score each query's top ``top_k`` with ``reranker`` (a reranker, or a spec for
+    ``densekit.reranker.base.load_reranker``: ``qlm:<model>``, ``blockrank:<folder>``, a saved folder, ...);
+    ``mode`` is the kind's scoring mode (BlockRank: attention | decode)."""
+    from densekit.reranker.base import load_reranker
+
+    if isinstance(reranker, str):
+        reranker = load_reranker(reranker)
+    return reranker.rerank(run, corpus, queries, top_k=top_k, batch_size=batch_size, show_progress=show_progress, mode=mode)
+
+
+def tuning_split(folder: str | Path, split: str, requested: str | None = None) -> str:
+    """The split whose qrels choose a fusion weight for ``split``: ``requested``, else dl20 for dl19
+    (and back), else dev, else train. Never ``split`` itself."""
+    from .data import available_splits
+
+    splits = available_splits(folder)
+    if requested is not None:
+        if requested == split:
+            raise ValueError(f"--tune-split {requested!r} is the evaluated split: tuning on it would report a tuned score")
+        if requested not in splits:
+            raise ValueError(f"{folder} has no split {requested!r} to tune on; it has {', '.join(splits)}")
+        return requested
+    for candidate in {"dl19": ("dl20",), "dl20": ("dl19",)}.get(split, ("dev", "train")):
+        if candidate in splits and candidate != split:
+            return candidate
+    raise ValueError(f"--fuse auto needs a tuning split other than {split!r}, and {folder} has only "
+                     f"{', '.join(splits)}: pass --tune-split NAME or a fixed --fuse W")
+
+
+def tune_fusion(folder: str | Path, split: str, reranker, k: int, norm: str = "z", max_queries: int = 100,
+                retriever: str = "bm25", model: str | None = None, index_dir: str | None = None,
+                run_file: str | None = None, mode: str | None = None, batch_size: int = 8,
+                relevance_level: int = 1) -> tuple[float, int]:
+    """``(weight, queries used)``: the fusion weight with the best nDCG@10 on ``split``'s first
+    ``max_queries`` judged queries (sorted ids), their first stage's top ``k`` (``retriever``, or ``run_file``)
+    reranked by ``reranker``. Only ``split``'s qrels are read."""
+    from densekit.retriever.search import first_stage
+
+    from .data import load_dataset, select_queries
+    from .fusion import tune_weight
+
+    ds = load_dataset(folder, split)
+    queries = select_queries({q: t for q, t in ds.queries.items() if q in ds.qrels}, max_queries)
+    if run_file is not None:
+        saved = read_run(run_file)
+        run = {q: saved.get(q, {}) for q in queries}
+    else:
+        run = first_stage(retriever, ds.corpus, queries, k, model=model, index_dir=index_dir)
+    run = {q: {d: s for d, s in docs.items() if d in ds.corpus} for q, docs in top_k(run, k).items()}
+    reranked = rerank_stage(run, ds.corpus, queries, reranker, k, batch_size, mode)
+    weight, _ = tune_weight(run, reranked, {q: ds.qrels[q] for q in queries}, k, norm=norm,
+                            relevance_level=relevance_level)
+    return weight, len(queries)

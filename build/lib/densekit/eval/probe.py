@@ -1,0 +1,95 @@
+"""Where does a causal LM's attention rank documents? The zero-shot BlockRank probe.
+
+For each tuning query, one BlockRank prompt holds its candidates (in a seeded random order, so a
+document's position says nothing about its relevance) and one forward through every layer gives
+``BlockRanker.layer_masses``: per layer, per head, each document's attention mass from the query block.
+Every (layer, choice) ranks the candidates by a mass and is scored by nDCG@10 against the qrels:
+
+- signal tokens: the last 2 query-block tokens (the paper's) or every query-block token;
+- per-document mass: summed over the document's tokens (a long document collects more) or averaged;
+- heads: all heads averaged, or the ``k`` best heads. The best heads are chosen on one half of the
+  queries (alternating in sorted id order) and scored on the other, and the other way round, so the
+  table's figure for them is never measured on the queries that chose them.
+
+``probe`` returns one row per (layer, choice) with its mean nDCG@10 over the queries, plus the random-order
+figure; ``best_setting`` turns the best row into ``BlockRankConfig`` fields (heads then chosen on every
+tuning query).
+"""
+from __future__ import annotations
+
+import random
+from typing import Sequence
+
+import numpy as np
+
+from densekit.retriever.types import Qrels
+
+from .metrics import compute
+
+SIGNALS = {"last 2": 2, "all query": 0}   # signal_tokens of BlockRankConfig
+REDUCES = ("sum", "mean")                 # doc_mass of BlockRankConfig
+METRIC = "ndcg@10"
+
+
+def shuffled(doc_ids: Sequence[str], qid: str, seed: int = 0) -> list[str]:
+    """``doc_ids`` in a random order fixed by (seed, query id)."""
+    order = list(doc_ids)
+    random.Random(f"{seed}:{qid}").shuffle(order)
+    return order
+
+
+def per_query_ndcg(scores: dict[str, np.ndarray], docs: dict[str, list[str]], qrels: Qrels) -> dict[str, float]:
+    """nDCG@10 of each query's documents ranked by ``scores[qid]`` (one score per document)."""
+    run = {q: {d: float(s) for d, s in zip(docs[q], scores[q])} for q in scores}
+    return {q: v[METRIC] for q, v in compute({q: qrels.get(q, {}) for q in run}, run, [METRIC]).items()}
+
+
+def _best_heads(masses: dict[str, np.ndarray], docs, qrels, queries: list[str], k: int) -> list[int]:
+    """The ``k`` heads whose own ranking has the best mean nDCG@10 over ``queries`` (``masses[q]``: ``[heads, N]``)."""
+    heads = next(iter(masses.values())).shape[0]
+    means = [np.mean(list(per_query_ndcg({q: masses[q][h] for q in queries}, docs, qrels).values())) for h in range(heads)]
+    return sorted(int(h) for h in np.argsort(means)[::-1][:k])
+
+
+def probe(masses: dict[str, np.ndarray], docs: dict[str, list[str]], qrels: Qrels, k: int = 4) -> list[dict]:
+    """Rows ``{layer, signal, doc_mass, heads, ndcg@10}`` from ``masses[qid]`` = ``layer_masses`` as an array
+    ``[layers, 2 signals, 2 reduces, heads, N]`` and ``docs[qid]`` its documents in prompt order."""
+    queries = sorted(masses)
+    folds = [queries[0::2], queries[1::2]]
+    layers = next(iter(masses.values())).shape[0]
+    rows = []
+    for layer in range(layers):
+        for si, signal in enumerate(SIGNALS):
+            for ri, reduce in enumerate(REDUCES):
+                cut = {q: masses[q][layer, si, ri] for q in queries}
+                every = per_query_ndcg({q: m.mean(0) for q, m in cut.items()}, docs, qrels)
+                rows.append({"layer": layer, "signal": signal, "doc_mass": reduce, "heads": "all",
+                             METRIC: float(np.mean([every[q] for q in queries]))})
+                crossed = {}
+                for choose, score in (folds, folds[::-1]):
+                    heads = _best_heads(cut, docs, qrels, choose, k)
+                    crossed.update(per_query_ndcg({q: cut[q][heads].mean(0) for q in score}, docs, qrels))
+                rows.append({"layer": layer, "signal": signal, "doc_mass": reduce, "heads": f"best {k}",
+                             METRIC: float(np.mean([crossed[q] for q in queries]))})
+    return rows
+
+
+def best_setting(rows: list[dict], masses: dict[str, np.ndarray], docs, qrels: Qrels, k: int = 4) -> dict:
+    """``BlockRankConfig`` fields of the best row (ties: the earlier layer, then the simpler choice)."""
+    best = max(rows, key=lambda r: r[METRIC])
+    setting = {"score_layer": best["layer"], "signal_tokens": SIGNALS[best["signal"]], "doc_mass": best["doc_mass"],
+               "score_heads": None}
+    if best["heads"] != "all":
+        si, ri = list(SIGNALS).index(best["signal"]), REDUCES.index(best["doc_mass"])
+        cut = {q: m[best["layer"], si, ri] for q, m in masses.items()}
+        setting["score_heads"] = _best_heads(cut, docs, qrels, sorted(masses), k)
+    return setting
+
+
+def random_order_ndcg(docs: dict[str, list[str]], qrels: Qrels, shuffles: int = 10) -> float:
+    """Mean nDCG@10 of random orders of each query's documents (``shuffles`` seeds)."""
+    values = []
+    for seed in range(shuffles):
+        rng = np.random.default_rng(seed)
+        values += per_query_ndcg({q: rng.random(len(d)) for q, d in docs.items()}, docs, qrels).values()
+    return float(np.mean(values))

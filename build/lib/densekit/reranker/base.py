@@ -1,0 +1,256 @@
+"""The reranker interface, its registry, and what every causal-LM reranker shares.
+
+A reranker kind is a class with a ``kind`` name, registered with ``@register``, that implements
+``score_groups(groups, batch_size, show_progress, mode) -> scores`` over ``(query, [doc texts])``
+groups (higher is better). Everything else is generic and written once here:
+
+- ``rerank(reranker, run, ...)`` re-scores each query's top ``k`` and keeps the rest below;
+- ``load_reranker(spec)`` turns a CLI spec into a reranker: ``<kind>:<folder or model>``, a folder
+  saved by densekit (its ``reranker.json`` names the kind), or a bare causal LM (zero-shot pointwise).
+
+Causal-LM rerankers share loading (packaged name, folder, hub id; optional LoRA adapter), saving
+(adapter or full model + ``reranker.json`` naming the kind, base model and config, written
+atomically), left-padded batching and the tokenizer's leading special tokens.
+"""
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from dataclasses import asdict
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from densekit.retriever import models
+from densekit.retriever.io import DataError, atomic_dir
+from densekit.retriever.runs import rank
+from densekit.retriever.text import doc_text
+
+REGISTRY: dict[str, type] = {}
+DEFAULT_KIND = "pointwise"
+
+
+def register(cls: type) -> type:
+    """Class decorator: make ``cls`` loadable as ``<cls.kind>:<folder or model>``."""
+    REGISTRY[cls.kind] = cls
+    return cls
+
+
+def leading_special_tokens(tokenizer) -> list[int]:
+    """Ids the tokenizer puts in front of a text by itself (e.g. BOS), ``[]`` when none."""
+    with_special = tokenizer.encode("x", add_special_tokens=True)
+    plain = tokenizer.encode("x", add_special_tokens=False)
+    if plain and plain[0] in with_special:
+        return with_special[: with_special.index(plain[0])]
+    return []
+
+
+def rerank(reranker, run: dict, corpus: dict, queries: dict[str, str], top_k: int = 20, batch_size: int = 8,
+           show_progress: bool = True, mode: str | None = None) -> dict[str, dict[str, float]]:
+    """Re-score each query's top ``top_k`` (first-stage order) with ``reranker.score_groups``; the
+    documents below ``top_k`` keep their order under the reranked ones. Doc ids absent from the
+    corpus are dropped, with one warning giving the count."""
+    if top_k < 1:
+        raise ValueError(f"rerank top_k must be >= 1, got {top_k}")
+    heads, groups, tails, missing = {}, [], {}, 0
+    for qid, docs in run.items():
+        ranking = rank(docs)
+        heads[qid] = [d for d in ranking[:top_k] if d in corpus]
+        missing += sum(1 for d in ranking[:top_k] if d not in corpus)
+        tails[qid] = ranking[top_k:]
+        if heads[qid]:
+            groups.append((queries[qid], [doc_text(corpus[d]) for d in heads[qid]]))
+    if missing:
+        warnings.warn(f"rerank: skipped {missing} doc id(s) absent from the corpus", stacklevel=2)
+    scored = iter(reranker.score_groups(groups, batch_size=batch_size, show_progress=show_progress, mode=mode))
+    out: dict[str, dict[str, float]] = {}
+    for qid in run:
+        scores = next(scored) if heads[qid] else []
+        out[qid] = dict(zip(heads[qid], map(float, scores)))
+        floor = min(scores, default=0.0)
+        for position, doc in enumerate(tails[qid], start=1):
+            out[qid][doc] = floor - position
+    return out
+
+
+def _folder_kind(folder: Path) -> str | None:
+    """The kind a densekit reranker folder declares, None for a plain model folder; refuses folders
+    that hold no causal LM (e.g. a dual encoder), which would otherwise get a random LM head."""
+    saved = folder / "reranker.json"
+    if saved.exists():
+        try:
+            return json.loads(saved.read_text()).get("kind", DEFAULT_KIND)
+        except (json.JSONDecodeError, AttributeError) as err:
+            raise DataError(f"{saved}: not a valid reranker.json ({err}); re-save the reranker") from None
+    config = folder / "config.json"
+    if (folder / "modules.json").exists() or (folder / "densekit_encoder.json").exists():
+        raise DataError(f"{folder} holds a dual encoder, not a reranker: pass a causal LM or a folder saved by "
+                        "`densekit train reranker`")
+    if config.exists():
+        try:
+            arch = json.loads(config.read_text()).get("architectures") or []
+        except json.JSONDecodeError as err:
+            raise DataError(f"{config}: malformed JSON ({err.msg})") from None
+        if not any(a.endswith("ForCausalLM") for a in arch):
+            raise DataError(f"{folder} holds a {', '.join(arch) or 'model without architectures'}, not a causal LM: "
+                            "rerankers need a causal language model")
+    return None
+
+
+def load_reranker(spec: str):
+    """A reranker from a spec: ``<kind>:<folder or model>`` (kinds: ``REGISTRY``), a folder saved by
+    densekit (its ``reranker.json`` names the kind; a different explicit kind is refused), or a bare
+    causal LM name or folder (zero-shot ``pointwise``)."""
+    from . import blockrank, pointwise, qlm  # noqa: F401  (register the built-in kinds)
+
+    kind, _, rest = spec.partition(":")
+    if kind in REGISTRY and rest:
+        explicit, target = kind, rest
+    else:
+        explicit, target = None, spec
+    folder = Path(target)
+    saved = _folder_kind(folder) if folder.is_dir() else None
+    if saved is not None:
+        if explicit is not None and explicit != saved:
+            raise DataError(f"{folder} holds a {saved!r} reranker, not {explicit!r}: use {saved}:{folder}")
+        if saved not in REGISTRY:
+            raise DataError(f"{folder}/reranker.json names an unknown kind {saved!r}; known: {', '.join(sorted(REGISTRY))}")
+        return REGISTRY[saved].load(folder)
+    if folder.exists() and not folder.is_dir():
+        raise DataError(f"{folder} is a file, not a model folder or name")
+    return REGISTRY[explicit or DEFAULT_KIND].from_pretrained(target)
+
+
+class CausalLMRanker(torch.nn.Module):
+    """Base class: ``model`` (a causal LM, possibly a peft model), ``tokenizer``, ``config`` (a
+    dataclass of class ``config_class``) and ``name`` (the base model's canonical name).
+
+    Subclasses implement ``score_groups``; ``modes`` lists the scoring modes they accept (the first
+    is the default)."""
+
+    kind = "base"
+    config_class: type = object
+    modes: tuple[str, ...] = ("score",)
+    lower_cache = None
+
+    def __init__(self, model, tokenizer, config, name: str = ""):
+        super().__init__()
+        self.model, self.tokenizer, self.config, self.name = model, tokenizer, config, name
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str, config=None, adapter: str | None = None, dtype=torch.float32):
+        """A base causal LM (packaged name, folder or hub id), optionally with a saved LoRA adapter folder."""
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        path = models.resolve(name_or_path)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        if adapter is not None:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, adapter)
+            saved = Path(adapter) / "reranker.json"
+            if config is None and saved.exists():
+                config = cls.config_class(**json.loads(saved.read_text())["config"])
+        model.eval()
+        return cls(model, tokenizer, config, name=models.canonical_name(str(name_or_path)))
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike):
+        """Load a folder written by ``save`` (adapter + ``reranker.json`` naming the base model)."""
+        meta = json.loads((Path(folder) / "reranker.json").read_text())
+        if meta.get("kind", DEFAULT_KIND) != cls.kind:
+            raise DataError(f"{folder} holds a {meta.get('kind')!r} reranker, not {cls.kind!r}")
+        config = cls.config_class(**meta["config"])
+        if meta.get("full_model"):
+            return cls.from_pretrained(str(folder), config)
+        return cls.from_pretrained(meta["base_model"], config, adapter=str(folder))
+
+    def save(self, folder: str | os.PathLike, overwrite: bool = False) -> Path:
+        """Save the LoRA adapter (or the full model) plus ``reranker.json`` (kind, base model, config), atomically,
+        with ``densekit.json`` kind ``reranker``. An existing densekit reranker folder is replaced only with
+        ``overwrite`` (``densekit.retriever.io.check_target``); non-finite weights are refused before anything is written."""
+        bad = [n for n, t in self.model.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
+        if bad:
+            raise DataError(f"the {self.kind} reranker has non-finite weights in {len(bad)} tensor(s), e.g. "
+                            f"{', '.join(bad[:3])}: training diverged; nothing was saved")
+        with atomic_dir(folder, "reranker", overwrite) as tmp:
+            full = not hasattr(self.model, "peft_config")
+            self.model.save_pretrained(tmp)
+            if full:
+                self.tokenizer.save_pretrained(tmp)
+            (tmp / "reranker.json").write_text(json.dumps({"kind": self.kind, "base_model": self.name, "full_model": full,
+                                                           "config": asdict(self.config)}, indent=2))
+        return Path(folder)
+
+    # ------------------------------------------------------------ shared scoring plumbing
+    def check_mode(self, mode: str | None) -> str:
+        mode = mode or self.modes[0]
+        if mode not in self.modes:
+            raise ValueError(f"the {self.kind} reranker has no mode {mode!r}: use {' or '.join(self.modes)}")
+        return mode
+
+    def forward_lm(self, batch: dict[str, torch.Tensor], **kwargs):
+        """The causal LM's output for a ``left_padded`` batch; while training with a ``lower_cache``
+        (``layer_cache.LowerLayerCache``, set by ``train_reranker``) the frozen lower layers run once per prompt."""
+        if self.lower_cache is not None and self.model.training:
+            return self.lower_cache(self.model, batch, **kwargs)
+        return self.model(**batch, **kwargs)
+
+    def left_padded(self, ids: Sequence[list[int]]) -> dict[str, torch.Tensor]:
+        """Left-pad rows so that every row ends in the last column; ``position_ids`` count real tokens only."""
+        width = max(len(x) for x in ids)
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in ids])
+        mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids])
+        device = next(self.model.parameters()).device
+        positions = (mask.cumsum(1) - 1).clamp(min=0)
+        return {"input_ids": input_ids.to(device), "attention_mask": mask.to(device), "position_ids": positions.to(device)}
+
+    @staticmethod
+    def prompt_length(encoded) -> int:
+        """Length of what ``encode_pair`` returned (for length bucketing)."""
+        return len(encoded)
+
+    def score_pairs(self, pairs: Sequence[tuple[str, str]], batch_size: int = 8, show_progress: bool = False) -> list[float]:
+        """Scores of independent (query, document text) pairs, batched by length (pairwise kinds)."""
+        from tqdm.auto import tqdm
+
+        ids = [self.encode_pair(q, d) for q, d in pairs]
+        order = sorted(range(len(ids)), key=lambda i: -self.prompt_length(ids[i]))
+        scores = [0.0] * len(ids)
+        was = self.model.training
+        self.model.eval()
+        try:
+            with torch.inference_mode():
+                for start in tqdm(range(0, len(order), batch_size), desc=f"rerank {self.kind}", disable=not show_progress):
+                    rows = order[start:start + batch_size]
+                    for i, value in zip(rows, self.batch_scores([ids[i] for i in rows]).tolist()):
+                        scores[i] = value
+        finally:
+            self.model.train(was)
+        return scores
+
+    def score_groups(self, groups: Sequence[tuple[str, list[str]]], batch_size: int = 8, show_progress: bool = False,
+                     mode: str | None = None) -> list[list[float]]:
+        """Pairwise kinds: every (query, document) pair scored on its own, batched across groups."""
+        self.check_mode(mode)
+        flat = self.score_pairs([(q, d) for q, docs in groups for d in docs], batch_size, show_progress)
+        out, start = [], 0
+        for _, docs in groups:
+            out.append(flat[start:start + len(docs)])
+            start += len(docs)
+        return out
+
+    def score(self, query: str, docs: Sequence[str | dict], batch_size: int = 8) -> list[float]:
+        """Scores of one query's documents (dicts or texts)."""
+        return self.score_groups([(query, [doc_text(d) for d in docs])], batch_size)[0]
+
+    def rerank(self, run: dict, corpus: dict, queries: dict[str, str], top_k: int = 20, batch_size: int = 8,
+               show_progress: bool = True, mode: str | None = None) -> dict[str, dict[str, float]]:
+        """``rerank(self, ...)``: see the module function."""
+        return rerank(self, run, corpus, queries, top_k, batch_size, show_progress, mode)
