@@ -26,15 +26,12 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
 CHILD = r"""
 import json, os, sys, time
 import faiss
 faiss.omp_set_num_threads(1)
 from pathlib import Path
-from densekit.retriever.shards import merge_shards, shard_folders, check_shards, _pieces
+from densekit.retriever.shards import merge_shards, shard_folders, check_shards, pieces
 from densekit.retriever.index import Index
 
 def rss(field):
@@ -52,7 +49,7 @@ else:  # what build_index did before: every piece in memory, concatenated, then 
     import numpy as np
     infos = check_shards(shard_folders([work]))
     ids = [i for folder, _ in infos for i in json.loads((folder / "ids.json").read_text())]
-    vectors = np.concatenate([np.load(p) for folder, _ in infos for p in _pieces(folder)])
+    vectors = np.concatenate([np.load(p) for folder, _ in infos for p in pieces(folder)])
     index = Index.build(vectors, ids, factory, infos[0][1]["meta"])
     index.save(out)
 print(json.dumps({"seconds": round(time.time() - began, 1), "ntotal": index.ntotal, "vm_hwm": rss("VmHWM"),
@@ -86,10 +83,10 @@ def write_shards(work: Path, docs: int, dim: int, shards: int, chunk: int = 6553
 
 def measure(work: Path, out: Path, factory: str, mode: str, train_sample: int, add_batch: int) -> dict:
     shutil.rmtree(out, ignore_errors=True)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     done = subprocess.run([sys.executable, "-c", CHILD, str(work), str(out), factory, mode, str(train_sample), str(add_batch)],
-                          env=env, capture_output=True, text=True, cwd=ROOT)
+                          env=env, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"merge child failed:\n{done.stderr[-3000:]}")
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024  # KiB on Linux

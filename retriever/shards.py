@@ -265,7 +265,7 @@ def check_shards(folders: Sequence[Path]) -> list[tuple[Path, dict]]:
             raise BadIndexError(f"{folder}: covers docs {info['start']}-{info['stop']}, expected to start at {position}")
         position = info["stop"]
         rows = 0
-        for piece in _pieces(folder):
+        for piece in pieces(folder):
             shape = _npy_shape(piece)
             if len(shape) != 2 or shape[1] != info["dim"]:
                 raise BadIndexError(f"{piece}: vectors of shape {shape}, expected [rows, {info['dim']}]")
@@ -277,7 +277,8 @@ def check_shards(folders: Sequence[Path]) -> list[tuple[Path, dict]]:
     return infos
 
 
-def _pieces(folder: Path) -> list[Path]:
+def pieces(folder: Path) -> list[Path]:
+    """A shard folder's vector pieces (``vectors-NNNNN.npy``) in row order."""
     return sorted(folder.glob("vectors-*.npy"), key=lambda p: int(p.stem.split("-")[1]))
 
 
@@ -302,7 +303,7 @@ def _stream(infos: list[tuple[Path, dict]], add_batch: int) -> Iterator[tuple[np
     for folder, _ in infos:
         ids = json.loads((folder / "ids.json").read_text(encoding="utf-8"))
         offset = 0
-        for piece in _pieces(folder):
+        for piece in pieces(folder):
             rows = _npy_shape(piece)[0]
             for start in range(0, rows, add_batch):
                 stop = min(start + add_batch, rows)
@@ -315,11 +316,11 @@ def _stream(infos: list[tuple[Path, dict]], add_batch: int) -> Iterator[tuple[np
 def _sample(infos: list[tuple[Path, dict]], total: int, size: int, seed: int) -> np.ndarray:
     """``size`` rows drawn uniformly without replacement from all shards (all rows when ``size >= total``)."""
     if size >= total:
-        return np.concatenate([_read_rows(p, 0, _npy_shape(p)[0]) for f, _ in infos for p in _pieces(f)])
+        return np.concatenate([_read_rows(p, 0, _npy_shape(p)[0]) for f, _ in infos for p in pieces(f)])
     chosen = np.sort(np.random.default_rng(seed).choice(total, size, replace=False))
     parts, offset = [], 0
     for folder, _ in infos:
-        for piece in _pieces(folder):
+        for piece in pieces(folder):
             mapped = np.load(piece, mmap_mode="r")
             lo, hi = np.searchsorted(chosen, [offset, offset + len(mapped)])
             if hi > lo:
