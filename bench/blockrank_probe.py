@@ -24,7 +24,8 @@ import numpy as np
 
 from densekit.eval.data import load_dataset, resolve_dataset, select_queries
 from densekit.eval.plots import plot_heatmap
-from densekit.eval.probe import METRIC, REDUCES, SIGNALS, best_setting, probe, random_order_ndcg, shuffled
+from densekit.eval.probe import METRIC, REDUCES, SIGNALS, best_setting, probe, random_order_ndcg
+from densekit.eval.report import shuffled
 from densekit.retriever.search import first_stage
 
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import statistics
 import time
 from dataclasses import dataclass
@@ -36,7 +35,8 @@ from pathlib import Path
 from densekit.eval.data import load_dataset, resolve_dataset, select_queries
 from densekit.eval.fusion import fuse, tune_weight
 from densekit.eval.pipeline import evaluate, read_run, write_run
-from densekit.retriever.runs import rank, top_k
+from densekit.eval.report import random_order
+from densekit.retriever.runs import top_k
 
 METRIC = "ndcg@10"
 
@@ -119,21 +119,6 @@ def score(args) -> None:
 def read_scores(path: Path) -> tuple[dict, float]:
     rows = [json.loads(line) for line in path.read_text().splitlines()]
     return {r["qid"]: r["scores"] for r in rows}, sum(r["docs"] for r in rows) / sum(r["seconds"] for r in rows)
-
-
-def random_order(run: dict, qrels: dict, seeds: int = 10) -> dict[str, float]:
-    """Per-query nDCG@10 of a random permutation of the candidates, averaged over ``seeds`` shuffles."""
-    totals: dict[str, float] = {}
-    for seed in range(seeds):
-        rng = random.Random(seed)
-        shuffled = {}
-        for q, docs in run.items():
-            order = rank(docs)
-            rng.shuffle(order)
-            shuffled[q] = {d: float(len(order) - i) for i, d in enumerate(order)}
-        for q, v in evaluate(shuffled, qrels, [METRIC])[0].items():
-            totals[q] = totals.get(q, 0.0) + v[METRIC] / seeds
-    return totals
 
 
 def training_info(spec: str) -> dict | None:

@@ -17,25 +17,16 @@ tuning query).
 """
 from __future__ import annotations
 
-import random
-from typing import Sequence
-
 import numpy as np
 
 from densekit.retriever.types import Qrels
 
 from .metrics import compute
+from .report import random_order
 
 SIGNALS = {"last 2": 2, "all query": 0}   # signal_tokens of BlockRankConfig
 REDUCES = ("sum", "mean")                 # doc_mass of BlockRankConfig
 METRIC = "ndcg@10"
-
-
-def shuffled(doc_ids: Sequence[str], qid: str, seed: int = 0) -> list[str]:
-    """``doc_ids`` in a random order fixed by (seed, query id)."""
-    order = list(doc_ids)
-    random.Random(f"{seed}:{qid}").shuffle(order)
-    return order
 
 
 def per_query_ndcg(scores: dict[str, np.ndarray], docs: dict[str, list[str]], qrels: Qrels) -> dict[str, float]:
@@ -87,9 +78,8 @@ def best_setting(rows: list[dict], masses: dict[str, np.ndarray], docs, qrels: Q
 
 
 def random_order_ndcg(docs: dict[str, list[str]], qrels: Qrels, shuffles: int = 10) -> float:
-    """Mean nDCG@10 of random orders of each query's documents (``shuffles`` seeds)."""
-    values = []
-    for seed in range(shuffles):
-        rng = np.random.default_rng(seed)
-        values += per_query_ndcg({q: rng.random(len(d)) for q, d in docs.items()}, docs, qrels).values()
-    return float(np.mean(values))
+    """Mean over the queries of ``docs`` (``{qid: its documents}``) of ``report.random_order``'s nDCG@10
+    (``shuffles`` seeds); scored as the probe's rows: a query without qrels counts 0, identical ids kept."""
+    run = {q: {d: float(len(ds) - i) for i, d in enumerate(ds)} for q, ds in docs.items()}
+    chance = random_order(run, {q: qrels.get(q, {}) for q in docs}, METRIC, shuffles, ignore_identical_ids=False)
+    return float(np.mean(list(chance.values())))

@@ -13,11 +13,13 @@ queries (``pipeline.evaluate``: identical ids dropped, a query absent from a run
 - win / tie / loss: the number of queries where the system is above / equal to / below the baseline.
 
 ``to_markdown`` renders the result; ``plots.plot_differences`` draws the sorted per-query differences.
+``random_order`` gives the chance level of a reranker: the per-query metric of its candidates in random orders.
 """
 from __future__ import annotations
 
 import json
 import math
+import random
 import warnings
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -26,6 +28,7 @@ import numpy as np
 
 from .data import DataError
 
+from densekit.retriever.runs import rank
 from densekit.retriever.types import Qrels, Run
 
 DEFAULT_METRICS = ("ndcg@10", "mrr@10", "recall@100")
@@ -137,6 +140,44 @@ def compare(runs: dict[str, Run], qrels: Qrels, metrics: Iterable[str] = DEFAULT
                 systems[name]["tests"][m][test + "_holm"] = adjusted[name]
     return {"baseline": baseline, "metrics": metrics, "queries": qids, "permutations": permutations, "seed": seed,
             "relevance_level": relevance_level, "systems": systems, "per_query": per_query}
+
+
+def shuffled(doc_ids: Sequence[str], qid: str, seed: int = 0) -> list[str]:
+    """``doc_ids`` in a random order fixed by (``seed``, ``qid``) alone: ``random.Random(f"{seed}:{qid}")``."""
+    order = list(doc_ids)
+    random.Random(f"{seed}:{qid}").shuffle(order)
+    return order
+
+
+def random_order(run: Run, qrels: Qrels, metric: str = "ndcg@10", shuffles: int = 10, relevance_level: int = 1,
+                 seed: int = 0, top_k: int | None = None, ignore_identical_ids: bool = True) -> dict[str, float]:
+    """The chance level of a reranker: ``{qid: metric of the query's candidates in a random order, averaged over
+    shuffles}`` for the queries of ``run`` that have qrels (``pipeline.evaluate``'s convention).
+
+    Each query's candidates, taken in ranked order (``runs.rank``), are permuted uniformly at random
+    ``shuffles`` times; with ``top_k`` only the ``top_k`` best-scored ones are (what a reranker of the top
+    ``top_k`` reorders), the rest staying below them in their order. Shuffle ``i`` of query ``q`` is
+    ``shuffled(candidates, q, seed + i)``: it depends on neither the other queries nor their order, the result is
+    reproducible, and the mean of ``shuffles=1`` calls with seeds ``s, ..., s + n - 1`` is the ``shuffles=n,
+    seed=s`` call (the spread over shuffles of a mean over queries comes from such calls). The metric is
+    ``pipeline.evaluate``'s (``relevance_level``; a document whose id is the query's dropped first unless
+    ``ignore_identical_ids=False``)."""
+    from .pipeline import evaluate
+
+    if shuffles < 1:
+        raise ValueError(f"shuffles must be >= 1, got {shuffles}")
+    ranked = {q: rank(docs) for q, docs in run.items()}
+    cut = {q: len(docs) if top_k is None else min(top_k, len(docs)) for q, docs in ranked.items()}
+    totals: dict[str, float] = {}
+    for i in range(shuffles):
+        permuted = {}
+        for q, docs in ranked.items():
+            order = shuffled(docs[:cut[q]], q, seed + i) + docs[cut[q]:]
+            permuted[q] = {d: float(len(order) - j) for j, d in enumerate(order)}
+        per_query, _ = evaluate(permuted, qrels, [metric], relevance_level, ignore_identical_ids)
+        for q, values in per_query.items():
+            totals[q] = totals.get(q, 0.0) + values[metric]
+    return {q: total / shuffles for q, total in totals.items()}
 
 
 def read_runs(specs: Sequence[str]) -> dict[str, Run]:

@@ -185,3 +185,52 @@ def test_markdown_counts_absent_and_skipped_queries():
     text = report.to_markdown(report.compare({"base": runs["base"], "partial": partial}, qrels, permutations=50))
     assert "partial: 1 evaluated query absent from the run (counted 0), 1 run query not evaluated" in text
     assert text.count("| partial |") == 1 + 3 and "| base (baseline) |" in text
+
+
+# ---------------------------------------------------------------- random_order: the chance level of a reranker
+
+def test_random_order_of_all_relevant_candidates_is_one():
+    run = {"q": {f"d{i}": float(i) for i in range(5)}}
+    qrels = {"q": {f"d{i}": 1 for i in range(5)}}
+    assert report.random_order(run, qrels) == {"q": pytest.approx(1.0)}
+
+
+def test_random_order_of_two_documents_is_the_mean_over_both_orders():
+    """d1 relevant, d2 not: order (d1, d2) has nDCG@10 = 1, (d2, d1) has 1/log2(3); each has probability 1/2."""
+    run, qrels = {"q": {"d1": 2.0, "d2": 1.0}}, {"q": {"d1": 1}}
+    second = 1 / np.log2(3)
+    singles = [report.random_order(run, qrels, shuffles=1, seed=s)["q"] for s in range(40)]
+    assert all(v == pytest.approx(1.0) or v == pytest.approx(second) for v in singles)
+    assert any(v == pytest.approx(1.0) for v in singles) and any(v == pytest.approx(second) for v in singles)
+    # shuffles=n, seed=s is the mean of the n single shuffles with seeds s .. s+n-1
+    assert report.random_order(run, qrels, shuffles=40)["q"] == pytest.approx(np.mean(singles))
+    assert report.random_order(run, qrels, shuffles=4000)["q"] == pytest.approx((1 + second) / 2, abs=0.015)
+
+
+def test_random_order_is_reproducible_and_per_query():
+    qrels, runs = _synthetic(num_queries=6, docs=12)
+    run = runs["base"]
+    first = report.random_order(run, qrels, "ndcg@10", shuffles=3)
+    assert first == report.random_order(run, qrels, "ndcg@10", shuffles=3)
+    alone = report.random_order({"q3": run["q3"]}, qrels, "ndcg@10", shuffles=3)
+    assert alone == {"q3": first["q3"]}  # independent of the other queries
+    assert first != report.random_order(run, qrels, "ndcg@10", shuffles=3, seed=7)
+    with pytest.raises(ValueError, match="shuffles"):
+        report.random_order(run, qrels, shuffles=0)
+
+
+def test_random_order_top_k_keeps_the_rest_below_and_queries_without_qrels_are_left_out():
+    run = {"q": {"a": 3.0, "b": 2.0, "c": 1.0}, "unjudged": {"a": 1.0}}
+    qrels = {"q": {"c": 1}}
+    # only a and b are shuffled: c stays third, nDCG@10 = 1/log2(4) = 0.5 whatever the order of a and b
+    assert report.random_order(run, qrels, shuffles=5, top_k=2) == {"q": pytest.approx(0.5)}
+    # top_k = 1 keeps the first stage's order
+    assert report.random_order(run, qrels, "mrr@10", shuffles=3, top_k=1) == {"q": pytest.approx(1 / 3)}
+
+
+def test_probe_random_order_ndcg_is_the_mean_of_random_order_unjudged_queries_counting_zero():
+    from densekit.eval.probe import random_order_ndcg
+
+    docs, qrels = {"q": ["d2", "d1"], "unjudged": ["d1"]}, {"q": {"d1": 1}}
+    expected = report.random_order({"q": {"d1": 1.0, "d2": 2.0}}, qrels, shuffles=10)["q"] / 2
+    assert random_order_ndcg(docs, qrels) == pytest.approx(expected)
