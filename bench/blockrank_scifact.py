@@ -11,13 +11,18 @@ BlockRank decode (the decoded document first, the rest in first-stage order), wi
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
-from rerank_scifact import LLM, Setup, train_seconds
+from densekit.eval.pipeline import RerankTask, first_stage_groups
 from densekit.reranker.blockrank import BlockRanker
 from densekit.reranker.config import BlockRankConfig, RerankTrainConfig
 from densekit.reranker.train import train_reranker
+from densekit.retriever.checkpoints import read_train_log
+
+LLM = "HuggingFaceTB/SmolLM2-135M-Instruct"
+INDEX = "runs/bench-rerank/index-scifact-minilm"  # the dense index bench/rerank_scifact.py and bench/rerank.py use
 
 
 def main() -> None:
@@ -32,24 +37,28 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--modes", nargs="+", default=["attention", "decode"])
     p.add_argument("--out", default="runs/blockrank_scifact")
+    p.add_argument("--index", default=INDEX, help="dense index of the scifact corpus (built there when absent)")
     args = p.parse_args()
     k, out = args.rerank_top_k, Path(args.out)
 
-    setup = Setup.make(args.max_queries, k)
-    report = setup.reporter("blockrank_scifact")
-    report("dense (no rerank)", setup.first)
-    groups = setup.train_groups()
+    task = RerankTask.load("scifact", "test", k, args.max_queries, index_dir=args.index)
+
+    def report(system: str, run: dict, **extra) -> None:
+        print(json.dumps({"bench": "blockrank_scifact", **task.row(system, run, **extra)}), flush=True)
+
+    report("dense (no rerank)", task.first)
+    groups = first_stage_groups("scifact", "train", depth=30, index_dir=args.index)
     config = RerankTrainConfig(objective="blockrank", group_size=args.group_size, batch_size=1, lr=args.lr,
                                max_steps=args.steps, seed=args.seed, checkpoint_every=10, aux_weight=args.aux_weight)
     model = train_reranker(BlockRanker.from_pretrained(LLM, BlockRankConfig(doc_max_tokens=args.doc_max_tokens)),
                            groups, out / "train", config, resume=True)
-    train_s = train_seconds(out / "train" / "train_log.jsonl")
+    train_s = round(read_train_log(out / "train")["seconds"], 1)
     for mode in args.modes:
         start = time.perf_counter()
-        run = model.rerank(setup.first, setup.test.corpus, setup.queries, top_k=k, mode=mode, show_progress=False)
+        run = model.rerank(task.first, task.dataset.corpus, task.queries, top_k=k, mode=mode, show_progress=False)
         seconds = time.perf_counter() - start
         report(f"SmolLM2 BlockRank {mode} (LoRA r={config.lora_r}, {args.steps} steps x {args.group_size} docs)", run,
-               train_seconds=train_s, score_layer=model.score_layer, queries_per_s=round(len(setup.queries) / seconds, 3))
+               train_seconds=train_s, score_layer=model.score_layer, queries_per_s=round(len(task.queries) / seconds, 3))
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ from densekit.eval.data import load_dataset, resolve_dataset, select_queries
 from densekit.eval.fusion import fuse, tune_weight
 from densekit.eval.pipeline import evaluate, read_run, write_run
 from densekit.eval.report import random_order
+from densekit.retriever.checkpoints import read_train_log
 from densekit.retriever.runs import top_k
 
 METRIC = "ndcg@10"
@@ -129,12 +130,11 @@ def training_info(spec: str) -> dict | None:
     if not saved.exists():
         return None
     meta = json.loads(saved.read_text())
-    run_dir = folder.parent
-    config = json.loads((run_dir / "train_config.json").read_text())
-    log = [json.loads(line) for line in (run_dir / "train_log.jsonl").read_text().splitlines()]
+    run = read_train_log(folder.parent)
+    config = run["config"]
     return {"kind": meta["kind"], "base_model": meta["base_model"], "zero_shot": f"{meta['kind']}:{meta['base_model']}",
             "objective": config["objective"], "train_layers": config.get("train_layers"),
-            "groups_seen": log[-1]["step"] * config["batch_size"], "train_minutes": round(sum(r["seconds"] for r in log) / 60, 1)}
+            "groups_seen": run["steps"] * config["batch_size"], "train_minutes": round(run["seconds"] / 60, 1)}
 
 
 def report(args) -> None:

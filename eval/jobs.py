@@ -339,19 +339,14 @@ def train_reranker(data: str, out: str, config, scorer, model: str = "HuggingFac
     from densekit.reranker.qlm import QLMReranker
     from densekit.reranker.train import train_reranker as train
     from densekit.retriever.checkpoints import check_run_folder
-    from densekit.retriever.examples import training_groups
-    from densekit.retriever.search import first_stage as retrieve
 
-    from .data import load_dataset, resolve_dataset, select_queries
+    from .pipeline import first_stage_groups
 
     kinds = {RerankerConfig: LLMReranker, QLMConfig: QLMReranker, BlockRankConfig: BlockRanker}
     if type(scorer) not in kinds:
         raise TypeError(f"scorer must be one of {[c.__name__ for c in kinds]}, got {type(scorer).__name__}")
     check_run_folder(out, resume, overwrite)  # before any data is loaded or encoded
-    ds = load_dataset(resolve_dataset(data), split)
-    queries = select_queries(ds.queries, max_queries)
-    run = retrieve(first_stage, ds.corpus, queries, depth, model=retriever_model, index_dir=index)
-    examples = training_groups(ds.corpus, queries, ds.qrels, run, depth)
+    examples = first_stage_groups(data, split, depth, first_stage, retriever_model, index, max_queries)
     reranker = kinds[type(scorer)].from_pretrained(model, scorer)
     train(reranker, examples, out, config, resume=resume, overwrite=overwrite)
     return {"model": str(Path(out) / "model"), "groups": len(examples), "objective": config.objective,

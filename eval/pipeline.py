@@ -3,14 +3,17 @@
 ``evaluate(run, qrels, metrics)`` returns ``(per_query, means)``; like beir's
 ``ignore_identical_ids`` it first drops any document whose id equals its query id.
 Run files use the TREC format ``qid Q0 docid rank score tag``, written atomically.
+``RerankTask`` and ``first_stage_groups`` prepare a reranking experiment: the evaluated queries with their
+first-stage run, and training groups mined from a first stage.
 """
 from __future__ import annotations
 
 import json
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
 from . import metrics as M
 from densekit.retriever.runs import top_k  # noqa: F401  (re-exported)
@@ -179,3 +182,54 @@ def tune_fusion(folder: str | Path, split: str, reranker, k: int, norm: str = "z
     weight, _ = tune_weight(run, reranked, {q: ds.qrels[q] for q in queries}, k, norm=norm,
                             relevance_level=relevance_level)
     return weight, len(queries)
+
+
+@dataclass
+class RerankTask:
+    """A reranking experiment's data: ``dataset`` (one split), ``queries`` (its first ``max_queries`` queries,
+    sorted ids), ``first`` (their first-stage top ``depth``: ``densekit.retriever.search.first_stage``) and ``k``
+    (how many of each query's top candidates a reranker reorders)."""
+
+    dataset: Any
+    queries: dict[str, str]
+    first: Run
+    k: int
+
+    @classmethod
+    def load(cls, data: str, split: str, k: int, max_queries: int | None = None, depth: int = 100,
+             retriever: str = "dense", model: str | None = None, index_dir: str | None = None) -> "RerankTask":
+        """``data`` a dataset name or folder (``data.resolve_dataset``); the dense index is built in, or reused
+        from, ``index_dir`` (``first_stage``)."""
+        from densekit.retriever.search import first_stage
+
+        from .data import load_dataset, resolve_dataset, select_queries
+
+        ds = load_dataset(resolve_dataset(data), split)
+        queries = select_queries(ds.queries, max_queries)
+        first = first_stage(retriever, ds.corpus, queries, depth, model=model, index_dir=index_dir)
+        return cls(ds, queries, first, k)
+
+    def row(self, system: str, run: Run, **extra) -> dict:
+        """``{"system", "queries", "rerank_top_k", "ndcg@10", "recall@<k>", **extra}`` of ``run`` (metrics rounded
+        to 4 digits; recall@k is unchanged by reranking the top k: a check)."""
+        _, means = evaluate(run, self.dataset.qrels, ["ndcg@10", f"recall@{self.k}"])
+        return {"system": system, "queries": len(self.queries), "rerank_top_k": self.k,
+                **{m: round(v, 4) for m, v in means.items()}, **extra}
+
+
+def first_stage_groups(data: str, split: str = "train", depth: int = 30, retriever: str = "dense",
+                       model: str | None = None, index_dir: str | None = None,
+                       max_queries: int | None = None) -> list[dict]:
+    """Reranker training groups (``densekit.retriever.examples.training_groups``) of ``split``'s first
+    ``max_queries`` queries (sorted ids; all by default): their qrels positives, and negatives from the
+    ``retriever`` (dense or bm25) top ``depth`` (``first_stage``; the dense index built in, or reused from,
+    ``index_dir``)."""
+    from densekit.retriever.examples import training_groups
+    from densekit.retriever.search import first_stage
+
+    from .data import load_dataset, resolve_dataset, select_queries
+
+    ds = load_dataset(resolve_dataset(data), split)
+    queries = select_queries(ds.queries, max_queries)
+    run = first_stage(retriever, ds.corpus, queries, depth, model=model, index_dir=index_dir)
+    return training_groups(ds.corpus, queries, ds.qrels, run, depth)

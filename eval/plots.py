@@ -1,5 +1,6 @@
 """Plots of evaluation results (matplotlib, headless): ROC curves of several systems on one figure; sorted
-per-query differences of systems vs a baseline (``report.compare``)."""
+per-query differences of systems vs a baseline (``report.compare``); learning curves; heat maps; the SFT / CL
+gradient weights logged by pointwise reranker training."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -104,4 +105,27 @@ def plot_heatmap(values, row_labels: list[str], col_labels: list[str], path: str
     ax.add_patch(plt.Rectangle((c - 0.5, r - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2))
     ax.set_title(title, fontsize=8)
     fig.colorbar(image, ax=ax, label=label)
+    return _save(fig, path)
+
+
+def plot_gradient_weights(logs: dict[str, list[dict]], path: str | Path) -> Path:
+    """The per-step SFT and CL gradient weights of pointwise reranker training runs, one panel per weight kind
+    (the SFT / CL analysis of the paper, in small): for each run (``{name: the rows of its train_log.jsonl}``,
+    e.g. ``checkpoints.read_train_log(run_dir)["log"]``), the mean weight of the positive (solid) and of the
+    negatives (dashed) per step, read from the rows' ``w_sft_pos``, ``w_sft_neg``, ``w_cl_pos``, ``w_cl_neg``;
+    saved as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=False)
+    for ax, kind in zip(axes, ("sft", "cl")):
+        for run, rows in logs.items():
+            steps = [r["step"] for r in rows]
+            ax.plot(steps, [r[f"w_{kind}_pos"] for r in rows], label=f"{run} run: positive")
+            ax.plot(steps, [r[f"w_{kind}_neg"] for r in rows], linestyle="--", label=f"{run} run: negatives")
+        ax.set_title(f"{kind.upper()} gradient weight per example")
+        ax.set_xlabel("step")
+        ax.legend(fontsize=8)
     return _save(fig, path)

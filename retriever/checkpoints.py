@@ -164,6 +164,17 @@ def _remove_partial_checkpoints(out: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _log_lines(log_path: Path):
+    """``(line, row)`` of each whole line of a training log; a line cut short by a kill, or without a step, is passed over."""
+    for line in Path(log_path).read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+            row["step"]
+        except (ValueError, KeyError, TypeError):
+            continue
+        yield line, row
+
+
 def truncate_log(log_path: Path, step: int) -> None:
     """Keep the log lines of steps ``<= step`` (drops steps past the resumed checkpoint and a line cut
     short by a kill), so a resumed log never repeats a step; ``step == 0`` removes the log."""
@@ -171,14 +182,27 @@ def truncate_log(log_path: Path, step: int) -> None:
     if step == 0 or not log_path.exists():
         log_path.unlink(missing_ok=True)
         return
-    kept = []
-    for line in log_path.read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            if json.loads(line)["step"] <= step:
-                kept.append(line)
-        except (ValueError, KeyError, TypeError):
-            continue
+    kept = [line for line, row in _log_lines(log_path) if row["step"] <= step]
     atomic_write_text(log_path, "".join(line + "\n" for line in kept))
+
+
+def read_train_log(run_dir: str | os.PathLike) -> dict:
+    """What a training run folder (retriever or reranker) records of its training::
+
+        {"steps": the last logged step (0 when nothing is logged yet),
+         "seconds": the logged step times summed: a resumed run's whole training cost, since a resume keeps
+                    the log lines of the steps before it,
+         "config": train_config.json as a dict,
+         "log": the rows of train_log.jsonl (one per optimizer step: "step", "loss", "lr", "seconds", ...)}
+
+    A log line cut short by a kill is passed over; a folder without ``train_config.json`` raises DataError."""
+    run_dir = Path(run_dir)
+    config_path, log_path = run_dir / "train_config.json", run_dir / "train_log.jsonl"
+    if not config_path.is_file():
+        raise DataError(f"{run_dir}: no train_config.json, not a densekit training run folder")
+    rows = [row for _, row in _log_lines(log_path)] if log_path.exists() else []
+    return {"steps": rows[-1]["step"] if rows else 0, "seconds": sum(row.get("seconds", 0.0) for row in rows),
+            "config": json.loads(config_path.read_text(encoding="utf-8")), "log": rows}
 
 
 def check_finite_loss(value: float, step: int, config: dict, keys: tuple[str, ...], what: str = "loss") -> None:

@@ -84,3 +84,35 @@ def test_scifact_bm25_cli(beir_data, capsys):
     assert main(["eval", "--data", str(beir_data / "scifact"), "--retriever", "bm25", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["ndcg@10"] >= 0.68 and out["num_queries"] == 300
+
+
+def test_rerank_task_and_first_stage_groups_share_one_dense_index(tiny_beir, tiny_bert, tmp_path):
+    """The scifact benches' data preparation: evaluated queries + first stage, and training groups from another
+    split of the same corpus through the same index folder."""
+    from densekit.eval.pipeline import RerankTask, first_stage_groups
+    from densekit.retriever.examples import training_groups
+    from densekit.retriever.search import first_stage
+
+    index = str(tmp_path / "index")
+    task = RerankTask.load(str(tiny_beir), "test", k=2, max_queries=2, depth=4, model=str(tiny_bert), index_dir=index)
+    test = load_dataset(tiny_beir, "test")
+    assert list(task.queries) == sorted(test.queries)[:2] and task.k == 2
+    assert task.first == first_stage("dense", test.corpus, task.queries, 4, model=str(tiny_bert), index_dir=index)
+    assert all(len(docs) == 4 for docs in task.first.values())
+    row = task.row("dense", task.first, extra=1)
+    _, means = evaluate(task.first, test.qrels, ["ndcg@10", "recall@2"])
+    assert row == {"system": "dense", "queries": 2, "rerank_top_k": 2, "ndcg@10": round(means["ndcg@10"], 4),
+                   "recall@2": round(means["recall@2"], 4), "extra": 1}
+
+    groups = first_stage_groups(str(tiny_beir), "train", depth=4, model=str(tiny_bert), index_dir=index)  # index reused
+    train = load_dataset(tiny_beir, "train")
+    run = first_stage("dense", train.corpus, train.queries, 4, model=str(tiny_bert), index_dir=index)
+    assert groups == training_groups(train.corpus, train.queries, train.qrels, run, 4) and groups
+
+
+def test_plot_gradient_weights_writes_a_png(tmp_path):
+    from densekit.eval.plots import plot_gradient_weights
+
+    rows = [{"step": s, "w_sft_pos": 0.5, "w_sft_neg": 0.1, "w_cl_pos": 0.9 - 0.1 * s, "w_cl_neg": 0.05} for s in (1, 2, 3)]
+    path = plot_gradient_weights({"SFT": rows, "CL": rows}, tmp_path / "plots" / "weights.png")
+    assert path == tmp_path / "plots" / "weights.png" and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

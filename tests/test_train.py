@@ -7,6 +7,7 @@ import torch
 from densekit.eval.cli import main
 from densekit.retriever import examples as ex
 from densekit.retriever.encoder import DualEncoder
+from densekit.retriever.checkpoints import read_train_log
 from densekit.retriever.io import DataError
 from densekit.retriever.mining import select_negatives, write_mined
 from densekit.retriever.config import TrainConfig
@@ -57,6 +58,22 @@ def test_resume_reproduces_uninterrupted_run(tiny_bert, tmp_path):
         assert torch.allclose(a, b, atol=1e-6), name
     steps = [json.loads(l)["step"] for l in (tmp_path / "b" / "train_log.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 10))
+    info = read_train_log(tmp_path / "b")  # the resumed run's whole cost: the 5 steps before the resume are kept
+    assert info["steps"] == 9 and info["config"]["batch_size"] == 4 and [r["step"] for r in info["log"]] == steps
+    assert info["seconds"] == pytest.approx(sum(r["seconds"] for r in info["log"]))
+
+
+def test_read_train_log(tmp_path):
+    run = tmp_path / "run"
+    with pytest.raises(DataError, match="train_config.json"):
+        read_train_log(run)
+    run.mkdir()
+    (run / "train_config.json").write_text(json.dumps({"objective": "cl", "batch_size": 2}))
+    assert read_train_log(run) == {"steps": 0, "seconds": 0, "config": {"objective": "cl", "batch_size": 2}, "log": []}
+    rows = [{"step": 1, "loss": 2.0, "seconds": 1.5}, {"step": 2, "loss": 1.0, "seconds": 2.25}]
+    (run / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 3, "lo')  # cut by a kill
+    info = read_train_log(run)
+    assert info["steps"] == 2 and info["seconds"] == 3.75 and info["log"] == rows
 
 
 def _no_dropout(encoder):
