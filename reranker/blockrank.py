@@ -350,8 +350,14 @@ class BlockRanker(CausalLMRanker):
         return {"hidden": hidden, "mass": _doc_mass(probs, lens, self.setting("doc_mass"), self.setting("score_heads"))}
 
     # ------------------------------------------------------------ training
-    def loss(self, prompt: BlockPrompt, positive: int, aux_weight: float = 0.1, temperature: float = 0.05) -> tuple[torch.Tensor, dict]:
-        """``LM cross-entropy(answer tokens) + aux_weight * InfoNCE(mass / temperature, positive)``."""
+    def loss(self, prompt: BlockPrompt, positive: int, aux_weight: float = 0.1, temperature: float = 0.05,
+             aux_only: bool = False) -> tuple[torch.Tensor, dict]:
+        """``LM cross-entropy(answer tokens) + aux_weight * InfoNCE(mass / temperature, positive)``; with
+        ``aux_only`` the InfoNCE alone, and the layers above the scoring layer never run."""
+        if aux_only:
+            mass = self.doc_mass(prompt, self.forward_blocks(prompt)["capture"])
+            aux = F.cross_entropy((mass / temperature)[None], torch.tensor([positive], device=mass.device))
+            return aux, {"lm": 0.0, "aux": aux.item(), "hit": int(mass.argmax().item() == positive)}
         if not prompt.answer:
             raise ValueError("the prompt has no answer tokens (build_prompt(..., answer=i))")
         out = self.forward_blocks(prompt, n_layers=self.n_layers)

@@ -324,3 +324,36 @@ def test_probe_finds_the_planted_signal():
     assert all(r["ndcg@10"] < 1.0 for r in rows if r is not best)
     assert best_setting(rows, masses, docs, qrels, k=1) == {"score_layer": 2, "signal_tokens": 2, "doc_mass": "sum",
                                                              "score_heads": [1]}
+
+
+def test_aux_only_training_never_runs_or_changes_layers_above_the_scoring_layer(tmp_path):
+    """4 layers, scoring layer 1: aux-only LoRA lands on layers 0-1 only, layers 2-3 never run in training (a
+    forward hook would see them), their weights stay bit-identical, and the attention loss falls."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from densekit.retriever.models import resolve
+
+    torch.manual_seed(2)
+    tok = AutoTokenizer.from_pretrained(resolve("sentence-transformers/all-MiniLM-L6-v2"))
+    cfg = LlamaConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
+                      num_key_value_heads=2, intermediate_size=64, max_position_embeddings=1024, pad_token_id=tok.pad_token_id)
+    model = LlamaForCausalLM(cfg)
+    r = BlockRanker(model, tok, BlockRankConfig(doc_max_tokens=8, score_layer=1))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    ran = []
+    hooks = [layer.register_forward_hook(lambda m, a, o, i=i: ran.append(i)) for i, layer in enumerate(model.model.layers)]
+    examples = [{"query": f"topic {i} question", "positives": [f"topic {i} answer text"],
+                 "negatives": [f"unrelated {j} words" for j in range(5)]} for i in range(4)]
+    config = RerankTrainConfig(objective="blockrank", group_size=4, batch_size=2, lr=5e-3, epochs=6, lora_r=8,
+                               checkpoint_every=100, aux_only=True)
+    trained = train_reranker(r, examples, tmp_path / "br", config, show_progress=False)
+    for h in hooks:
+        h.remove()
+    assert ran and set(ran) == {0, 1}
+    names = [n for n, _ in trained.model.named_parameters() if "lora_" in n]
+    assert names and all(".layers.0." in n or ".layers.1." in n for n in names)
+    after = trained.model.merge_and_unload().state_dict()
+    for key in (k for k in before if ".layers.2." in k or ".layers.3." in k):
+        assert torch.equal(before[key], after[key]), key
+    log = [json.loads(line) for line in (tmp_path / "br" / "train_log.jsonl").read_text().splitlines()]
+    assert all(x["lm"] == 0.0 for x in log) and sum(x["aux"] for x in log[-3:]) < sum(x["aux"] for x in log[:3])
