@@ -33,7 +33,8 @@ CONFIGS = {
 NOT_FLAGS = {
     ("train", "retriever"): {"extra": "a free-form dict for library callers; no flag can express it"},
     ("train", "reranker"): {"aux_weight": "BlockRank's attention loss: `densekit train blockrank`",
-                            "aux_temperature": "BlockRank's attention loss: `densekit train blockrank`"},
+                            "aux_temperature": "BlockRank's attention loss: `densekit train blockrank`",
+                            "aux_only": "BlockRank's attention loss: `densekit train blockrank`"},
     ("train", "blockrank"): {"objective": "the subcommand sets objective='blockrank'",
                              "weight": "the unified objective's: `densekit train reranker`",
                              "direction": "the unified objective's: `densekit train reranker`",

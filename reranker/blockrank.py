@@ -31,6 +31,7 @@ LM cross-entropy on the answer tokens + ``lambda * aux`` (lambda ~ 0.1).
 """
 from __future__ import annotations
 
+import inspect
 import random
 import re
 from dataclasses import dataclass, field
@@ -136,12 +137,34 @@ def _capturing_attention(module, query, key, value, attention_mask, **kwargs):
 
     capture = kwargs.pop("blockrank_capture", None)
     if capture is not None:
-        entry = dict(query=query, key=key, scaling=module.scaling, groups=module.num_key_value_groups)
+        entry = dict(query=query, key=key, scaling=module.scaling, groups=module.num_key_value_groups,
+                     window=getattr(module, "sliding_window", None))
         if module.layer_idx == capture["layer"]:
             capture.update(entry)
         if capture.get("every") is not None:  # the probe: every layer's
             capture["every"][module.layer_idx] = entry
     return ALL_ATTENTION_FUNCTIONS["sdpa"](module, query, key, value, attention_mask, **kwargs)
+
+
+# Decoder stacks whose layers the efficient path runs (embed_tokens, rotary_emb, layers(h, attention_mask,
+# position_ids, past_key_values, position_embeddings)); Gemma-3 adds per-layer-type rotary and sliding windows.
+SUPPORTED_FAMILIES = {"llama", "mistral", "qwen2", "qwen3", "gemma3_text"}
+
+
+def layer_masks(allowed: torch.Tensor, positions: torch.Tensor, key_positions: torch.Tensor,
+                windows: dict[str, int | None]) -> dict[str, torch.Tensor]:
+    """Per layer type, the boolean mask ``[batch, rows, keys]``: ``allowed`` for full attention; for a
+    sliding-window type of window ``w``, also ``position(row) - position(key) < w``. The window is measured in
+    BlockRank's position ids (documents restart after the instruction), the distances the model's rotary
+    embeddings see, so a sliding layer of the query block reaches every document within ``w`` positions."""
+    out = {}
+    for layer_type, window in windows.items():
+        if window is None:
+            out[layer_type] = allowed
+        else:
+            near = (positions[:, :, None] - key_positions[:, None, :]) < window
+            out[layer_type] = allowed & near
+    return out
 
 
 def _additive(mask: torch.Tensor, dtype) -> torch.Tensor:
@@ -169,9 +192,19 @@ def _signal_probs(entry: dict, prompt: BlockPrompt, signal_tokens: int) -> torch
     """``[heads, signals, doc tokens]``: softmax over document tokens only of the signal rows' attention
     logits, from one layer's captured (rotated) queries of the tail and keys of the whole sequence."""
     L0, n_docs = len(prompt.instruction), sum(len(d) for d in prompt.docs)
-    q = entry["query"][0, :, prompt.signal_rows(signal_tokens)]
+    rows = prompt.signal_rows(signal_tokens)
+    q = entry["query"][0, :, rows]
     k = entry["key"][0, :, L0:L0 + n_docs].repeat_interleave(entry["groups"], dim=0)
-    return torch.softmax((q @ k.transpose(-1, -2)).float() * entry["scaling"], dim=-1)
+    logits = (q @ k.transpose(-1, -2)).float() * entry["scaling"]
+    if entry.get("window"):  # a sliding-window layer: the documents its window reaches (``layer_masks``)
+        positions = prompt.positions()
+        tail = positions[len(positions) - len(prompt.tail):]
+        near = (torch.tensor([tail[r] for r in rows])[:, None] - torch.tensor(positions[L0:L0 + n_docs])[None]) < entry["window"]
+        if not near.any(dim=1).all():
+            raise ValueError(f"the scoring layer's sliding window ({entry['window']} positions) does not reach the documents "
+                             "from the query block: score at a full-attention layer or cut the documents shorter")
+        logits = logits.masked_fill(~near.to(logits.device), float("-inf"))
+    return torch.softmax(logits, dim=-1)
 
 
 # Scoring defaults per packaged model, chosen by the zero-shot probe (bench/blockrank_probe.py) on its tuning
@@ -191,6 +224,16 @@ class BlockRanker(CausalLMRanker):
         from transformers import AttentionInterface
 
         super().__init__(model, tokenizer, config or BlockRankConfig(), name)
+        family = getattr(self._base().config, "model_type", "?")
+        if family not in SUPPORTED_FAMILIES:
+            raise ValueError(f"BlockRank's efficient path runs the decoder layers of {', '.join(sorted(SUPPORTED_FAMILIES))} "
+                             f"models, not {family!r} ({type(self._base()).__name__}): use the pointwise or qlm reranker")
+        inner = self._base().model
+        n = len(inner.layers)
+        self.layer_types = list(getattr(self._base().config, "layer_types", None) or ["full_attention"] * n)
+        window = getattr(self._base().config, "sliding_window", None)
+        self.windows = {t: (window if t == "sliding_attention" else None) for t in set(self.layer_types)}
+        self._typed_rotary = "layer_type" in inspect.signature(inner.rotary_emb.forward).parameters
         AttentionInterface.register(ATTENTION_NAME, _capturing_attention)
         self._base().set_attn_implementation(ATTENTION_NAME)
         self._bos = leading_special_tokens(tokenizer)
@@ -243,16 +286,21 @@ class BlockRanker(CausalLMRanker):
         return prompt
 
     # ------------------------------------------------------------ the two paths
-    def _run(self, ids, positions, allowed, cache, n_layers, capture=None) -> torch.Tensor:
+    def _run(self, ids, positions, allowed, cache, n_layers, key_positions, capture=None) -> torch.Tensor:
         """Embed ``ids`` and run decoder layers ``0 .. n_layers-1`` with the boolean mask ``allowed``
-        ``[batch, rows, keys]``; keys/values go through ``cache``."""
+        ``[batch, rows, keys]``; keys/values go through ``cache``. ``key_positions`` ``[batch, keys]``: the
+        position ids of the keys, for sliding-window layers (``layer_masks``)."""
         inner = self._base().model
         h = inner.embed_tokens(ids)
-        pe = inner.rotary_emb(h, positions)
-        mask = _additive(allowed, h.dtype).to(h.device)[:, None]
+        types = self.layer_types
+        masks = {t: _additive(m, h.dtype).to(h.device)[:, None]
+                 for t, m in layer_masks(allowed, positions.cpu(), key_positions.cpu(), self.windows).items()}
+        pe = {t: (inner.rotary_emb(h, positions, t) if self._typed_rotary else inner.rotary_emb(h, positions))
+              for t in set(types[:n_layers])}
         extra = {"blockrank_capture": capture} if capture is not None else {}
-        for layer in inner.layers[:n_layers]:
-            h = layer(h, attention_mask=mask, position_ids=positions, past_key_values=cache, position_embeddings=pe, **extra)
+        for i, layer in enumerate(inner.layers[:n_layers]):
+            h = layer(h, attention_mask=masks[types[i]], position_ids=positions, past_key_values=cache,
+                      position_embeddings=pe[types[i]], **extra)
         return h
 
     def forward_blocks(self, prompt: BlockPrompt, n_layers: int | None = None, every_layer: bool = False) -> dict:
@@ -267,7 +315,7 @@ class BlockRanker(CausalLMRanker):
         # 1) instruction, causal
         c1 = _PrefixCache()
         self._run(torch.tensor([prompt.instruction], device=device), torch.arange(L0, device=device)[None],
-                  torch.ones(L0, L0, dtype=torch.bool).tril()[None], c1, n_layers)
+                  torch.ones(L0, L0, dtype=torch.bool).tril()[None], c1, n_layers, torch.arange(L0)[None])
         # 2) doc blocks, ``doc_batch`` at a time, against the instruction's keys/values; each batch's
         #    new keys/values are kept without their padding, in document order
         pad = self.tokenizer.pad_token_id
@@ -279,7 +327,8 @@ class BlockRanker(CausalLMRanker):
             width = max(plens)
             ids = torch.tensor([d + [pad] * (width - len(d)) for d in part.docs], device=device)
             c2 = _PrefixCache(instruction_kv)
-            self._run(ids, (L0 + torch.arange(width, device=device)).expand(len(plens), width), doc_masks(part), c2, n_layers)
+            self._run(ids, (L0 + torch.arange(width, device=device)).expand(len(plens), width), doc_masks(part), c2, n_layers,
+                      torch.cat([torch.arange(L0), L0 + torch.arange(width)])[None].expand(len(plens), -1))
             valid = (torch.arange(width)[None, :] < torch.tensor(plens)[:, None]).reshape(-1).to(device)
             for i in range(n_layers):  # [n, kv, width, d] -> [1, kv, real tokens, d]
                 k, v = c2.new.pop(i)
@@ -298,8 +347,9 @@ class BlockRanker(CausalLMRanker):
         start = L0 + Ld
         capture = {"layer": self.score_layer, "every": {} if every_layer else None}
         c3 = _PrefixCache(prefix)
+        keys = torch.tensor(prompt.positions()[:n_prefix] + list(range(start, start + len(tail))))[None]
         hidden = self._run(torch.tensor([tail], device=device), (start + torch.arange(len(tail), device=device))[None],
-                           allowed, c3, n_layers, capture)
+                           allowed, c3, n_layers, keys, capture)
         return {"hidden": hidden, "capture": capture, "cache": c3, "n_layers": n_layers}
 
     def doc_mass(self, prompt: BlockPrompt, capture: dict) -> torch.Tensor:
@@ -331,10 +381,13 @@ class BlockRanker(CausalLMRanker):
         base = self._base()
         device = next(self.model.parameters()).device
         ids = torch.tensor([prompt.ids()], device=device)
-        mask = _additive(dense_mask(prompt), torch.float32)[None, None].to(device)
+        positions = torch.tensor([prompt.positions()])
+        masks = {t: _additive(m, torch.float32)[:, None].to(device)
+                 for t, m in layer_masks(dense_mask(prompt)[None], positions, positions, self.windows).items()}
+        mask = masks if set(masks) != {"full_attention"} else masks["full_attention"]
         base.set_attn_implementation("eager")
         try:
-            out = base.model(input_ids=ids, attention_mask=mask, position_ids=torch.tensor([prompt.positions()], device=device),
+            out = base.model(input_ids=ids, attention_mask=mask, position_ids=positions.to(device),
                              output_attentions=True, output_hidden_states=True)
         finally:
             base.set_attn_implementation(ATTENTION_NAME)
@@ -350,8 +403,14 @@ class BlockRanker(CausalLMRanker):
         return {"hidden": hidden, "mass": _doc_mass(probs, lens, self.setting("doc_mass"), self.setting("score_heads"))}
 
     # ------------------------------------------------------------ training
-    def loss(self, prompt: BlockPrompt, positive: int, aux_weight: float = 0.1, temperature: float = 0.05) -> tuple[torch.Tensor, dict]:
-        """``LM cross-entropy(answer tokens) + aux_weight * InfoNCE(mass / temperature, positive)``."""
+    def loss(self, prompt: BlockPrompt, positive: int, aux_weight: float = 0.1, temperature: float = 0.05,
+             aux_only: bool = False) -> tuple[torch.Tensor, dict]:
+        """``LM cross-entropy(answer tokens) + aux_weight * InfoNCE(mass / temperature, positive)``; with
+        ``aux_only`` the InfoNCE alone, and the layers above the scoring layer never run."""
+        if aux_only:
+            mass = self.doc_mass(prompt, self.forward_blocks(prompt)["capture"])
+            aux = F.cross_entropy((mass / temperature)[None], torch.tensor([positive], device=mass.device))
+            return aux, {"lm": 0.0, "aux": aux.item(), "hit": int(mass.argmax().item() == positive)}
         if not prompt.answer:
             raise ValueError("the prompt has no answer tokens (build_prompt(..., answer=i))")
         out = self.forward_blocks(prompt, n_layers=self.n_layers)
@@ -387,6 +446,7 @@ class BlockRanker(CausalLMRanker):
         cache, hidden = out["cache"], out["hidden"]
         device = hidden.device
         position = len(prompt.instruction) + max(len(d) for d in prompt.docs) + len(prompt.tail)
+        key_positions = prompt.positions()
         generated: list[int] = []
         for _ in range(max_new_tokens):
             token = int(base.lm_head(base.model.norm(hidden[0, -1:])).argmax(-1).item())
@@ -396,8 +456,10 @@ class BlockRanker(CausalLMRanker):
                 break
             prefix = [cache.joined(i) for i in range(self.n_layers)]
             cache = _PrefixCache(prefix)
+            key_positions = key_positions + [position]
             hidden = self._run(torch.tensor([[token]], device=device), torch.tensor([[position]], device=device),
-                               torch.ones(1, 1, prefix[0][0].shape[2] + 1, dtype=torch.bool), cache, self.n_layers)
+                               torch.ones(1, 1, prefix[0][0].shape[2] + 1, dtype=torch.bool), cache, self.n_layers,
+                               torch.tensor([key_positions]))
             position += 1
         match = re.match(r"\s*(\d+)", self.tokenizer.decode(generated))
         found = int(match.group(1)) if match else None

@@ -37,6 +37,8 @@ class RerankTrainConfig:
     checkpoint_every: int = setting(50, "optimizer steps between checkpoints", **AT_LEAST_ONE)
     aux_weight: float = setting(0.1, "blockrank: total loss = LM loss + aux weight * attention InfoNCE", **NON_NEGATIVE)
     aux_temperature: float = setting(0.05, "blockrank: tau of the attention InfoNCE", **POSITIVE)
+    aux_only: bool = setting(False, "blockrank: train the attention InfoNCE alone (no LM loss): LoRA and every forward "
+                             "stop at the scoring layer")
     train_layers: int | None = setting(None, "train only the top L decoder layers (lower ones get no gradient)",
                                        **AT_LEAST_ONE)
     micro_batch: int | None = setting(None, "groups per forward; gradients accumulate up to the batch size (default: "

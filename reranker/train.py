@@ -104,7 +104,8 @@ def blockrank_step(model: BlockRanker, chunk: list[tuple[str, list[str]]], confi
     prompt with its documents shuffled by (seed, step); logs the LM and aux parts and the attention hit rate."""
     losses, parts = [], []
     for query, docs, answer in blockrank_groups(chunk, config.seed, step):
-        loss, part = model.loss(model.build_prompt(query, docs, answer), answer, config.aux_weight, config.aux_temperature)
+        loss, part = model.loss(model.build_prompt(query, docs, answer), answer, config.aux_weight, config.aux_temperature,
+                                config.aux_only)
         losses.append(loss)
         parts.append(part)
     record = {k: sum(p[k] for p in parts) / len(parts) for k in ("lm", "aux", "hit")}
@@ -267,6 +268,9 @@ def train_reranker(reranker: LLMReranker | BlockRanker, examples: list[dict], ou
         from peft import LoraConfig, get_peft_model
 
         layers = top_layer_names(reranker.model, config.train_layers)[0] if config.train_layers else None
+        if config.aux_only:  # only layers up to the scoring layer ever run: the top L of those
+            top = reranker.score_layer
+            layers = list(range(max(0, top + 1 - (config.train_layers or top + 1)), top + 1))
         reranker.model = get_peft_model(reranker.model, LoraConfig(
             r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout, task_type="CAUSAL_LM",
             target_modules=config.lora_targets or ["q_proj", "k_proj", "v_proj", "o_proj"], layers_to_transform=layers))

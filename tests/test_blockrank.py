@@ -324,3 +324,88 @@ def test_probe_finds_the_planted_signal():
     assert all(r["ndcg@10"] < 1.0 for r in rows if r is not best)
     assert best_setting(rows, masses, docs, qrels, k=1) == {"score_layer": 2, "signal_tokens": 2, "doc_mass": "sum",
                                                              "score_heads": [1]}
+
+
+def test_aux_only_training_never_runs_or_changes_layers_above_the_scoring_layer(tmp_path):
+    """4 layers, scoring layer 1: aux-only LoRA lands on layers 0-1 only, layers 2-3 never run in training (a
+    forward hook would see them), their weights stay bit-identical, and the attention loss falls."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from densekit.retriever.models import resolve
+
+    torch.manual_seed(2)
+    tok = AutoTokenizer.from_pretrained(resolve("sentence-transformers/all-MiniLM-L6-v2"))
+    cfg = LlamaConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
+                      num_key_value_heads=2, intermediate_size=64, max_position_embeddings=1024, pad_token_id=tok.pad_token_id)
+    model = LlamaForCausalLM(cfg)
+    r = BlockRanker(model, tok, BlockRankConfig(doc_max_tokens=8, score_layer=1))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    ran = []
+    hooks = [layer.register_forward_hook(lambda m, a, o, i=i: ran.append(i)) for i, layer in enumerate(model.model.layers)]
+    examples = [{"query": f"topic {i} question", "positives": [f"topic {i} answer text"],
+                 "negatives": [f"unrelated {j} words" for j in range(5)]} for i in range(4)]
+    config = RerankTrainConfig(objective="blockrank", group_size=4, batch_size=2, lr=5e-3, epochs=6, lora_r=8,
+                               checkpoint_every=100, aux_only=True)
+    trained = train_reranker(r, examples, tmp_path / "br", config, show_progress=False)
+    for h in hooks:
+        h.remove()
+    assert ran and set(ran) == {0, 1}
+    names = [n for n, _ in trained.model.named_parameters() if "lora_" in n]
+    assert names and all(".layers.0." in n or ".layers.1." in n for n in names)
+    after = trained.model.merge_and_unload().state_dict()
+    for key in (k for k in before if ".layers.2." in k or ".layers.3." in k):
+        assert torch.equal(before[key], after[key]), key
+    log = [json.loads(line) for line in (tmp_path / "br" / "train_log.jsonl").read_text().splitlines()]
+    assert all(x["lm"] == 0.0 for x in log) and sum(x["aux"] for x in log[-3:]) < sum(x["aux"] for x in log[:3])
+
+
+@pytest.fixture(scope="module")
+def gemma_ranker():
+    """A tiny Gemma-3 text model: 4 layers, sliding window 6 on layers 0, 1 and 3 (short enough to bind inside
+    the documents and across them), full attention on layer 2, GQA, q/k norms, scaled embeddings."""
+    from transformers import AutoTokenizer, Gemma3ForCausalLM, Gemma3TextConfig
+
+    from densekit.retriever.models import resolve
+
+    torch.manual_seed(3)
+    tok = AutoTokenizer.from_pretrained(resolve("sentence-transformers/all-MiniLM-L6-v2"))
+    cfg = Gemma3TextConfig(vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                           num_attention_heads=4, num_key_value_heads=2, head_dim=8, sliding_window=6,
+                           layer_types=["sliding_attention", "sliding_attention", "full_attention", "sliding_attention"],
+                           max_position_embeddings=1024, pad_token_id=tok.pad_token_id, query_pre_attn_scalar=8)
+    return BlockRanker(Gemma3ForCausalLM(cfg).eval(), tok, BlockRankConfig(doc_max_tokens=12, score_layer=3))
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("signal_tokens, doc_mass", [(2, "sum"), (0, "mean")])
+def test_gemma3_sliding_and_full_layers_match_the_dense_reference(gemma_ranker, signal_tokens, doc_mass, monkeypatch):
+    """Efficient path == dense reference through sliding layers (0, 1) and the full layer (2, the scoring
+    layer): document mass and the hidden states after those 3 layers; the window does change the result."""
+    r = gemma_ranker
+    for name, value in (("signal_tokens", signal_tokens), ("doc_mass", doc_mass), ("score_layer", 2), ("doc_batch", 3)):
+        monkeypatch.setattr(r.config, name, value)
+    p = r.build_prompt("what is a cat", DOCS)
+    assert max(len(d) for d in p.docs) > 6  # the window binds inside a document
+    eff, ref = r.forward_blocks(p, n_layers=3), r.reference_forward(p, n_layers=3)
+    assert torch.allclose(r.doc_mass(p, eff["capture"]), ref["mass"], atol=1e-5)
+    assert torch.allclose(eff["hidden"], ref["hidden"], atol=1e-4)
+    monkeypatch.setattr(r, "windows", {t: None for t in r.windows})  # without the window the answer changes
+    assert not torch.allclose(r.forward_blocks(p, n_layers=3)["hidden"], eff["hidden"], atol=1e-4)
+
+
+@torch.no_grad()
+def test_a_sliding_scoring_layer_that_cannot_reach_the_documents_is_refused(gemma_ranker, monkeypatch):
+    monkeypatch.setattr(gemma_ranker.config, "score_layer", 3)
+    with pytest.raises(ValueError, match="sliding window \\(6 positions\\) does not reach the documents"):
+        gemma_ranker.score("what is a cat", DOCS)
+
+
+def test_an_unsupported_model_family_is_refused():
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    from densekit.retriever.models import resolve
+
+    tok = AutoTokenizer.from_pretrained(resolve("sentence-transformers/all-MiniLM-L6-v2"))
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=tok.vocab_size, n_embd=32, n_layer=2, n_head=2))
+    with pytest.raises(ValueError, match="not 'gpt2'.*pointwise or qlm"):
+        BlockRanker(model, tok)

@@ -307,3 +307,24 @@ def test_on_disk_ivf_merge_searches_like_in_memory_and_survives_a_move(tmp_path)
         merge_shards([tmp_path / "w"], tmp_path / "flat", "Flat", on_disk=True)
     assert merge_shards([tmp_path / "w"], tmp_path / "b" / "disk", "IVF16,Flat", overwrite=True, on_disk=True,
                         show_progress=False).ntotal == 3000
+
+
+def test_bm25_first_stage_and_mining_read_arrow_corpora(tiny_beir, tiny_bert, tmp_path):
+    """BM25 (tokenised in slices), the first stage and hard-negative mining give the dict path's results on an
+    Arrow corpus; the dense mining reuses an index built from the Arrow corpus (same fingerprint)."""
+    from densekit.retriever.bm25 import BM25Index
+    from densekit.retriever.mining import MineConfig, mine_negatives
+    from densekit.retriever.search import first_stage
+
+    ds = load_dataset(tiny_beir)
+    arrow = load_corpus_arrow(tiny_beir, cache_dir=tmp_path / "cache")
+    want = BM25Index.build(ds.corpus).search(ds.queries, 4)
+    assert BM25Index.build(arrow, batch_size=2).search(ds.queries, 4) == want
+    assert first_stage("bm25", arrow, ds.queries, 4) == want
+    config = MineConfig(rank_from=0, rank_to=4, max_negatives=3)
+    mined = mine_negatives(arrow, ds.queries, ds.qrels, config)
+    assert mined == mine_negatives(ds.corpus, ds.queries, ds.qrels, config) and any(mined.values())
+    build_index(arrow, DualEncoder.from_pretrained(str(tiny_bert)), tmp_path / "idx", show_progress=False)
+    dense = MineConfig(rank_from=0, rank_to=4, max_negatives=3, max_ratio=0.99)
+    assert mine_negatives(arrow, ds.queries, ds.qrels, dense, index_dir=tmp_path / "idx") == \
+        mine_negatives(ds.corpus, ds.queries, ds.qrels, dense, index_dir=tmp_path / "idx")
