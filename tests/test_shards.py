@@ -322,9 +322,10 @@ def test_bm25_first_stage_and_mining_read_arrow_corpora(tiny_beir, tiny_bert, tm
     assert BM25Index.build(arrow, batch_size=2).search(ds.queries, 4) == want
     assert first_stage("bm25", arrow, ds.queries, 4) == want
     config = MineConfig(rank_from=0, rank_to=4, max_negatives=3)
-    mined = mine_negatives(arrow, ds.queries, ds.qrels, config)
-    assert mined == mine_negatives(ds.corpus, ds.queries, ds.qrels, config) and any(mined.values())
+    qrels = {"q1": {"d1": 1}, "q2": {"d3": 1}}  # one positive each: BM25's other hits become negatives
+    mined = mine_negatives(arrow, ds.queries, qrels, config)
+    assert mined == mine_negatives(ds.corpus, ds.queries, qrels, config) == {"q1": ["d6"], "q2": ["d5"]}
     build_index(arrow, DualEncoder.from_pretrained(str(tiny_bert)), tmp_path / "idx", show_progress=False)
     dense = MineConfig(rank_from=0, rank_to=4, max_negatives=3, max_ratio=0.99)
-    assert mine_negatives(arrow, ds.queries, ds.qrels, dense, index_dir=tmp_path / "idx") == \
-        mine_negatives(ds.corpus, ds.queries, ds.qrels, dense, index_dir=tmp_path / "idx")
+    mined = mine_negatives(arrow, ds.queries, ds.qrels, dense, index_dir=tmp_path / "idx")
+    assert mined == mine_negatives(ds.corpus, ds.queries, ds.qrels, dense, index_dir=tmp_path / "idx") and any(mined.values())
