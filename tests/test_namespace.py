@@ -1,5 +1,6 @@
 """The folders retriever/, reranker/ and eval/ install as densekit.retriever, densekit.reranker and densekit.eval:
 nothing named ``eval``, ``retriever`` or ``reranker`` is importable from outside the checkout."""
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -26,7 +27,10 @@ def test_installed_under_the_densekit_namespace_only(tmp_path):
 
 @pytest.mark.slow
 def test_the_wheel_holds_only_the_densekit_package(tmp_path):
-    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)],
+    source = tmp_path / "src"  # a copy: building writes build/ and *.egg-info beside the sources
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".git", ".venv", "runs", "build", "indexes", "out",
+                                                                "*.egg-info", "__pycache__", ".pytest_cache", ".hypothesis"))
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(source)],
                            capture_output=True, text=True)
     assert built.returncode == 0, built.stderr
     wheel, = tmp_path.glob("densekit-*.whl")
