@@ -37,6 +37,9 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--modes", nargs="+", default=["attention", "decode"])
     p.add_argument("--out", default="runs/blockrank_scifact")
+    p.add_argument("--paper-defaults", action="store_true",
+                   help="score as the paper (layer 60%% depth, last 2 query tokens, summed mass, all heads) instead of "
+                   "the probed defaults of reranker/blockrank.py (the README's table used the paper's)")
     p.add_argument("--index", default=INDEX, help="dense index of the scifact corpus (built there when absent)")
     args = p.parse_args()
     k, out = args.rerank_top_k, Path(args.out)
@@ -50,7 +53,12 @@ def main() -> None:
     groups = first_stage_groups("scifact", "train", depth=30, index_dir=args.index)
     config = RerankTrainConfig(objective="blockrank", group_size=args.group_size, batch_size=1, lr=args.lr,
                                max_steps=args.steps, seed=args.seed, checkpoint_every=10, aux_weight=args.aux_weight)
-    model = train_reranker(BlockRanker.from_pretrained(LLM, BlockRankConfig(doc_max_tokens=args.doc_max_tokens)),
+    ranker = BlockRanker.from_pretrained(LLM, BlockRankConfig(doc_max_tokens=args.doc_max_tokens))
+    if args.paper_defaults:
+        heads = ranker.model.config.num_attention_heads
+        ranker.config = BlockRankConfig(doc_max_tokens=args.doc_max_tokens, score_layer=round(0.6 * ranker.n_layers),
+                                        signal_tokens=2, doc_mass="sum", score_heads=list(range(heads)))
+    model = train_reranker(ranker,
                            groups, out / "train", config, resume=True)
     train_s = round(read_train_log(out / "train")["seconds"], 1)
     for mode in args.modes:
