@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .config import BM25Config
-from .text import doc_text
 from .types import Corpus, Queries, Run
 
 
