@@ -17,6 +17,11 @@ and resumable (``--resume``); the model lands in ``<out>/model`` and can be scor
 
     python bench/rerank_train.py speed --scorer qlm --steps 6
     python bench/rerank_train.py train --scorer qlm --objective sft --groups 2000 --out runs/rr/qlm-sft
+    python bench/rerank_train.py train --scorer blockrank --aux-only --group-size 10 --train-doc-tokens 64 \
+        --batch-size 1 --lr 1e-4 --groups 500 --eval-every 100 --out runs/rr/blockrank-aux
+
+``--eval-every N`` logs the nDCG@10 of the 40 held-out tuning queries (dense top 20) every N steps as
+``eval_ndcg@10`` in ``<out>/train_log.jsonl``.
 """
 from __future__ import annotations
 
@@ -62,6 +67,18 @@ def held_out(examples: list[dict]) -> list[dict]:
     ds = load_dataset(resolve_dataset("scifact"), "train")
     tuning = set(select_queries({q: t for q, t in ds.queries.items() if q in ds.qrels}, TUNING_QUERIES).values())
     return [e for e in examples if e["query"] not in tuning]
+
+
+def tuning_metric(out: Path, k: int = 20):
+    """``evaluate(reranker)``: nDCG@10 of the reranked dense top ``k`` of the held-out tuning queries (the
+    ones ``bench/rerank.py``'s scifact-train-dense task scores), for the training curve."""
+    from densekit.eval.pipeline import rerank_metric
+    from densekit.retriever.search import dense_search
+
+    ds = load_dataset(resolve_dataset("scifact"), "train")
+    queries = select_queries({q: t for q, t in ds.queries.items() if q in ds.qrels}, TUNING_QUERIES)
+    run = dense_search(ds.corpus, queries, k, index_dir=str(out / "index-scifact-minilm"))
+    return rerank_metric(run, ds.corpus, queries, {q: ds.qrels[q] for q in queries}, k)
 
 
 def make_reranker(scorer: str, doc_max_tokens: int):
@@ -118,13 +135,16 @@ def train(args) -> None:
     rr = make_reranker(args.scorer, args.doc_max_tokens)
     steps = args.groups // args.batch_size
     epochs = -(-args.groups // len(examples))
-    config = RerankTrainConfig(objective=args.objective, group_size=8, batch_size=args.batch_size, micro_batch=args.micro_batch,
-                               lr=args.lr, epochs=epochs, max_steps=steps, temperature=args.temperature, seed=42,
-                               train_layers=args.train_layers, checkpoint_every=25,
-                               cache_lower_layers=args.cache_lower_layers, fixed_negatives=args.fixed_negatives)
+    objective = "blockrank" if args.scorer == "blockrank" else args.objective
+    config = RerankTrainConfig(objective=objective, group_size=args.group_size, batch_size=args.batch_size,
+                               micro_batch=args.micro_batch, lr=args.lr, epochs=epochs, max_steps=steps,
+                               temperature=args.temperature, seed=42, train_layers=args.train_layers, checkpoint_every=25,
+                               cache_lower_layers=args.cache_lower_layers, fixed_negatives=args.fixed_negatives,
+                               aux_only=args.aux_only, train_doc_tokens=args.train_doc_tokens)
+    evaluate = tuning_metric(Path(args.bench_out)) if args.eval_every else None
     t0 = time.perf_counter()
-    train_reranker(rr, examples, args.out, config, resume=args.resume)
-    print(json.dumps({"bench": "rerank_train", "scorer": args.scorer, "objective": args.objective, "groups": steps * args.batch_size,
+    train_reranker(rr, examples, args.out, config, resume=args.resume, evaluate=evaluate, evaluate_every=args.eval_every)
+    print(json.dumps({"bench": "rerank_train", "scorer": args.scorer, "objective": objective, "groups": steps * args.batch_size,
                       "train_layers": args.train_layers, "seconds_this_session": round(time.perf_counter() - t0, 1),
                       "model": str(Path(args.out) / "model")}))
 
@@ -134,14 +154,18 @@ def main() -> None:
     sub = p.add_subparsers(dest="command", required=True)
     for name in ("speed", "train"):
         s = sub.add_parser(name)
-        s.add_argument("--scorer", choices=["qlm", "pointwise"], default="qlm")
+        s.add_argument("--scorer", choices=["qlm", "pointwise"] + (["blockrank"] if name == "train" else []), default="qlm")
         s.add_argument("--doc-max-tokens", type=int, default=128)
         s.add_argument("--train-layers", type=int, default=4)
         s.add_argument("--batch-size", type=int, default=4, help="groups per optimizer step")
     speed_p, train_p = sub.choices["speed"], sub.choices["train"]
     speed_p.add_argument("--steps", type=int, default=6)
     speed_p.add_argument("--out", default="runs/bench-rerank")
-    train_p.add_argument("--objective", choices=["sft", "cl", "unified"], required=True)
+    train_p.add_argument("--objective", choices=["sft", "cl", "unified"], help="(blockrank: its own objective)")
+    train_p.add_argument("--group-size", type=int, default=8, help="documents per group: 1 positive + negatives")
+    train_p.add_argument("--aux-only", action="store_true", help="blockrank: the attention InfoNCE alone")
+    train_p.add_argument("--train-doc-tokens", type=int, help="cut training documents to this many tokens")
+    train_p.add_argument("--eval-every", type=int, help="log the tuning queries' nDCG@10 every this many steps")
     train_p.add_argument("--groups", type=int, default=2000)
     train_p.add_argument("--micro-batch", type=int, default=1)
     train_p.add_argument("--lr", type=float, default=2e-4)
@@ -152,6 +176,8 @@ def main() -> None:
     train_p.add_argument("--cache-lower-layers", action="store_true", help="keep the frozen layers' output across epochs")
     train_p.add_argument("--fixed-negatives", action="store_true", help="each query's negatives drawn once (prompts recur)")
     args = p.parse_args()
+    if args.command == "train" and args.scorer != "blockrank" and not args.objective:
+        p.error("train --scorer qlm|pointwise needs --objective")
     (speed if args.command == "speed" else train)(args)
 
 

@@ -246,6 +246,11 @@ def _reranker_data_args(r) -> None:
     r.add_argument("--index", help="dense index folder of the corpus (built there when absent)")
     r.add_argument("--depth", type=positive_int, default=30, help="negatives: first-stage top-depth minus positives")
     r.add_argument("--max-queries", type=positive_int, help="only the first N training queries (sorted ids)")
+    r.add_argument("--eval-split", help="a split with qrels the model does not train on (e.g. dev), watched while training")
+    r.add_argument("--eval-every", type=positive_int, help="log --eval-split's nDCG@10 (reranked first-stage top "
+                   "--eval-k) every N optimizer steps and after the last, as eval_ndcg@10 in <out>/train_log.jsonl")
+    r.add_argument("--eval-queries", type=positive_int, default=50, help="--eval-split's first N judged queries (sorted ids)")
+    r.add_argument("--eval-k", type=positive_int, default=20, help="first-stage candidates reranked for --eval-every")
     _run_folder_args(r)
 
 
@@ -454,7 +459,8 @@ def cmd_train(args) -> int:
             config, scorer = config_from_args(RerankTrainConfig, args), QLMConfig if args.scorer == "qlm" else RerankerConfig
         result = jobs.train_reranker(args.data, args.out, config, config_from_args(scorer, args), args.model, args.split,
                                      args.first_stage, args.retriever_model, args.index, args.depth, args.max_queries,
-                                     args.resume, args.overwrite)
+                                     args.resume, args.overwrite, args.eval_split, args.eval_every, args.eval_queries,
+                                     args.eval_k)
     if _main_process():
         _print_json(result)
     return 0

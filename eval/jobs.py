@@ -327,28 +327,39 @@ def train_retriever(data: str, out: str, config: TrainConfig, model: str = DEFAU
 def train_reranker(data: str, out: str, config, scorer, model: str = "HuggingFaceTB/SmolLM2-135M-Instruct",
                    split: str = "train", first_stage: str = "dense", retriever_model: str | None = None,
                    index: str | None = None, depth: int = 30, max_queries: int | None = None, resume: bool = False,
-                   overwrite: bool = False) -> dict:
+                   overwrite: bool = False, eval_split: str | None = None, eval_every: int | None = None,
+                   eval_queries: int = 50, eval_k: int = 20) -> dict:
     """Train a reranker into ``out``: ``config`` a ``RerankTrainConfig``, ``scorer`` the reranker's config, which
-    picks its kind (``RerankerConfig``: pointwise yes/no, ``QLMConfig``: query likelihood, ``BlockRankConfig``:
-    BlockRank) on base ``model``. Training groups: the judged queries of ``split`` (the first ``max_queries``),
-    their positives, and negatives from the ``first_stage`` (dense or bm25) top ``depth``. The run folder is
+    picks its kind (the registered class whose ``config_class`` it is: ``RerankerConfig`` pointwise yes/no,
+    ``QLMConfig`` query likelihood, ``BlockRankConfig`` BlockRank) on base ``model``. Training groups: the judged
+    queries of ``split`` (the first ``max_queries``), their positives, and negatives from the ``first_stage``
+    (dense or bm25) top ``depth``. With ``eval_split`` and ``eval_every``, the nDCG@10 of the reranked
+    first-stage top ``eval_k`` of that split's first ``eval_queries`` judged queries is logged every
+    ``eval_every`` steps (``eval_ndcg@10`` in ``train_log.jsonl``; never the training split). The run folder is
     checked before any data is loaded. Returns ``{"model", "groups", "objective", "kind"}``."""
-    from densekit.reranker.blockrank import BlockRanker
-    from densekit.reranker.config import BlockRankConfig, QLMConfig, RerankerConfig
-    from densekit.reranker.pointwise import LLMReranker
-    from densekit.reranker.qlm import QLMReranker
+    from densekit.reranker import blockrank, pointwise, qlm  # noqa: F401  (register the built-in kinds)
+    from densekit.reranker.base import REGISTRY
     from densekit.reranker.train import train_reranker as train
     from densekit.retriever.checkpoints import check_run_folder
 
-    from .pipeline import first_stage_groups
+    from .pipeline import RerankTask, first_stage_groups, rerank_metric
 
-    kinds = {RerankerConfig: LLMReranker, QLMConfig: QLMReranker, BlockRankConfig: BlockRanker}
+    kinds = {cls.config_class: cls for cls in REGISTRY.values()}
     if type(scorer) not in kinds:
         raise TypeError(f"scorer must be one of {[c.__name__ for c in kinds]}, got {type(scorer).__name__}")
+    if eval_split is not None and eval_split == split:
+        raise ValueError(f"--eval-split {eval_split!r} is the training split: watch a split the model does not train on")
+    if eval_every and eval_split is None:
+        raise ValueError("--eval-every needs --eval-split NAME (a split with qrels the model does not train on)")
     check_run_folder(out, resume, overwrite)  # before any data is loaded or encoded
     examples = first_stage_groups(data, split, depth, first_stage, retriever_model, index, max_queries)
+    evaluate = None
+    if eval_every:
+        task = RerankTask.load(data, eval_split, eval_k, eval_queries, eval_k, first_stage, retriever_model, index,
+                               judged_only=True)
+        evaluate = rerank_metric(task.first, task.dataset.corpus, task.queries, task.dataset.qrels, eval_k)
     reranker = kinds[type(scorer)].from_pretrained(model, scorer)
-    train(reranker, examples, out, config, resume=resume, overwrite=overwrite)
+    train(reranker, examples, out, config, resume=resume, overwrite=overwrite, evaluate=evaluate, evaluate_every=eval_every)
     return {"model": str(Path(out) / "model"), "groups": len(examples), "objective": config.objective,
             "kind": reranker.kind}
 

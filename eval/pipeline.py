@@ -139,6 +139,20 @@ def rerank_stage(run: Run, corpus: dict, queries: dict[str, str], reranker, top_
     return reranker.rerank(run, corpus, queries, top_k=top_k, batch_size=batch_size, show_progress=show_progress, mode=mode)
 
 
+def rerank_metric(run: Run, corpus: dict, queries: dict[str, str], qrels: Qrels, top_k: int,
+                  metrics: Iterable[str] = ("ndcg@10",), mode: str | None = None):
+    """``evaluate(reranker) -> {metric: mean}``: ``reranker``'s rerank of ``run``'s top ``top_k`` scored by
+    pytrec_eval (``evaluate``) on ``qrels``, for watching a tuning split while a reranker trains
+    (``densekit.reranker.train.train_reranker(evaluate=...)``). Pass a split that is not the reported one."""
+    metrics = list(metrics)
+
+    def measure(reranker) -> dict:
+        reranked = reranker.rerank(run, corpus, queries, top_k=top_k, show_progress=False, mode=mode)
+        return evaluate(reranked, qrels, metrics)[1]
+
+    return measure
+
+
 def tuning_split(folder: str | Path, split: str, requested: str | None = None) -> str:
     """The split whose qrels choose a fusion weight for ``split``: ``requested``, else dl20 for dl19
     (and back), else dev, else train. Never ``split`` itself."""
@@ -197,15 +211,17 @@ class RerankTask:
 
     @classmethod
     def load(cls, data: str, split: str, k: int, max_queries: int | None = None, depth: int = 100,
-             retriever: str = "dense", model: str | None = None, index_dir: str | None = None) -> "RerankTask":
+             retriever: str = "dense", model: str | None = None, index_dir: str | None = None,
+             judged_only: bool = False) -> "RerankTask":
         """``data`` a dataset name or folder (``data.resolve_dataset``); the dense index is built in, or reused
-        from, ``index_dir`` (``first_stage``)."""
+        from, ``index_dir`` (``first_stage``); ``judged_only``: only queries with qrels are selected."""
         from densekit.retriever.search import first_stage
 
         from .data import load_dataset, resolve_dataset, select_queries
 
         ds = load_dataset(resolve_dataset(data), split)
-        queries = select_queries(ds.queries, max_queries)
+        pool = {q: t for q, t in ds.queries.items() if q in ds.qrels} if judged_only else ds.queries
+        queries = select_queries(pool, max_queries)
         first = first_stage(retriever, ds.corpus, queries, depth, model=model, index_dir=index_dir)
         return cls(ds, queries, first, k)
 

@@ -45,6 +45,8 @@ class RerankTrainConfig:
                                       "the batch size)", **AT_LEAST_ONE)
     cache_lower_layers: bool = setting(False, "with --train-layers: keep each prompt's frozen lower-layer output, so a "
                                        "prompt seen in an earlier epoch runs the top layers only (reranker/layer_cache.py)")
+    train_doc_tokens: int | None = setting(None, "cut training documents to this many tokens (cheaper steps); scoring keeps "
+                                           "the reranker's own --doc-max-tokens", **AT_LEAST_ONE)
     fixed_negatives: bool = setting(False, "draw each query's negatives once instead of every epoch (the same prompts "
                                     "recur, which --cache-lower-layers needs to pay off)")
 

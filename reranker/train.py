@@ -21,6 +21,7 @@ import os
 import random
 from dataclasses import asdict
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -85,6 +86,17 @@ def make_groups(examples: list[dict], group_size: int, seed: int, epoch: int,
         negs = rng.sample(e["negatives"], need) if len(e["negatives"]) >= need else [rng.choice(e["negatives"]) for _ in range(need)]
         groups.append((e["query"], [rng.choice(e["positives"])] + negs))
     return groups
+
+
+def cut_documents(examples: list[dict], tokenizer, max_tokens: int) -> list[dict]:
+    """``examples`` with every positive and negative text cut to its first ``max_tokens`` tokens (decoded
+    back to text, so the step functions see ordinary documents); queries are kept whole."""
+    def cut(text: str) -> str:
+        ids = tokenizer.encode(text, add_special_tokens=False)
+        return text if len(ids) <= max_tokens else tokenizer.decode(ids[:max_tokens])
+
+    return [{**e, "positives": [cut(t) for t in e["positives"]], "negatives": [cut(t) for t in e["negatives"]]}
+            for e in examples]
 
 
 def pointwise_step(model: LLMReranker, chunk: list[tuple[str, list[str]]], config: RerankTrainConfig, step: int):
@@ -227,7 +239,9 @@ def step_micro_batches(groups: list, batch_size: int, micro_batch: int | None, w
 
 def train_reranker(reranker: LLMReranker | BlockRanker, examples: list[dict], out: str | os.PathLike,
                    config: RerankTrainConfig, resume: bool = False, show_progress: bool = True,
-                   overwrite: bool = False, stop_after: int | None = None) -> LLMReranker | BlockRanker:
+                   overwrite: bool = False, stop_after: int | None = None,
+                   evaluate: Callable[[object], dict] | None = None,
+                   evaluate_every: int | None = None) -> LLMReranker | BlockRanker:
     """Train in place (LoRA through peft by default) and save to ``out/model``; ``out/train_log.jsonl``
     holds the loss per step plus, for the pointwise objectives, the mean SFT and CL gradient weights of
     positives and negatives, and for BlockRank the LM and auxiliary parts.
@@ -239,7 +253,10 @@ def train_reranker(reranker: LLMReranker | BlockRanker, examples: list[dict], ou
     same run (same config, data, base model, reranker config and process count; a raised ``max_steps``
     is refused) and truncates the log to the resumed step; a fresh run replaces a run in ``out`` only with
     ``overwrite``. A NaN/inf loss or gradient stops training (naming the step and the config) before the
-    optimizer step. ``stop_after``: end after that many steps without saving the model (an interruption)."""
+    optimizer step. ``stop_after``: end after that many steps without saving the model (an interruption).
+    ``evaluate(reranker) -> {name: value}`` (e.g. ``densekit.eval.pipeline.rerank_metric`` on a tuning split)
+    runs every ``evaluate_every`` steps and after the last; its values land in the log as ``eval_<name>``.
+    ``config.train_doc_tokens`` cuts the training documents (``cut_documents``); scoring is unchanged."""
     if reranker.kind not in STEPS:
         raise ValueError(f"no training step for reranker kind {reranker.kind!r}: known {', '.join(STEPS)}")
     step_loss, objectives = STEPS[reranker.kind]
@@ -252,6 +269,8 @@ def train_reranker(reranker: LLMReranker | BlockRanker, examples: list[dict], ou
     examples = [e for e in examples if e["positives"] and e["negatives"]]
     if not examples:
         raise ValueError("no training group has both a positive and a negative")
+    if config.train_doc_tokens:
+        examples = cut_documents(examples, reranker.tokenizer, config.train_doc_tokens)
     out = Path(out)
     groups = [g for epoch in range(config.epochs)
               for g in make_groups(examples, config.group_size, config.seed, epoch, not config.fixed_negatives)]
@@ -294,7 +313,8 @@ def train_reranker(reranker: LLMReranker | BlockRanker, examples: list[dict], ou
             optim=Optimization(lr=config.lr, weight_decay=0.01, warmup_ratio=config.warmup_ratio, max_grad_norm=1.0),
             checkpoint_every=config.checkpoint_every, resume=resume, overwrite=overwrite, stop_after=stop_after,
             show_progress=show_progress, desc=f"train reranker {config.objective}",
-            watched=("objective", "temperature", "aux_temperature", "aux_weight", "lr", "batch_size"), finish=finish)
+            watched=("objective", "temperature", "aux_temperature", "aux_weight", "lr", "batch_size"), finish=finish,
+            evaluate=None if evaluate is None else (lambda: evaluate(reranker)), evaluate_every=evaluate_every)
     finally:
         reranker.lower_cache = None
     return reranker

@@ -120,6 +120,16 @@ def on_main(accelerator, fn: Callable[[], object]):
     return outcome[0]
 
 
+def _evaluated(module: torch.nn.Module, evaluate: Callable[[], dict]) -> dict:
+    """``evaluate()`` with ``module`` in eval mode and autograd off; the training mode is restored."""
+    module.eval()
+    try:
+        with torch.no_grad():
+            return dict(evaluate())
+    finally:
+        module.train()
+
+
 def _mean_over_processes(accelerator, record: dict) -> dict:
     if accelerator.num_processes == 1:
         return record
@@ -134,14 +144,18 @@ def fit(module: TrainStep, steps: Sequence[Sequence[Sequence]], out: str | os.Pa
         overwrite: bool = False, stop_after: int | None = None, show_progress: bool = True, desc: str = "train",
         watched: tuple[str, ...] = (), batch_flag: str = "--batch-size", find_unused_parameters: bool = False,
         shard: Callable[[Sequence, int, int], Sequence] = share,
-        finish: Callable[[bool], None] | None = None) -> TrainStep:
+        finish: Callable[[bool], None] | None = None,
+        evaluate: Callable[[], dict] | None = None, evaluate_every: int | None = None) -> TrainStep:
     """Train ``module`` on ``steps`` (one list of global micro-batches per optimizer step) into the run
     folder ``out`` (claimed with ``checkpoints.start_run(out, identity, config, resume, overwrite)``).
 
     ``stop_after`` ends after that many optimizer steps of this call (an interruption, for tests: the
     checkpoints stay, ``finish`` is not called). ``finish(is_main)`` runs on every process after the
     last step, between barriers (the trainer saves its model there when ``is_main``; an error on the
-    main process is raised everywhere). Returns ``module`` (unwrapped)."""
+    main process is raised everywhere). ``evaluate()`` runs on the main process after every
+    ``evaluate_every``-th step and after the last one, with the module in eval mode and no gradients; its
+    ``{name: value}`` lands in that step's log line as ``eval_<name>`` (e.g. a tuning split's nDCG@10).
+    Returns ``module`` (unwrapped)."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
     from accelerate.utils import DistributedDataParallelKwargs
@@ -208,6 +222,8 @@ def fit(module: TrainStep, steps: Sequence[Sequence[Sequence]], out: str | os.Pa
         seconds = time.perf_counter() - start
         line = {"step": step, "loss": record.pop("loss"), **record, "lr": scheduler.get_last_lr()[0],
                 "seconds": round(seconds, 3), "samples_per_s": round(items * world / seconds, 3)}
+        if evaluate is not None and evaluate_every and (step % evaluate_every == 0 or step == steps_total):
+            line.update({f"eval_{k}": v for k, v in on_main(accelerator, lambda: _evaluated(module, evaluate)).items()})
         if accelerator.is_main_process:
             with open(log_path, "a") as fh:
                 fh.write(json.dumps(line) + "\n")

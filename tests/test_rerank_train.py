@@ -177,3 +177,64 @@ def test_fixed_negatives_repeat_the_groups_in_another_order():
     one, two = make_groups(examples, 3, 7, 0, resample=False), make_groups(examples, 3, 7, 1, resample=False)
     assert sorted(one) == sorted(two) and one != two
     assert sorted(make_groups(examples, 3, 7, 0)) != sorted(make_groups(examples, 3, 7, 1))
+
+
+def test_training_logs_a_tuning_metric_every_n_steps(tiny_causal_lm, tmp_path):
+    """``evaluate`` runs after steps 2, 4 and the last (5), in eval mode without gradients; its nDCG@10 is
+    pytrec_eval's on the reranked tuning run, and the last logged value is the saved model's."""
+    from densekit.eval.pipeline import evaluate, rerank_metric
+
+    corpus = {f"d{t}": {"title": "", "text": f"{t} {t} {t}"} for t in "abcdefg"}
+    queries = {f"q{t}": f"{t} {t}" for t in "abcd"}
+    qrels = {f"q{t}": {f"d{t}": 1} for t in "abcd"}
+    run = {q: {d: 1.0 for d in corpus} for q in queries}
+    measure = rerank_metric(run, corpus, queries, qrels, top_k=7)
+    seen = []
+
+    def watched(reranker):
+        seen.append((reranker.model.training, torch.is_grad_enabled()))
+        return measure(reranker)
+
+    rr = QLMReranker.from_pretrained(str(tiny_causal_lm), QLMConfig(doc_max_tokens=16))
+    config = RerankTrainConfig(objective="cl", group_size=3, batch_size=1, lr=5e-3, max_steps=5, lora_r=4,
+                               temperature=0.5, checkpoint_every=100)
+    trained = train_reranker(rr, toy_groups(), tmp_path / "out", config, show_progress=False,
+                             evaluate=watched, evaluate_every=2)
+    log = [json.loads(l) for l in (tmp_path / "out" / "train_log.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in log if "eval_ndcg@10" in x] == [2, 4, 5]
+    assert seen == [(False, False)] * 3
+    assert trained.model.training is False  # saved in eval mode after the last step
+    reranked = trained.rerank(run, corpus, queries, top_k=7, show_progress=False)
+    assert log[-1]["eval_ndcg@10"] == pytest.approx(evaluate(reranked, qrels, ["ndcg@10"])[1]["ndcg@10"], abs=1e-9)
+
+
+def test_train_doc_tokens_cut_training_documents_only(tiny_causal_lm):
+    from transformers import AutoTokenizer
+
+    from densekit.reranker.train import cut_documents
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_causal_lm))
+    examples = [{"query": "a long query that stays whole", "positives": ["one two three four five"],
+                 "negatives": ["six seven", "eight nine ten eleven"]}]
+    cut = cut_documents(examples, tok, 3)
+    assert cut[0]["query"] == examples[0]["query"]
+    assert cut[0]["positives"] == ["one two three"] and cut[0]["negatives"] == ["six seven", "eight nine ten"]
+    assert examples[0]["positives"] == ["one two three four five"]  # the input is not changed
+
+
+def test_cli_watches_an_eval_split_while_training(tiny_beir, tiny_bert, tiny_causal_lm, tmp_path, capsys):
+    from densekit.eval.cli import main
+
+    base = ["train", "reranker", "--data", str(tiny_beir), "--split", "test", "--model", str(tiny_causal_lm),
+            "--retriever-model", str(tiny_bert), "--scorer", "qlm", "--objective", "cl", "--group-size", "2",
+            "--batch-size", "2", "--epochs", "3", "--max-steps", "3"]
+    assert main(base + ["--eval-split", "train", "--eval-every", "2", "--eval-k", "4", "--out", str(tmp_path / "rr")]) == 0
+    log = [json.loads(l) for l in (tmp_path / "rr" / "train_log.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in log if "eval_ndcg@10" in x] == [2, 3]
+    assert all(0.0 <= x["eval_ndcg@10"] <= 1.0 for x in log if "eval_ndcg@10" in x)
+    capsys.readouterr()
+    assert main(base + ["--eval-split", "test", "--eval-every", "2", "--out", str(tmp_path / "same")]) == 2
+    assert "is the training split" in capsys.readouterr().err
+    assert main(base + ["--eval-every", "2", "--out", str(tmp_path / "none")]) == 2
+    assert "needs --eval-split" in capsys.readouterr().err
+    assert not (tmp_path / "same").exists() and not (tmp_path / "none").exists()
