@@ -21,6 +21,7 @@ paired test against its own zero-shot row; two trained rows of one scorer and ba
 are compared with the same tests; ``--plot`` draws nDCG@10 against training groups seen. Random order = each query's candidates shuffled (mean over 10 seeds per query).
 
     python bench/rerank.py score --task scifact-test-dense --reranker qlm:HuggingFaceTB/SmolLM2-135M-Instruct
+    python bench/rerank.py score --task scifact-test-dense --reranker runs/rr/pw-sft/model --lower-cache runs/lower
     python bench/rerank.py report --save bench/results/rerank.jsonl --plot bench/results/rerank-groups.png
 """
 from __future__ import annotations
@@ -104,6 +105,10 @@ def score(args) -> None:
     if not todo:
         return
     reranker = load_reranker(args.reranker)
+    if args.lower_cache:
+        from densekit.reranker.layer_cache import LowerLayerCache
+
+        reranker.lower_cache = LowerLayerCache(reranker.model, args.cache_layers, store=args.lower_cache)
     for start in range(0, len(todo), args.chunk):
         part = todo[start:start + args.chunk]
         t0 = time.perf_counter()
@@ -132,9 +137,12 @@ def training_info(spec: str) -> dict | None:
     meta = json.loads(saved.read_text())
     run = read_train_log(folder.parent)
     config = run["config"]
+    objective = "aux-only" if config.get("aux_only") else config["objective"]
+    tuning = [(row["step"] * config["batch_size"], row[f"eval_{METRIC}"]) for row in run["log"] if f"eval_{METRIC}" in row]
     return {"kind": meta["kind"], "base_model": meta["base_model"], "zero_shot": f"{meta['kind']}:{meta['base_model']}",
-            "objective": config["objective"], "train_layers": config.get("train_layers"),
-            "groups_seen": run["steps"] * config["batch_size"], "train_minutes": round(run["seconds"] / 60, 1)}
+            "objective": objective, "train_layers": config.get("train_layers"),
+            "groups_seen": run["steps"] * config["batch_size"], "train_minutes": round(run["seconds"] / 60, 1),
+            "tuning_curve": tuning}
 
 
 def report(args) -> None:
@@ -180,6 +188,8 @@ def report(args) -> None:
             per_query = per_query_ndcg(run, scores, ds.qrels, queries)
             if trained is not None:
                 extra.update(groups_seen=trained["groups_seen"], train_minutes=trained["train_minutes"], spec=spec)
+                if trained["tuning_curve"]:  # logged while training (--eval-every): the tuning task's nDCG@10
+                    extra["tuning_curve_training"] = trained["tuning_curve"]
                 if trained["zero_shot"] in per_system:
                     extra["vs_zero_shot"] = paired(per_query, per_system[trained["zero_shot"]])
             row(label, per_query, **extra)
@@ -213,6 +223,20 @@ def report(args) -> None:
                     (r["groups_seen"], r[METRIC]))
             print(plot_learning_curves(curves, Path(args.plot).with_name(f"{Path(args.plot).stem}-{name}.png"), METRIC,
                                        {"first stage": rows[[r["task"] for r in rows].index(name)][METRIC]}))
+            logged = {r["system"].split(" (")[0]: r["tuning_curve_training"] for r in trained_rows if "tuning_curve_training" in r}
+            for system in logged:  # the zero-shot model's score on the tuning task: the curve's point 0
+                zero = system.split(" ")[0]
+                zero_path = out / "scores" / task.tune_on / f"{slug(zero)}.jsonl"
+                if zero_path.exists():
+                    t_ds, t_queries, t_run = tuning or load_task(task.tune_on, out)
+                    zero_scores = read_scores(zero_path)[0]
+                    logged[system] = [(0, statistics.fmean(per_query_ndcg(t_run, zero_scores, t_ds.qrels, t_queries).values()))] + logged[system]
+            if logged:
+                t_first = load_task(task.tune_on, out)
+                first_tuning = statistics.fmean(v[METRIC] for v in evaluate(t_first[2], t_first[0].qrels, [METRIC])[0].values())
+                print(plot_learning_curves(logged, Path(args.plot).with_name(f"{Path(args.plot).stem}-{name}-tuning.png"),
+                                           f"{METRIC} on {task.tune_on} (logged while training)",
+                                           {"first stage": first_tuning}))
     for r in rows:
         print(json.dumps(r))
     for c in comparisons:
@@ -253,6 +277,10 @@ def main() -> None:
     s.add_argument("--reranker", required=True, help="a reranker spec, e.g. qlm:HuggingFaceTB/SmolLM2-135M-Instruct")
     s.add_argument("--batch-size", type=int, default=8)
     s.add_argument("--chunk", type=int, default=4, help="queries scored between two appends to the cache")
+    s.add_argument("--lower-cache", help="a lower-layer store (densekit.reranker.layer_cache): the input of the top "
+                   "--cache-layers layers of every prompt is read from / written to it, so models sharing their lower "
+                   "layers (a base model and its top-L LoRA adaptations) run those layers once per prompt")
+    s.add_argument("--cache-layers", type=int, default=4, help="with --lower-cache: the top layers that always run")
     r = sub.add_parser("report")
     r.add_argument("--save", help="write the JSON lines here too")
     r.add_argument("--plot", help="PNG of nDCG@10 against training groups seen (one file per task, <stem>-<task>.png)")

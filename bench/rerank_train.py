@@ -140,7 +140,8 @@ def train(args) -> None:
                                micro_batch=args.micro_batch, lr=args.lr, epochs=epochs, max_steps=steps,
                                temperature=args.temperature, seed=42, train_layers=args.train_layers, checkpoint_every=25,
                                cache_lower_layers=args.cache_lower_layers, fixed_negatives=args.fixed_negatives,
-                               aux_only=args.aux_only, train_doc_tokens=args.train_doc_tokens)
+                               aux_only=args.aux_only, train_doc_tokens=args.train_doc_tokens,
+                               lower_cache_dir=args.lower_cache_dir)
     evaluate = tuning_metric(Path(args.bench_out)) if args.eval_every else None
     t0 = time.perf_counter()
     train_reranker(rr, examples, args.out, config, resume=args.resume, evaluate=evaluate, evaluate_every=args.eval_every)
@@ -174,6 +175,8 @@ def main() -> None:
     train_p.add_argument("--bench-out", default="runs/bench-rerank")
     train_p.add_argument("--resume", action="store_true")
     train_p.add_argument("--cache-lower-layers", action="store_true", help="keep the frozen layers' output across epochs")
+    train_p.add_argument("--lower-cache-dir", help="with --cache-lower-layers: keep the lower layers' output on disk, "
+                         "shared with other runs over the same base model and prompts")
     train_p.add_argument("--fixed-negatives", action="store_true", help="each query's negatives drawn once (prompts recur)")
     args = p.parse_args()
     if args.command == "train" and args.scorer != "blockrank" and not args.objective:

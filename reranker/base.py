@@ -195,9 +195,9 @@ class CausalLMRanker(torch.nn.Module):
         return mode
 
     def forward_lm(self, batch: dict[str, torch.Tensor], **kwargs):
-        """The causal LM's output for a ``left_padded`` batch; while training with a ``lower_cache``
-        (``layer_cache.LowerLayerCache``, set by ``train_reranker``) the frozen lower layers run once per prompt."""
-        if self.lower_cache is not None and self.model.training:
+        """The causal LM's output for a ``left_padded`` batch; with a ``lower_cache`` (``layer_cache.LowerLayerCache``,
+        set by ``train_reranker`` while training, or by a caller for scoring) the frozen lower layers run once per prompt."""
+        if self.lower_cache is not None:
             return self.lower_cache(self.model, batch, **kwargs)
         return self.model(**batch, **kwargs)
 

@@ -47,6 +47,8 @@ class RerankTrainConfig:
                                        "prompt seen in an earlier epoch runs the top layers only (reranker/layer_cache.py)")
     train_doc_tokens: int | None = setting(None, "cut training documents to this many tokens (cheaper steps); scoring keeps "
                                            "the reranker's own --doc-max-tokens", **AT_LEAST_ONE)
+    lower_cache_dir: str | None = setting(None, "with --cache-lower-layers: keep the frozen layers' output on disk here "
+                                          "too, shared by every run over the same lower layers (e.g. SFT and CL runs)")
     fixed_negatives: bool = setting(False, "draw each query's negatives once instead of every epoch (the same prompts "
                                     "recur, which --cache-lower-layers needs to pay off)")
 
@@ -54,6 +56,8 @@ class RerankTrainConfig:
         check_fields(self)
         if self.cache_lower_layers and not self.train_layers:
             raise ValueError("--cache-lower-layers needs --train-layers L: only layers below the trained ones can be cached")
+        if self.lower_cache_dir and not self.cache_lower_layers:
+            raise ValueError("--lower-cache-dir needs --cache-lower-layers")
 
 
 @dataclass

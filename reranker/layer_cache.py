@@ -11,8 +11,19 @@ about ``L / n`` of the first.
 
 Memory: ``tokens x hidden_size x 4`` bytes per distinct sequence (SmolLM2-135M, 576 wide: 2.3 kB per
 token; 6,000 prompts of 150 tokens about 2 GB). Each process keeps its own cache.
+
+``store``: a folder that keeps the states on disk too, one file per sequence, under a subfolder named by
+``lower_fingerprint`` (the lower layers' weights, the embeddings and the model config): a later cache
+over the same frozen lower layers, in another process or run, reads them instead of running those
+layers. Two runs that train different top layers of one base model (SFT and CL over the same prompts),
+or a trained model scored on prompts the base model already saw, share the work. States are written
+beside, then renamed; a file that does not load is recomputed.
 """
 from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -28,18 +39,65 @@ def decoder_stack(model) -> nn.Module:
     return stack
 
 
+def lower_fingerprint(model, split: int) -> str:
+    """sha256 (first 16 hex digits) of what the input of layer ``split`` depends on: the model config, the
+    embeddings and every parameter of layers ``[0, split)`` (names and bytes; LoRA weights there included)."""
+    stack = decoder_stack(model)
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    digest = hashlib.sha256(base.config.to_json_string(use_diff=False).encode())
+    digest.update(f"split={split}".encode())
+    modules = [("embed_tokens", stack.embed_tokens)] + [(f"layers.{i}", stack.layers[i]) for i in range(split)]
+    for prefix, module in modules:
+        for name, tensor in sorted(module.state_dict().items()):
+            digest.update(f"{prefix}.{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+            digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
 class LowerLayerCache:
     """``cache(model, batch, **kwargs)`` = ``model(**batch, **kwargs)`` for a left-padded batch
     (``input_ids``, ``attention_mask``, ``position_ids``), with the layers below ``n - train_layers``
-    skipped once every sequence of the batch has been seen (see the module doc)."""
+    skipped once every sequence of the batch has been seen, here or, with ``store``, by any cache over
+    the same lower layers (see the module doc)."""
 
-    def __init__(self, model, train_layers: int):
+    def __init__(self, model, train_layers: int, store: str | os.PathLike | None = None):
         n = len(decoder_stack(model).layers)
         if not 1 <= train_layers < n:
             raise ValueError(f"the lower-layer cache needs 1 <= train_layers < {n} (the model's layers), got {train_layers}")
         self.split = n - train_layers
         self.states: dict[tuple[int, ...], torch.Tensor] = {}
-        self.hits = self.misses = 0
+        self.hits = self.misses = self.loaded = 0
+        self.store = None
+        if store is not None:
+            self.store = Path(store) / f"{lower_fingerprint(model, self.split)}-below{self.split}"
+            self.store.mkdir(parents=True, exist_ok=True)
+
+    def _file(self, sequence: tuple[int, ...]) -> Path:
+        key = hashlib.sha256(torch.tensor(sequence, dtype=torch.int64).numpy().tobytes()).hexdigest()
+        return self.store / key[:2] / f"{key}.pt"
+
+    def _load(self, sequences: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
+        """Read the stored states of ``sequences``; returns those not stored (or unreadable)."""
+        missing = []
+        for sequence in sequences:
+            path = self._file(sequence)
+            try:
+                state = torch.load(path, weights_only=True) if path.exists() else None
+            except Exception:  # noqa: BLE001 -- a torn or foreign file: recompute it
+                state = None
+            if state is None or state.shape[0] != len(sequence):
+                missing.append(sequence)
+            else:
+                self.states[sequence] = state
+                self.loaded += 1
+        return missing
+
+    def _save(self, sequence: tuple[int, ...]) -> None:
+        path = self._file(sequence)
+        path.parent.mkdir(exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        torch.save(self.states[sequence], tmp)
+        os.replace(tmp, path)
 
     def __len__(self) -> int:
         return len(self.states)
@@ -50,8 +108,13 @@ class LowerLayerCache:
         unseen = [k for k in dict.fromkeys(keys) if k not in self.states]
         self.misses += len(unseen)
         self.hits += len(keys) - len(unseen)
+        if unseen and self.store is not None:
+            unseen = self._load(unseen)
         if unseen:
             self._run_lower(model, unseen)
+            if self.store is not None:
+                for sequence in unseen:
+                    self._save(sequence)
         return self._run_top(model, batch, keys, **kwargs)
 
     def _run_lower(self, model, sequences: list[tuple[int, ...]]) -> None:

@@ -301,7 +301,7 @@ def train_reranker(reranker: LLMReranker | BlockRanker, examples: list[dict], ou
             raise ValueError(f"--cache-lower-layers applies to the pointwise and qlm scorers, not {reranker.kind}")
         from .layer_cache import LowerLayerCache
 
-        reranker.lower_cache = LowerLayerCache(reranker.model, config.train_layers)
+        reranker.lower_cache = LowerLayerCache(reranker.model, config.train_layers, store=config.lower_cache_dir)
 
     def finish(main: bool) -> None:
         reranker.model.eval()

@@ -125,7 +125,7 @@ def test_lower_layer_cache_gives_the_full_forward_logits(tiny_causal_lm):
     encoded = [rr.encode_pair(q, d) for q, docs in make_groups(toy_groups(), 3, 0, 0)[:3] for d in docs]
     cache = LowerLayerCache(rr.model, 1)
     rr.lower_cache = cache
-    rr.model.train()  # the cache is used in training only
+    rr.model.train()
     with torch.no_grad():
         full = rr.batch_scores(encoded)       # all misses: the whole model runs, layer 1's inputs are kept
         calls = []
@@ -137,7 +137,10 @@ def test_lower_layer_cache_gives_the_full_forward_logits(tiny_causal_lm):
     torch.testing.assert_close(cached, full, atol=1e-5, rtol=1e-5)
     rr.model.eval()
     with torch.no_grad():
-        torch.testing.assert_close(rr.batch_scores(encoded), full, atol=1e-5, rtol=1e-5)  # eval: no cache
+        torch.testing.assert_close(rr.batch_scores(encoded), full, atol=1e-5, rtol=1e-5)  # scoring: from the cache too
+    rr.lower_cache = None
+    with torch.no_grad():
+        torch.testing.assert_close(rr.batch_scores(encoded), full, atol=1e-5, rtol=1e-5)  # without it: the full model
 
 
 def test_training_with_the_lower_layer_cache_equals_training_without(tiny_causal_lm, tmp_path, monkeypatch):
@@ -238,3 +241,48 @@ def test_cli_watches_an_eval_split_while_training(tiny_beir, tiny_bert, tiny_cau
     assert main(base + ["--eval-every", "2", "--out", str(tmp_path / "none")]) == 2
     assert "needs --eval-split" in capsys.readouterr().err
     assert not (tmp_path / "same").exists() and not (tmp_path / "none").exists()
+
+
+def test_a_stored_lower_layer_cache_is_shared_by_models_with_the_same_lower_layers(tiny_causal_lm, tmp_path):
+    """A second cache over the same store (a fresh reranker, LoRA on its top layer: another run) reads the states
+    and never runs layer 0, with the full model's scores; a model whose layer 0 differs gets its own subfolder."""
+    from peft import LoraConfig, get_peft_model
+
+    from densekit.reranker.layer_cache import LowerLayerCache, decoder_stack
+
+    store = tmp_path / "store"
+    first = QLMReranker.from_pretrained(str(tiny_causal_lm))
+    encoded = [first.encode_pair(q, d) for q, docs in make_groups(toy_groups(), 3, 0, 0)[:2] for d in docs]
+    first.lower_cache = LowerLayerCache(first.model, 1, store=store)
+    with torch.no_grad():
+        reference = first.batch_scores(encoded)
+    files = sorted(store.rglob("*.pt"))
+    assert len(files) == len({tuple(x) for x, _ in encoded})
+
+    second = QLMReranker.from_pretrained(str(tiny_causal_lm))
+    second.model = get_peft_model(second.model, LoraConfig(r=2, target_modules=["q_proj"], layers_to_transform=[1]))
+    second.model.eval()
+    second.lower_cache = LowerLayerCache(second.model, 1, store=store)
+    calls = []
+    hook = decoder_stack(second.model).layers[0].register_forward_hook(lambda *a: calls.append(1))
+    with torch.no_grad():
+        shared = second.batch_scores(encoded)
+    hook.remove()
+    assert calls == [] and second.lower_cache.loaded == len(files)
+    torch.testing.assert_close(shared, reference, atol=1e-5, rtol=1e-5)  # LoRA B starts at zero: the same model
+
+    files[0].write_bytes(b"torn")  # an unreadable file is recomputed, not trusted
+    third = QLMReranker.from_pretrained(str(tiny_causal_lm))
+    third.lower_cache = LowerLayerCache(third.model, 1, store=store)
+    with torch.no_grad():
+        torch.testing.assert_close(third.batch_scores(encoded), reference, atol=1e-5, rtol=1e-5)
+    assert third.lower_cache.loaded == len(files) - 1
+
+    other = QLMReranker.from_pretrained(str(tiny_causal_lm))
+    with torch.no_grad():
+        decoder_stack(other.model).layers[0].mlp.up_proj.weight.mul_(1.5)
+    other.lower_cache = LowerLayerCache(other.model, 1, store=store)
+    assert other.lower_cache.store != first.lower_cache.store
+    with torch.no_grad():
+        other.batch_scores(encoded)
+    assert other.lower_cache.loaded == 0
