@@ -39,7 +39,8 @@ NOT_FLAGS = {
                              "weight": "the unified objective's: `densekit train reranker`",
                              "direction": "the unified objective's: `densekit train reranker`",
                              "temperature": "the CL/unified objectives' yes-logit softmax: `densekit train reranker`",
-                             "cache_lower_layers": "one prompt per group of 20 documents: BlockRank's prompts rarely recur"},
+                             "cache_lower_layers": "one prompt per group of 20 documents: BlockRank's prompts rarely recur",
+                             "lower_cache_dir": "goes with cache_lower_layers (not offered here, see above)"},
 }
 
 # Where a subcommand's flag differs from its field's generated one (argparse keywords), and why.

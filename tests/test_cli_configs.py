@@ -21,7 +21,8 @@ EXTRA = {("mine",): ["--index", "i"]}  # --max-ratio needs dense mining
 CONTEXT = {"per_query": ["--loss", "mw"], "cache_lower_layers": ["--train-layers", "2"],
            "lower_cache_dir": ["--train-layers", "2", "--cache-lower-layers"]}  # flags that other flags make meaningful (cli.check_args)
 # Values that a generic rule cannot make valid
-SPECIAL = {"template": "Doc: {document}\nQuery: {query}", "lora_targets": ["q_proj", "v_proj"], "score_heads": [0, 2]}
+SPECIAL = {"template": "Doc: {document}\nQuery: {query}", "lora_targets": ["q_proj", "v_proj"], "score_heads": [0, 2],
+           "lower_cache_dir": "cache/lower"}
 
 
 @functools.lru_cache(maxsize=None)
