@@ -288,6 +288,13 @@ class BlockRanker(CausalLMRanker):
             raise ValueError(f"query block has {len(prompt.query)} tokens, fewer than signal_tokens={self.setting('signal_tokens')}")
         if answer is not None:
             prompt.answer = self._encode(c.answer_template.format(id=answer))
+        limit = getattr(self._base().config, "max_position_embeddings", None)
+        needed = len(prompt.instruction) + max(len(d) for d in prompt.docs) + len(prompt.tail)
+        if limit is not None and needed > limit:
+            raise ValueError(f"this BlockRank prompt needs {needed} positions (instruction + longest document block + "
+                             f"query block), beyond the model's limit of {limit} (max_position_embeddings); the number "
+                             "of documents does not count (their positions restart): lower doc_max_tokens or "
+                             "query_max_tokens")
         return prompt
 
     # ------------------------------------------------------------ the two paths

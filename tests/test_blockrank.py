@@ -222,6 +222,14 @@ def test_bad_input(ranker):
     assert p.docs[1]  # an empty document still has its id markers
     with pytest.raises(ValueError, match="answer"):
         ranker.loss(ranker.build_prompt("q", ["a"]), 0)
+    assert ranker.build_prompt("q", ["word " * 8] * 200)  # many documents: their positions restart, no limit
+    limit = ranker._base().config.max_position_embeddings
+    try:
+        ranker._base().config.max_position_embeddings = len(ranker.build_prompt("q", ["word " * 8]).positions()) - 1
+        with pytest.raises(ValueError, match="beyond the model's limit"):
+            ranker.build_prompt("q", ["word " * 8])
+    finally:
+        ranker._base().config.max_position_embeddings = limit
 
 
 @pytest.mark.slow
