@@ -344,7 +344,7 @@ def train_reranker(data: str, out: str, config, scorer, model: str = "HuggingFac
 
     from .pipeline import RerankTask, first_stage_groups, rerank_metric
 
-    kinds = {cls.config_class: cls for cls in REGISTRY.values()}
+    kinds = {cls.config_class: cls for cls in REGISTRY.values() if getattr(cls, "config_class", None) is not None}
     if type(scorer) not in kinds:
         raise TypeError(f"scorer must be one of {[c.__name__ for c in kinds]}, got {type(scorer).__name__}")
     if eval_split is not None and eval_split == split:
