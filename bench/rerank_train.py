@@ -21,7 +21,7 @@ and resumable (``--resume``); the model lands in ``<out>/model`` and can be scor
         --batch-size 1 --lr 1e-4 --groups 500 --eval-every 100 --out runs/rr/blockrank-aux
 
 ``--eval-every N`` logs the nDCG@10 of the 40 held-out tuning queries (dense top 20) every N steps as
-``eval_ndcg@10`` in ``<out>/train_log.jsonl``.
+``eval_ndcg@10`` in ``<out>/train_log.jsonl``; ``curve --out <run>`` prints those values as JSON lines.
 """
 from __future__ import annotations
 
@@ -150,6 +150,19 @@ def train(args) -> None:
                       "model": str(Path(args.out) / "model")}))
 
 
+def curve(args) -> None:
+    """The tuning-split values a run logged while training (``--eval-every``), one JSON line each."""
+    from densekit.retriever.checkpoints import read_train_log
+
+    run = read_train_log(args.out)
+    per_step = run["config"]["batch_size"]
+    for row in run["log"]:
+        values = {k: round(v, 4) for k, v in row.items() if k.startswith("eval_")}
+        if values:
+            print(json.dumps({"bench": "rerank_train_curve", "run": args.out, "step": row["step"],
+                              "groups_seen": row["step"] * per_step, **values}))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -178,7 +191,11 @@ def main() -> None:
     train_p.add_argument("--lower-cache-dir", help="with --cache-lower-layers: keep the lower layers' output on disk, "
                          "shared with other runs over the same base model and prompts")
     train_p.add_argument("--fixed-negatives", action="store_true", help="each query's negatives drawn once (prompts recur)")
+    curve_p = sub.add_parser("curve", help="print the tuning-split values a run logged (--eval-every)")
+    curve_p.add_argument("--out", required=True)
     args = p.parse_args()
+    if args.command == "curve":
+        return curve(args)
     if args.command == "train" and args.scorer != "blockrank" and not args.objective:
         p.error("train --scorer qlm|pointwise needs --objective")
     (speed if args.command == "speed" else train)(args)
