@@ -215,6 +215,9 @@ PROBED: dict[str, dict] = {
     # queries (cross-fitted heads), where the paper's choice (layer 18, last 2 tokens, sum, all heads) gives 0.316
     # and random order 0.232 (bench/results/blockrank_probe.jsonl).
     "HuggingFaceTB/SmolLM2-135M-Instruct": {"score_layer": 23, "signal_tokens": 0, "doc_mass": "sum", "score_heads": [0, 1, 2, 7]},
+    # python bench/blockrank_probe.py --model google/gemma-3-270m: nDCG@10 0.721 at layer 5 (its first full-attention
+    # layer; its 4 heads are all kept), where the paper's choice (layer 11, last 2 tokens, sum) gives 0.287.
+    "google/gemma-3-270m": {"score_layer": 5, "signal_tokens": 0, "doc_mass": "sum", "score_heads": None},
 }
 PAPER = {"signal_tokens": 2, "doc_mass": "sum", "score_heads": None}
 
