@@ -154,7 +154,13 @@ def main() -> None:
     p.add_argument("--full-max-n", type=int, default=100)
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--out", default="bench/results/blockrank_scaling.png")
+    p.add_argument("--plot-only", metavar="JSONL", help="only draw the plot from rows saved earlier (e.g. one file "
+                   "assembled from runs of different models)")
     args = p.parse_args()
+    if args.plot_only:
+        saved = [json.loads(line) for line in Path(args.plot_only).read_text().splitlines() if line.strip()]
+        plot([r for r in saved if "n" in r], Path(args.out))
+        return
     torch.set_num_threads(args.threads)
     rows = []
     for which in args.models:
