@@ -83,7 +83,7 @@ def plot_learning_curves(curves: dict[str, list[tuple[float, float]]], path: str
         ax.annotate(f"{label} {value:.3f}", (0, value), fontsize=7, va="bottom")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(metric)
-    ax.legend(loc="lower right", fontsize=7)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1), fontsize=7)  # beside the axes: never over a point
     return _save(fig, path)
 
 
