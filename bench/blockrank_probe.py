@@ -78,7 +78,7 @@ def main() -> None:
     print(plot_heatmap([[table[(l, *c)] for c in columns] for l in layers], [f"layer {l}" for l in layers],
                        [f"{s} / {r} / {h} heads" for s, r, h in columns], results / f"blockrank_probe-{slug}.png",
                        f"{args.model}: attention nDCG@10 on {len(queries)} scifact train queries "
-                       f"(random order {summary['random_order']:.3f})"))
+                       f"(random order {summary['random_order']:.3f})", overwrite=True))
 
 
 if __name__ == "__main__":

@@ -84,7 +84,7 @@ def load_task(name: str, out: Path):
             from densekit.retriever.search import dense_search
 
             run = dense_search(ds.corpus, queries, task.k, index_dir=str(out / f"index-{task.dataset}-minilm"))
-            write_run(cached, run, tag="dense-minilm")
+            write_run(cached, run, tag="dense-minilm", overwrite=True)
         run = read_run(cached)
     else:
         run = read_run(folder / task.first_stage)
@@ -222,7 +222,7 @@ def report(args) -> None:
                 curves.setdefault(r["system"].split(" (")[0], [] if start is None else [(0, start)]).append(
                     (r["groups_seen"], r[METRIC]))
             print(plot_learning_curves(curves, Path(args.plot).with_name(f"{Path(args.plot).stem}-{name}.png"), METRIC,
-                                       {"first stage": rows[[r["task"] for r in rows].index(name)][METRIC]}))
+                                       {"first stage": rows[[r["task"] for r in rows].index(name)][METRIC]}, overwrite=True))
             logged = {r["system"].split(" (")[0]: r["tuning_curve_training"] for r in trained_rows if "tuning_curve_training" in r}
             for system in logged:  # the zero-shot model's score on the tuning task: the curve's point 0
                 zero = system.split(" ")[0]
@@ -236,7 +236,7 @@ def report(args) -> None:
                 first_tuning = statistics.fmean(v[METRIC] for v in evaluate(t_first[2], t_first[0].qrels, [METRIC])[0].values())
                 print(plot_learning_curves(logged, Path(args.plot).with_name(f"{Path(args.plot).stem}-{name}-tuning.png"),
                                            f"{METRIC} on {task.tune_on} (logged while training)",
-                                           {"first stage": first_tuning}))
+                                           {"first stage": first_tuning}, overwrite=True))
     for r in rows:
         print(json.dumps(r))
     for c in comparisons:

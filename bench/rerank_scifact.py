@@ -84,7 +84,7 @@ def main() -> None:
         logs[objective.upper()] = trained["log"]
         rerank_with(model, f"SmolLM2 {objective.upper()} (LoRA r={tconf.lora_r}, {args.steps} steps)",
                     train_seconds=round(trained["seconds"], 1), groups_seen=args.steps * args.batch_size)
-    plot_gradient_weights(logs, Path("bench/results/rerank_gradient_weights.png"))
+    plot_gradient_weights(logs, Path("bench/results/rerank_gradient_weights.png"), overwrite=True)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,22 @@ CONFIGS = {
     ("mine",): (MineConfig,),
 }
 
+# Every flag naming a place densekit writes, by subcommand, and what it writes there. One output rule holds for all
+# (densekit.retriever.io): something that exists and is not densekit's own output of that kind is refused, densekit's
+# own is replaced only with --overwrite, and the check runs before any model loads; tests/test_output_rule.py walks
+# every subcommand's flags and holds the parser to this table.
+OUTPUTS = {
+    ("eval",): {"save_run": "file", "roc": "file", "index": "index"},
+    ("compare",): {"json": "file", "plot": "file"},
+    ("data", "download"): {"out": "dataset folder's parent"},
+    ("index", "build"): {"out": "index"},
+    ("index", "merge"): {"out": "index"},
+    ("train", "retriever"): {"out": "train-run"},
+    ("train", "reranker"): {"out": "train-run", "index": "index", "lower_cache_dir": "cache"},
+    ("train", "blockrank"): {"out": "train-run", "index": "index"},
+    ("mine",): {"out": "file"},
+}
+
 # Config fields a subcommand deliberately offers no flag for, and why.
 NOT_FLAGS = {
     ("train", "retriever"): {"extra": "a free-form dict for library callers; no flag can express it"},
@@ -147,7 +163,7 @@ def _add_data(sub) -> None:
     dsub = p.add_subparsers(dest="data_command", required=True)
     d = dsub.add_parser("download", help="download an official BEIR dataset (online only)")
     d.add_argument("name")
-    d.add_argument("--out", required=True)
+    d.add_argument("--out", required=True, help="folder to download into: the dataset is written to OUT/NAME")
 
 
 def _add_index(sub) -> None:
@@ -327,33 +343,8 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
             parser.error(f"{', '.join(flags)} {'is' if len(flags) == 1 else 'are'} ignored {reason}: drop "
                          f"{'it' if len(flags) == 1 else 'them'}")
 
-    if args.command == "eval":
-        if args.run and args.retriever:
-            parser.error("--run scores a saved run; it replaces the first stage: drop --retriever (or --run)")
-        retriever = args.retriever or ("run" if args.run else "bm25")
-        dense_only = ("model", "index", "factory", "nprobe", "ef_search", "batch_size")
-        if retriever != "dense":
-            refuse(given(*dense_only), "with --run (it replaces the first stage)" if retriever == "run"
-                   else "with --retriever bm25 (dense-only flags; add --retriever dense)")
-        if args.index and args.model and len(args.model) > 1:
-            parser.error("--index serves one model; drop it to compare several models")
-        if args.nprobe is not None and args.ef_search is not None:
-            parser.error("--nprobe applies to IVF indexes and --ef-search to HNSW indexes: give one of them")
-        if not args.reranker:
-            refuse(given("rerank_mode", "rerank_top_k", "rerank_batch_size", "fuse"), "without --reranker")
-        if args.fuse is None:
-            refuse(given("fuse_norm", "tune_split", "tune_run", "tune_queries"), "without --fuse")
-        elif args.fuse != "auto":
-            refuse(given("tune_split", "tune_run", "tune_queries"), "with a fixed --fuse W (they serve --fuse auto)")
-        for flag, value in (("--save-run", args.save_run), ("--roc", args.roc)):
-            if value and Path(value).is_dir():
-                parser.error(f"{flag} {value}: is a folder; give a file path")
-            if value and Path(value).parent.exists() and not Path(value).parent.is_dir():
-                parser.error(f"{flag} {value}: {Path(value).parent} is a file, not a folder")
-        if args.run and not Path(args.run).is_file():
-            parser.error(f"--run {args.run}: {'is a folder' if Path(args.run).is_dir() else 'no such file'}; "
-                         "give a TREC run file ('qid Q0 docid rank score tag' lines)")
-    elif args.command == "mine":
+    # eval's checks are jobs.check_evaluate's: jobs.evaluate runs them before any model loads, for the API too
+    if args.command == "mine":
         if not args.index:
             refuse(given("max_ratio", "model"), "with BM25 mining (dense mining needs --index)")
         if args.rank_from >= args.rank_to:
@@ -487,10 +478,38 @@ def main(argv: list[str] | None = None) -> int:
     except (DataError, ValueError, OSError, EOFError, ModelNotAvailable) as err:
         print(f"densekit: error: {_describe(err)}", file=sys.stderr)
         return 2
+    except RuntimeError as err:  # FAISS and torch report a full disk as a RuntimeError; any other one is a bug
+        if "No space left on device" not in str(err):
+            raise
+        print(f"densekit: error: {_describe(OSError(28, str(err)))}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"densekit: interrupted; {_after_interrupt(args)}", file=sys.stderr)
+        return 130
+
+
+# Commands that keep their finished work on disk and pick it up when run again.
+_RESUMABLE = {("index", "build"): "rerun the same command to resume (finished shards are kept)",
+              ("train", None): "rerun the same command with --resume to continue from the last checkpoint"}
+
+
+def _after_interrupt(args) -> str:
+    """What a user does after Ctrl-C: resume where the command can, else know that nothing was written."""
+    for (command, sub), advice in _RESUMABLE.items():
+        if args.command == command and (sub is None or getattr(args, f"{command}_command", None) == sub):
+            return advice
+    return "nothing was written (outputs are written whole, at the end): rerun the same command"
 
 
 def _describe(err: BaseException) -> str:
-    """One line for the user: the message, with the file named for OSErrors that carry one."""
+    """One line for the user: the message, with the file named for OSErrors that carry one, and what to do
+    when the disk is full."""
+    import errno
+
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        where = f"{err.filename}: " if err.filename else ""
+        return (f"{where}no space left on the device (or quota exceeded); nothing densekit had written before was "
+                f"replaced: free space or choose another output path, then rerun the same command ({err.strerror})")
     if isinstance(err, OSError) and err.filename and str(err.filename) not in str(err):
         return f"{err.filename}: {err.strerror or err}"
     return str(err).strip() or type(err).__name__

@@ -116,21 +116,27 @@ def load_queries(path: str | Path) -> Queries:
     for number, obj in read_jsonl(path, required=("_id", "text")):
         query_id = _record_id(path, number, obj["_id"])
         _check_unique(path, number, query_id, queries)
-        queries[query_id] = str(obj["text"])
+        text = obj["text"]
+        if isinstance(text, bool) or not isinstance(text, (str, int, float)):  # str(None) would search "None"
+            raise DataError(f"{path}:{number}: query {query_id!r} has text {json.dumps(text)}, not a string; "
+                            "give every query its text (or remove the query)")
+        queries[query_id] = str(text)
     return queries
 
 
 def load_qrels(path: str | Path) -> Qrels:
     """Read qrels: BEIR TSV (``query-id<TAB>corpus-id<TAB>score``, header optional) or TREC (``qid 0 docid rel``).
 
-    The separator is decided once per file, from its first non-blank line: a file whose first line holds a
+    One file has one format, decided once, from its first non-blank line: a file whose first line holds a
     tab is tab-separated and every line is split at tabs only (as BEIR's own reader does), so an id may
-    contain spaces (``q1<TAB>doc 1<TAB>1`` is doc ``"doc 1"``); 3 columns are BEIR, 4 columns TREC. A
-    file without tabs is split at any whitespace and must have TREC's 4 columns (3 are read as BEIR).
+    contain spaces (``q1<TAB>doc 1<TAB>1`` is doc ``"doc 1"``); a file without tabs is split at any
+    whitespace. The first data row's column count fixes the format, 3 columns BEIR and 4 columns TREC,
+    and a later row with another count is refused (DataError naming the line) rather than read as the
+    other format.
     """
     path = Path(path)
     qrels: Qrels = {}
-    tabbed = None
+    tabbed, width = None, None
     for number, line in _lines(path):
         line = line.rstrip("\r\n")
         if not line.strip():
@@ -149,6 +155,13 @@ def load_qrels(path: str | Path) -> Qrels:
             fields = line.split()
         if first and not _is_int(fields[-1]):  # header row
             continue
+        if width is None and len(fields) in (3, 4):
+            width = len(fields)
+        if width is not None and len(fields) != width:
+            sep = "tab-separated " if tabbed else ""
+            raise DataError(f"{path}:{number}: {len(fields)} {sep}columns in a file whose first row has {width} "
+                            f"({'BEIR: query-id corpus-id score' if width == 3 else 'TREC: qid 0 docid rel'}); "
+                            "one file holds one format: fix or remove this row")
         if len(fields) == 4:  # TREC qrels
             query_id, doc_id, score = fields[0], fields[2], fields[3]
         elif len(fields) == 3:
@@ -200,13 +213,23 @@ def load_dataset(folder: str | Path, split: str = "test", check_ids: bool = True
     documents simply cannot be retrieved, as in the official qrels of a sub-sampled corpus).
     """
     folder = Path(folder)
+    queries, qrels = load_split(folder, split)
+    corpus = _load_folder_corpus(folder)
+    if check_ids:
+        _warn_unknown_ids(folder, split, corpus, queries, qrels)
+    return Dataset(corpus=corpus, queries=queries, qrels=qrels, path=folder, split=split)
+
+
+def load_split(folder: str | Path, split: str) -> tuple[Queries, Qrels]:
+    """``(queries, qrels)`` of one split of a BEIR or MS MARCO folder, without its corpus: the queries are
+    those with qrels in ``split`` and text in the queries file, in sorted id order. DataError for a missing
+    folder, an unknown split, or a split none of whose queries has text."""
+    folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"{folder}: no such dataset folder")
     splits = available_splits(folder)
     if split not in splits:
         raise DataError(f"{folder}: unknown split {split!r}; splits found: {', '.join(splits) or 'none'}")
-
-    corpus = _load_folder_corpus(folder)
     if (folder / "queries.jsonl").exists():
         queries = load_queries(folder / "queries.jsonl")
         qrels = load_qrels(folder / "qrels" / f"{split}.tsv")
@@ -216,13 +239,10 @@ def load_dataset(folder: str | Path, split: str = "test", check_ids: bool = True
             raise DataError(f"{folder}: neither queries.jsonl (BEIR) nor queries.{split}.tsv (MS MARCO) found")
         queries = _read_tsv_pairs(query_file, "query")
         qrels = load_qrels(folder / f"qrels.{split}.tsv")
-
     queries = {qid: queries[qid] for qid in sorted(qrels) if qid in queries}
     if not queries:
         raise DataError(f"{folder}: no queries for split {split!r} (none of its qrels query ids is in the queries file)")
-    if check_ids:
-        _warn_unknown_ids(folder, split, corpus, queries, qrels)
-    return Dataset(corpus=corpus, queries=queries, qrels=qrels, path=folder, split=split)
+    return queries, qrels
 
 
 def _warn_unknown_ids(folder: Path, split: str, corpus: Corpus, queries: Queries, qrels: Qrels) -> None:
@@ -308,9 +328,12 @@ def _load_folder_corpus(folder: Path) -> Corpus:
 
 
 def select_queries(queries: Queries, max_queries: int | None) -> Queries:
-    """The first ``max_queries`` queries in sorted id order (all when None)."""
+    """The first ``max_queries`` queries in sorted id order (all when None); ``max_queries`` must be a
+    positive integer (ValueError otherwise, as ``--max-queries`` refuses it)."""
     ids = sorted(queries)
     if max_queries is not None:
+        if isinstance(max_queries, bool) or not isinstance(max_queries, int) or max_queries < 1:
+            raise ValueError(f"max_queries must be a positive integer or None, got {max_queries!r}")
         ids = ids[:max_queries]
     return {qid: queries[qid] for qid in ids}
 
@@ -336,10 +359,6 @@ def resolve_dataset(name_or_path: str | Path) -> Path:
 
 # ---------------------------------------------------------------- download (online users)
 
-def _offline() -> bool:
-    return any(os.environ.get(var, "") not in ("", "0") for var in ("DENSEKIT_OFFLINE", "HF_HUB_OFFLINE"))
-
-
 def download(name: str, out: str | Path, url: str | None = None, md5: str | None = None, timeout: float = 10.0) -> Path:
     """Download and unpack the official BEIR zip of ``name`` into ``out/<name>``.
 
@@ -350,15 +369,25 @@ def download(name: str, out: str | Path, url: str | None = None, md5: str | None
     """
     from tqdm.auto import tqdm
 
+    from densekit.retriever.io import check_writable
+
     out = Path(out)
     target = out / name
     if target.is_dir():
+        if _first_existing(target, ("corpus.jsonl", "corpus.jsonl.gz", "collection.tsv", "collection.tsv.gz")) is None:
+            raise DataError(f"{target}: folder exists and holds no dataset (no corpus file); densekit never writes into "
+                            "a folder it did not write: choose another --out")
         return target
+    if target.exists():
+        raise DataError(f"{target}: a file is in the way of the dataset folder; choose another --out")
+    check_writable(target)
     if url is None:
         if name not in BEIR_MD5:
             raise DataError(f"unknown BEIR dataset {name!r}; known: {', '.join(sorted(BEIR_MD5))}")
         url, md5 = BEIR_URL.format(name=name), BEIR_MD5[name]
-    if _offline():
+    from densekit.retriever.models import offline
+
+    if offline():
         raise DataError(f"offline mode (DENSEKIT_OFFLINE/HF_HUB_OFFLINE set): cannot download {url}")
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out, prefix=f".{name}.") as tmp:
@@ -387,12 +416,20 @@ def download(name: str, out: str | Path, url: str | None = None, md5: str | None
     return target
 
 
-def write_beir(folder: str | Path, corpus: Corpus, queries: Queries, qrels: dict[str, Qrels]) -> Path:
-    """Write a BEIR folder (``qrels`` maps split name to qrels). Used by tests and converters."""
-    folder = Path(folder)
-    write_jsonl(folder / "corpus.jsonl", ({"_id": k, "title": v.get("title", ""), "text": v["text"]} for k, v in corpus.items()))
-    write_jsonl(folder / "queries.jsonl", ({"_id": k, "text": v} for k, v in queries.items()))
-    for split, rows in qrels.items():
-        lines = ["query-id\tcorpus-id\tscore\n"] + [f"{q}\t{d}\t{s}\n" for q, docs in rows.items() for d, s in docs.items()]
-        atomic_write_text(folder / "qrels" / f"{split}.tsv", "".join(lines))
-    return folder
+def write_beir(folder: str | Path, corpus: Corpus, queries: Queries, qrels: dict[str, Qrels],
+               overwrite: bool = False) -> Path:
+    """Write a BEIR folder (``qrels`` maps split name to qrels) as one whole: the output-path rule of
+    ``densekit.retriever.io.atomic_dir`` (kind ``dataset``), so a folder that exists is replaced, whole,
+    only when densekit wrote it and ``overwrite`` is true; no file of an older dataset survives beside
+    the new one. Used by tests and converters."""
+    from densekit.retriever.io import atomic_dir
+
+    with atomic_dir(folder, "dataset", overwrite) as tmp:
+        write_jsonl(tmp / "corpus.jsonl", ({"_id": k, "title": v.get("title", ""), "text": v["text"]}
+                                           for k, v in corpus.items()))
+        write_jsonl(tmp / "queries.jsonl", ({"_id": k, "text": v} for k, v in queries.items()))
+        for split, rows in qrels.items():
+            lines = ["query-id\tcorpus-id\tscore\n"] + [f"{q}\t{d}\t{s}\n" for q, docs in rows.items()
+                                                         for d, s in docs.items()]
+            atomic_write_text(tmp / "qrels" / f"{split}.tsv", "".join(lines))
+    return Path(folder)

@@ -12,11 +12,12 @@ import math
 import os
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from densekit.retriever.config import DEFAULT_ENCODER, MineConfig, TrainConfig
-from densekit.retriever.io import check_file_target, check_target
+from densekit.retriever.io import check_file_target, check_target, check_writable, folder_lock
 
 from .data import DataError
 
@@ -50,6 +51,148 @@ def _finite_or_none(values: dict) -> dict:
     return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in values.items()}
 
 
+def _positive(name: str, value, allow_none: bool = True) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _refuse_ignored(given: dict, reason: str) -> None:
+    """ValueError naming the flags of ``given`` (name -> value) that were set though ``reason`` ignores them."""
+    flags = ["--" + name.replace("_", "-") for name, value in given.items() if value not in (None, False)]
+    if flags:
+        one = len(flags) == 1
+        raise ValueError(f"{', '.join(flags)} {'is' if one else 'are'} ignored {reason}: drop {'it' if one else 'them'}")
+
+
+@dataclass
+class EvalPlan:
+    """What ``check_evaluate`` found, so that ``evaluate`` does not look twice: the dataset folder, the first
+    stage, the reranker's class and target (``reranker.base.resolve_spec``, nothing loaded), its mode, and
+    the tuning split of ``fuse="auto"``."""
+
+    folder: Path
+    retriever: str
+    models: list
+    reranker: tuple | None = None
+    mode: str | None = None
+    depth: int = 20
+    tune_split: str | None = None
+
+
+def check_evaluate(data: str, split: str = "test", *, retriever: str | None = None, run: str | None = None,
+                   models: list[str] | None = None, index: str | None = None, factory: str | None = None,
+                   nprobe: int | None = None, ef_search: int | None = None, batch_size: int | None = None,
+                   top_k: int = 100, max_queries: int | None = None, relevance_level: int = 1,
+                   keep_identical_ids: bool = False, save_run: str | None = None, overwrite: bool = False,
+                   reranker: str | None = None, rerank_mode: str | None = None, rerank_top_k: int | None = None,
+                   rerank_batch_size: int | None = None, fuse: float | str | None = None, fuse_norm: str | None = None,
+                   tune_split: str | None = None, tune_run: str | None = None, tune_queries: int | None = None,
+                   roc: str | None = None) -> EvalPlan:
+    """Every check of ``evaluate``'s arguments that needs no model, in the order a user fixes them: flag
+    combinations, numbers, output paths (``io.check_file_target``: exists -> refused without ``overwrite``;
+    not creatable -> refused), the dataset and split, the reranker spec and mode (``resolve_spec``: no weights
+    read), the tuning split and tuning run of ``fuse="auto"``, the dense models and index folder. Raises
+    ValueError / DataError / ModelNotAvailable; the CLI prints them as ``densekit: error: ...``."""
+    from densekit.eval.metrics import check_relevance_level
+    from densekit.retriever.models import check_available
+
+    from . import pipeline
+    from .data import load_split, resolve_dataset
+
+    if run and retriever:
+        raise ValueError("--run scores a saved run; it replaces the first stage: drop --retriever (or --run)")
+    retriever = retriever or ("run" if run else "bm25")
+    if retriever not in ("bm25", "dense", "run") or (retriever == "run" and not run):
+        raise ValueError(f"unknown retriever {retriever!r}: use bm25 or dense, or pass a saved run (--run FILE)")
+    if retriever != "dense":
+        _refuse_ignored({"model": models, "index": index, "factory": factory, "nprobe": nprobe, "ef_search": ef_search,
+                         "batch_size": batch_size}, "with --run (it replaces the first stage)" if retriever == "run"
+                        else "with --retriever bm25 (dense-only flags; add --retriever dense)")
+    if index and models and len(models) > 1:
+        raise ValueError("--index serves one model; drop it to compare several models")
+    if nprobe is not None and ef_search is not None:
+        raise ValueError("--nprobe applies to IVF indexes and --ef-search to HNSW indexes: give one of them")
+    if not reranker:
+        _refuse_ignored({"rerank_mode": rerank_mode, "rerank_top_k": rerank_top_k, "rerank_batch_size": rerank_batch_size,
+                         "fuse": fuse}, "without --reranker")
+    if fuse is None:
+        _refuse_ignored({"fuse_norm": fuse_norm, "tune_split": tune_split, "tune_run": tune_run,
+                         "tune_queries": tune_queries}, "without --fuse")
+    elif fuse != "auto":
+        _refuse_ignored({"tune_split": tune_split, "tune_run": tune_run, "tune_queries": tune_queries},
+                        "with a fixed --fuse W (they serve --fuse auto)")
+        if isinstance(fuse, bool) or not isinstance(fuse, (int, float)) or not 0 <= fuse <= 1:
+            raise ValueError(f"--fuse must be a weight in [0, 1] or 'auto', got {fuse!r}")
+    if fuse == "auto" and tune_run and not run:
+        raise ValueError("--tune-run is the saved first-stage run of the tuning split, for --fuse auto with --run; "
+                         "without --run the first stage runs on the tuning split itself: drop --tune-run")
+    if fuse == "auto" and run and not tune_run:
+        raise ValueError("--fuse auto with --run needs --tune-run FILE: the saved first-stage run of the tuning split")
+    if fuse_norm is not None and fuse_norm not in ("z", "minmax"):
+        raise ValueError(f"--fuse-norm must be z or minmax, got {fuse_norm!r}")
+    for name, value in (("top_k", top_k), ("max_queries", max_queries), ("rerank_top_k", rerank_top_k),
+                        ("rerank_batch_size", rerank_batch_size), ("batch_size", batch_size), ("nprobe", nprobe),
+                        ("ef_search", ef_search), ("tune_queries", tune_queries)):
+        _positive(name, value, allow_none=name != "top_k")
+    check_relevance_level(relevance_level)
+    depth = rerank_top_k or 20
+    if reranker and retriever != "run" and depth > top_k:
+        raise ValueError(f"--rerank-top-k {depth} is beyond --top-k {top_k}: the first stage returns {top_k} candidates "
+                         f"per query; raise --top-k to at least {depth} or lower --rerank-top-k")
+    models = (models or [DEFAULT_ENCODER]) if retriever == "dense" else [None]
+    for path in ([save_run + ("" if len(models) == 1 else f".{n}") for n in range(1, len(models) + 1)] if save_run
+                 else []) + ([roc] if roc else []):
+        check_file_target(path, overwrite)
+    folder = resolve_dataset(data)
+    load_split(folder, split)  # the split exists and has queries
+    if run and not Path(run).is_file():
+        raise DataError(f"--run {run}: {'is a folder' if Path(run).is_dir() else 'no such file'}; "
+                        "give a TREC run file ('qid Q0 docid rank score tag' lines)")
+    plan = EvalPlan(folder, retriever, models, depth=depth)
+    if reranker:
+        from densekit.reranker.base import resolve_spec
+
+        plan.reranker = resolve_spec(reranker)
+        modes = tuple(getattr(plan.reranker[0], "modes", ()))
+        if len(modes) > 1:
+            plan.mode = rerank_mode or modes[0]
+            if plan.mode not in modes:
+                raise ValueError(f"--rerank-mode {plan.mode}: the {plan.reranker[0].kind} reranker has modes "
+                                 f"{', '.join(modes)}")
+        elif rerank_mode:
+            raise ValueError(f"--rerank-mode {rerank_mode}: the {getattr(plan.reranker[0], 'kind', '?')} reranker has "
+                             f"no modes (BlockRank has attention and decode); drop --rerank-mode")
+    if fuse == "auto":
+        plan.tune_split = pipeline.tuning_split(folder, split, tune_split)
+        tune_texts, tune_qrels = load_split(folder, plan.tune_split)
+        if tune_run:
+            pipeline.check_tune_run(pipeline.read_run(tune_run), tune_run, tune_texts, plan.tune_split)
+    if retriever == "dense":
+        for model in models:
+            check_available(model)
+        check_index_folder(index)
+    return plan
+
+
+def check_index_folder(index: str | None) -> None:
+    """An ``--index`` folder that is reused when it holds an index and built when absent: refuse (DataError) a
+    file there, or a non-empty folder that holds no densekit index (densekit never writes into it)."""
+    from densekit.retriever.io import artefact_kind
+
+    if not index:
+        return
+    path = Path(index)
+    if path.exists() and not path.is_dir():
+        raise DataError(f"--index {index}: a file is in the way of the index folder; give a folder")
+    if path.is_dir() and any(path.iterdir()) and artefact_kind(path) != "index":
+        raise DataError(f"--index {index}: this folder holds no densekit index (and densekit never writes into a "
+                        "folder it did not write); give an index folder or a new path")
+    if not path.exists():
+        check_writable(path)
+
+
 def evaluate(data: str, split: str = "test", *, retriever: str | None = None, run: str | None = None,
              models: list[str] | None = None, index: str | None = None, factory: str | None = None,
              nprobe: int | None = None, ef_search: int | None = None, batch_size: int | None = None, top_k: int = 100,
@@ -62,22 +205,34 @@ def evaluate(data: str, split: str = "test", *, retriever: str | None = None, ru
     """First stage (``retriever`` bm25 | dense, default bm25, or the saved TREC ``run``), optional rerank (and
     fusion), metrics of every evaluated query. Returns ``{label: {"system": {...}, "metrics": {...}}}``, one
     entry per system (one per dense model): ``system`` holds dataset, split, retriever, run, model, reranker,
-    rerank_mode, rerank_top_k and fuse; ``metrics`` the means (None where undefined), num_queries and seconds.
+    rerank_mode, rerank_top_k, fuse and ``identical_ids_relevant``; ``metrics`` the means (None where
+    undefined), num_queries and seconds. Every argument is checked first (``check_evaluate``), before any
+    model loads.
 
     The evaluated queries are the split's queries that have qrels and text (the first ``max_queries`` in
     sorted id order); each mean is over all of them, a query without hits counting 0, which is what
-    pytrec_eval gives for a run holding every evaluated query (the beir convention). ``save_run`` (a
-    ``.N`` suffix per model when there are several) is checked before any work and replaced only with
-    ``overwrite``; ``roc`` is a PNG of every system's ROC curve."""
+    pytrec_eval gives for a run holding every evaluated query (the beir convention). Unless
+    ``keep_identical_ids``, a document whose id equals its query id is dropped (beir's
+    ``ignore_identical_ids``); ``identical_ids_relevant`` counts the evaluated queries' qrels rows that judge
+    such a document relevant (they count as relevant but can never be retrieved; a note says so when > 0).
+    ``save_run`` (a ``.N`` suffix per model when there are several) and ``roc`` (a PNG of every system's ROC
+    curve) are replaced only with ``overwrite``."""
     from densekit.retriever.search import first_stage
 
     from . import pipeline
-    from .data import load_dataset, resolve_dataset, select_queries
+    from .data import load_dataset, select_queries
 
     start = time.perf_counter()
-    retriever = retriever or ("run" if run else "bm25")
+    plan = check_evaluate(data, split, retriever=retriever, run=run, models=models, index=index, factory=factory,
+                          nprobe=nprobe, ef_search=ef_search, batch_size=batch_size, top_k=top_k,
+                          max_queries=max_queries, relevance_level=relevance_level,
+                          keep_identical_ids=keep_identical_ids, save_run=save_run, overwrite=overwrite,
+                          reranker=reranker, rerank_mode=rerank_mode, rerank_top_k=rerank_top_k,
+                          rerank_batch_size=rerank_batch_size, fuse=fuse, fuse_norm=fuse_norm, tune_split=tune_split,
+                          tune_run=tune_run, tune_queries=tune_queries, roc=roc)
+    retriever, models, depth, mode = plan.retriever, plan.models, plan.depth, plan.mode
     saved_run = pipeline.read_run(run) if run else None
-    ds = load_dataset(resolve_dataset(data), split)
+    ds = load_dataset(plan.folder, split)
     queries = select_queries(ds.queries, max_queries)
     if save_run:  # refuse ids a TREC file cannot hold before any work
         for qid in queries:
@@ -86,22 +241,17 @@ def evaluate(data: str, split: str = "test", *, retriever: str | None = None, ru
             pipeline.check_trec_id(doc, "doc id")
     if saved_run is not None:
         saved_run = _saved_run_for(saved_run, run, queries, ds, split, note)
-    models = (models or [DEFAULT_ENCODER]) if retriever == "dense" else [None]
-    if save_run:  # the output-path rule, before any work: an existing file is replaced only with overwrite
-        for number in range(1, len(models) + 1):
-            check_file_target(save_run + ("" if len(models) == 1 else f".{number}"), overwrite)
-    ranker, mode = None, None
-    depth = rerank_top_k or 20
+    identical = 0 if keep_identical_ids else sum(
+        1 for qid in queries for doc, grade in ds.qrels.get(qid, {}).items() if doc == qid and grade >= relevance_level)
+    if identical:
+        note(f"{identical} relevant qrels row(s) of the evaluated queries judge a document whose id is the query id; "
+             "such documents are dropped from every ranking (beir's ignore_identical_ids), so they count as relevant "
+             "but are never retrieved: pass --keep-identical-ids to keep them")
+    ranker = None
     if reranker:
         from densekit.reranker.base import load_reranker
 
         ranker = load_reranker(reranker)
-        modes = tuple(getattr(ranker, "modes", ()))
-        if len(modes) > 1:
-            mode = rerank_mode or modes[0]
-        elif rerank_mode:
-            raise ValueError(f"--rerank-mode {rerank_mode}: the {getattr(ranker, 'kind', '?')} reranker has "
-                             f"no modes (BlockRank has attention and decode); drop --rerank-mode")
     metric_names = list(dict.fromkeys([*pipeline.DEFAULT_METRICS, f"recall@{top_k}", f"map@{top_k}"]))
     runs, results = {}, {}
     for model in models:
@@ -125,7 +275,7 @@ def evaluate(data: str, split: str = "test", *, retriever: str | None = None, ru
             system_run = {qid: system_run.get(qid, {}) for qid in queries}
             label += f">{reranker}@{depth}" + (f"/{mode}" if mode else "")
             if fuse is not None:
-                fusion = _fusion(ds, split, fuse, fuse_norm, tune_split, tune_run, tune_queries, retriever, model, index,
+                fusion = _fusion(ds, plan.tune_split, fuse, fuse_norm, tune_run, tune_queries, retriever, model, index,
                                  ranker, depth, mode, rerank_batch_size, relevance_level, note)
                 system_run = pipeline.fuse(first, system_run, fusion["weight"], depth, fusion["norm"])
                 label += f"+fuse{fusion['weight']}"
@@ -135,12 +285,12 @@ def evaluate(data: str, split: str = "test", *, retriever: str | None = None, ru
         results[label] = {
             "system": {"dataset": str(ds.path), "split": split, "retriever": retriever, "run": run, "model": model,
                        "reranker": reranker, "rerank_mode": mode, "rerank_top_k": depth if reranker else None,
-                       "fuse": fusion},
+                       "fuse": fusion, "identical_ids_relevant": identical},
             "metrics": _finite_or_none({**means, "num_queries": len(queries),
                                         "seconds": round(time.perf_counter() - (start if not results else t0), 3)})}
         if save_run:
             suffix = "" if len(models) == 1 else f".{len(results)}"
-            pipeline.write_run(save_run + suffix, system_run, tag=label)
+            pipeline.write_run(save_run + suffix, system_run, tag=label, overwrite=overwrite)
             empty = sum(1 for docs in system_run.values() if not docs)
             if empty:  # issue 11 item 10: a TREC file cannot hold a query without hits
                 note(f"{empty} evaluated quer{'y has' if empty == 1 else 'ies have'} no hits and no line in "
@@ -149,22 +299,19 @@ def evaluate(data: str, split: str = "test", *, retriever: str | None = None, ru
     if roc:
         from .plots import plot_roc
 
-        plot_roc(runs, ds.qrels, roc, k=top_k, relevance_level=relevance_level)
+        plot_roc(runs, ds.qrels, roc, k=top_k, relevance_level=relevance_level, overwrite=overwrite)
     return results
 
 
-def _fusion(ds, split, fuse, fuse_norm, tune_split, tune_run, tune_queries, retriever, model, index, ranker, depth, mode,
+def _fusion(ds, tune, fuse, fuse_norm, tune_run, tune_queries, retriever, model, index, ranker, depth, mode,
             batch_size, relevance_level, note: Note) -> dict:
     """``{"weight", "norm", "tuned_on", "tune_queries"}``: the given weight, or with ``auto`` the best
-    weight on the tuning split's first ``tune_queries`` judged queries (its own first stage, reranked)."""
+    weight on the tuning split ``tune``'s first ``tune_queries`` judged queries (its own first stage, reranked)."""
     from . import pipeline
 
     norm = fuse_norm or "z"
     if fuse != "auto":
         return {"weight": fuse, "norm": norm, "tuned_on": None, "tune_queries": None}
-    tune = pipeline.tuning_split(ds.path, split, tune_split)
-    if retriever == "run" and not tune_run:
-        raise ValueError(f"--fuse auto with --run needs --tune-run: the first-stage run of the tuning split {tune!r}")
     weight, tuned = pipeline.tune_fusion(ds.path, tune, ranker, depth, norm, tune_queries or 100, retriever=retriever,
                                          model=model, index_dir=index, run_file=tune_run, mode=mode,
                                          batch_size=batch_size or 8, relevance_level=relevance_level)
@@ -196,7 +343,7 @@ def compare(runs: list[str], data: str, split: str = "test", metrics: list[str] 
     if plot:
         from .plots import plot_differences
 
-        plot_differences(result, plot)
+        plot_differences(result, plot, overwrite=overwrite)
     return result
 
 
@@ -211,10 +358,22 @@ def launcher_shards() -> tuple[int, int] | None:
 
 
 def encode_device(device: str | None) -> str:
-    """``device``, else this process's GPU under torchrun/accelerate ($LOCAL_RANK) when CUDA is available, else cpu."""
+    """``device``, else this process's GPU under torchrun/accelerate ($LOCAL_RANK) when CUDA is available, else cpu.
+    A ``device`` torch does not know, or a CUDA/MPS device this machine does not have, raises ValueError."""
     import torch
 
     if device:
+        try:
+            parsed = torch.device(device)
+        except (RuntimeError, ValueError):
+            raise ValueError(f"--device {device!r} is not a torch device; use cpu, cuda or cuda:N") from None
+        if parsed.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"--device {device}: this machine has no CUDA device torch can use (torch "
+                             f"{torch.__version__}); use --device cpu or leave --device out")
+        if parsed.type == "cuda" and parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+        if parsed.type == "mps" and not torch.backends.mps.is_available():
+            raise ValueError(f"--device {device}: MPS is not available here; use --device cpu")
         return device
     if not torch.cuda.is_available():
         return "cpu"
@@ -229,21 +388,37 @@ def build_index(data: str, model: str, out: str, factory: str = "Flat", batch_si
     Without ``num_shards``: one shard per torchrun/accelerate process (rank 0 merges), else everything here.
     With ``num_shards``: encode shard ``shard_index`` only (merged later by ``merge_index``). Returns
     ``{"index", "ntotal", "dim", "factory"}`` when this process built the index, else
-    ``{"shard", "shard_index", "num_shards"}``."""
+    ``{"shard", "shard_index", "num_shards"}``.
+
+    One build at a time per ``out`` (``io.folder_lock``, before loading anything): the process that merges
+    holds the lock of ``out``, and with several shards each process also holds its shard's lock, so the
+    ranks of one build run side by side while a second build of the same ``out`` (or shard) is refused."""
+    from contextlib import ExitStack
+
     from densekit.retriever.encoder import DualEncoder
+    from densekit.retriever.models import check_available
     from densekit.retriever.search import build_index as build
+    from densekit.retriever.shards import shard_name
 
     from .data import load_corpus_of
 
     check_target(out, "index", overwrite)  # the output-path rule, before loading anything
+    device = encode_device(device)
+    check_available(model)
     launched = launcher_shards() if num_shards is None else None
     num_shards, shard_index = launched or (num_shards or 1, shard_index or 0)
-    corpus = load_corpus_of(data, arrow=arrow)
-    encoder = DualEncoder.from_pretrained(model)
-    encoder.model.to(encode_device(device))
     merge = num_shards == 1 or (launched is not None and shard_index == 0)  # torchrun: rank 0 merges
-    result = build(corpus, encoder, out, factory, batch_size, shard_size, overwrite=overwrite, num_shards=num_shards,
-                   shard_index=shard_index, merge=merge, train_sample=train_sample, add_batch=add_batch, on_disk=on_disk)
+    with ExitStack() as locks:
+        if merge:
+            locks.enter_context(folder_lock(out))
+        if num_shards > 1:
+            locks.enter_context(folder_lock(out, shard_name(shard_index, num_shards)))
+        corpus = load_corpus_of(data, arrow=arrow)
+        encoder = DualEncoder.from_pretrained(model)
+        encoder.model.to(device)
+        result = build(corpus, encoder, out, factory, batch_size, shard_size, overwrite=overwrite, num_shards=num_shards,
+                       shard_index=shard_index, merge=merge, train_sample=train_sample, add_batch=add_batch,
+                       on_disk=on_disk)
     if not merge:
         return {"shard": str(result), "shard_index": shard_index, "num_shards": num_shards}
     return {"index": out, "ntotal": result.ntotal, "dim": result.dim, "factory": result.factory}
@@ -252,16 +427,18 @@ def build_index(data: str, model: str, out: str, factory: str = "Flat", batch_si
 def merge_index(out: str, shards: list[str] | None = None, factory: str = "Flat", train_sample: int = 100_000,
                 add_batch: int = 65536, on_disk: bool = False, overwrite: bool = False) -> dict:
     """Build the index ``out`` from encoded shards (default ``<out>.partial``, deleted after the merge; given
-    folders never are). Returns ``{"index", "ntotal", "dim", "factory"}``."""
+    folders never are). Returns ``{"index", "ntotal", "dim", "factory"}``. Holds the lock of ``out``
+    (``io.folder_lock``) throughout: a build or merge of the same ``out`` running elsewhere is refused."""
     import shutil
 
     from densekit.retriever.shards import merge_shards
 
     check_target(out, "index", overwrite)
     work = Path(out).with_name(Path(out).name + ".partial")
-    index = merge_shards(shards or [work], out, factory, train_sample, add_batch, overwrite, on_disk=on_disk)
-    if shards is None:
-        shutil.rmtree(work, ignore_errors=True)
+    with folder_lock(out):
+        index = merge_shards(shards or [work], out, factory, train_sample, add_batch, overwrite, on_disk=on_disk)
+        if shards is None:
+            shutil.rmtree(work, ignore_errors=True)
     return {"index": out, "ntotal": index.ntotal, "dim": index.dim, "factory": index.factory}
 
 
@@ -338,7 +515,7 @@ def train_reranker(data: str, out: str, config, scorer, model: str = "HuggingFac
     ``eval_every`` steps (``eval_ndcg@10`` in ``train_log.jsonl``; never the training split). The run folder is
     checked before any data is loaded. Returns ``{"model", "groups", "objective", "kind"}``."""
     from densekit.reranker import blockrank, pointwise, qlm  # noqa: F401  (register the built-in kinds)
-    from densekit.reranker.base import REGISTRY
+    from densekit.reranker.base import REGISTRY, check_target
     from densekit.reranker.train import train_reranker as train
     from densekit.retriever.checkpoints import check_run_folder
 
@@ -352,6 +529,11 @@ def train_reranker(data: str, out: str, config, scorer, model: str = "HuggingFac
     if eval_every and eval_split is None:
         raise ValueError("--eval-every needs --eval-split NAME (a split with qrels the model does not train on)")
     check_run_folder(out, resume, overwrite)  # before any data is loaded or encoded
+    check_target(kinds[type(scorer)], model)  # e.g. a dual-encoder folder: refused before the first stage runs
+    if first_stage == "dense":
+        check_index_folder(index)
+    if getattr(config, "lower_cache_dir", None):
+        check_writable(Path(config.lower_cache_dir) / "states")  # a file in the folder's place, or no write access
     examples = first_stage_groups(data, split, depth, first_stage, retriever_model, index, max_queries)
     evaluate = None
     if eval_every:
@@ -376,5 +558,5 @@ def mine(data: str, out: str, config: MineConfig, split: str = "train", index: s
     check_file_target(out, overwrite)  # the output-path rule, before any work
     ds = load_dataset(resolve_dataset(data), split)
     negatives = mine_negatives(ds.corpus, ds.queries, ds.qrels, config, index, model)
-    count = write_mined(out, ds.queries, ds.qrels, negatives, config.relevance_level)
+    count = write_mined(out, ds.queries, ds.qrels, negatives, config.relevance_level, overwrite)
     return {"out": out, "queries": count, "negatives": sum(map(len, negatives.values()))}

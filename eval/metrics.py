@@ -87,10 +87,21 @@ def check_scores(run: Run) -> None:
                                  "ranking with NaN scores (a diverged model or reranker?)")
 
 
+def check_qrels(qrels: Qrels) -> None:
+    """Raise ValueError naming the query and doc of the first grade that is not an integer: pytrec_eval refuses
+    it ("Expected relevance to be integer"), and a grade of 0.5 has no meaning for the binary measures."""
+    for qid, docs in qrels.items():
+        for doc, grade in docs.items():
+            if not isinstance(grade, (int, np.integer)):  # bool is an int, as pytrec_eval takes it
+                raise ValueError(f"qrels grade of doc {doc!r} for query {qid!r} is {grade!r}, not an integer: "
+                                 "relevance grades are integers (pytrec_eval refuses others)")
+
+
 def compute(qrels: Qrels, run: Run, metrics: Iterable[str], relevance_level: int = 1) -> dict[str, dict[str, float]]:
-    """Per-query metric values for the queries present in both ``run`` and ``qrels``. A NaN score raises
-    ValueError (``check_scores``)."""
+    """Per-query metric values for the queries present in both ``run`` and ``qrels``. A NaN score
+    (``check_scores``) or a grade that is not an integer (``check_qrels``) raises ValueError."""
     check_relevance_level(relevance_level)
+    check_qrels({qid: qrels[qid] for qid in run if qid in qrels})
     check_scores({qid: docs for qid, docs in run.items() if qid in qrels})
     parsed = [(name, *parse_metric(name)) for name in metrics]
     if not parsed:
@@ -115,6 +126,7 @@ def mean(per_query: dict[str, dict[str, float]]) -> dict[str, float]:
 def labelled_scores(qrels: Qrels, run: Run, k: int | None = None, relevance_level: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """Scores and 0/1 labels of every (query, doc) pair in the top ``k`` of each judged query (NaN: ValueError)."""
     check_relevance_level(relevance_level)
+    check_qrels({qid: qrels[qid] for qid in run if qid in qrels})
     check_scores({qid: docs for qid, docs in run.items() if qid in qrels})
     scores, labels = [], []
     for qid, doc_scores in run.items():

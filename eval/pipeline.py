@@ -62,8 +62,9 @@ def check_trec_id(value: str, what: str = "id") -> str:
     return value
 
 
-def write_run(path: str | Path, run: Run, tag: str = "densekit") -> None:
-    """Write a TREC run file (``qid Q0 docid rank score tag``), ranks in trec_eval order, atomically.
+def write_run(path: str | Path, run: Run, tag: str = "densekit", overwrite: bool = False) -> None:
+    """Write a TREC run file (``qid Q0 docid rank score tag``), ranks in trec_eval order, atomically; an
+    existing file is replaced only with ``overwrite``.
 
     Ids are written as they are: a query or doc id that is empty or contains whitespace (space, tab,
     newline ...) would make a line of the wrong column count, so it is refused with a DataError naming
@@ -81,7 +82,7 @@ def write_run(path: str | Path, run: Run, tag: str = "densekit") -> None:
             check_trec_id(doc, f"doc id (query {qid})")
         for position, doc in enumerate(M.rank(docs), start=1):
             lines.append(f"{qid} Q0 {doc} {position} {float(docs[doc])!r} {tag}\n")
-    atomic_write_text(path, "".join(lines))
+    atomic_write_text(path, "".join(lines), overwrite)
 
 
 def read_run(path: str | Path) -> Run:
@@ -172,6 +173,15 @@ def tuning_split(folder: str | Path, split: str, requested: str | None = None) -
                      f"{', '.join(splits)}: pass --tune-split NAME or a fixed --fuse W")
 
 
+def check_tune_run(run: Run, path, queries: dict, split: str) -> None:
+    """Refuse (DataError) a tuning run that shares no query with the tuning split's judged ``queries``: the
+    weight "chosen" on it would be the default, not a tuned one (e.g. a run of the evaluated split)."""
+    if not any(qid in run for qid in queries):
+        raise DataError(f"--tune-run {path}: none of its {len(run)} queries is a judged query of the tuning split "
+                        f"{split!r} ({len(queries)} queries); give the first-stage run of split {split!r} "
+                        "(not of the evaluated split)")
+
+
 def tune_fusion(folder: str | Path, split: str, reranker, k: int, norm: str = "z", max_queries: int = 100,
                 retriever: str = "bm25", model: str | None = None, index_dir: str | None = None,
                 run_file: str | None = None, mode: str | None = None, batch_size: int = 8,
@@ -188,6 +198,7 @@ def tune_fusion(folder: str | Path, split: str, reranker, k: int, norm: str = "z
     queries = select_queries({q: t for q, t in ds.queries.items() if q in ds.qrels}, max_queries)
     if run_file is not None:
         saved = read_run(run_file)
+        check_tune_run(saved, run_file, queries, split)
         run = {q: saved.get(q, {}) for q in queries}
     else:
         run = first_stage(retriever, ds.corpus, queries, k, model=model, index_dir=index_dir)

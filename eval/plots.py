@@ -8,7 +8,8 @@ from pathlib import Path
 from . import metrics as M
 
 
-def plot_roc(runs: dict[str, dict], qrels: dict, path: str | Path, k: int | None = 100, relevance_level: int = 1) -> Path:
+def plot_roc(runs: dict[str, dict], qrels: dict, path: str | Path, k: int | None = 100, relevance_level: int = 1,
+             overwrite: bool = False) -> Path:
     """Global ROC curve (all relevant vs non-relevant (query, doc) scores in each query's top ``k``)
     of every run in ``runs`` (label -> run), with its AUC in the legend; saved as PNG."""
     import matplotlib
@@ -26,10 +27,10 @@ def plot_roc(runs: dict[str, dict], qrels: dict, path: str | Path, k: int | None
     ax.set_ylabel("true positive rate")
     ax.set_title(f"ROC over top-{k} candidates" if k else "ROC")
     ax.legend(loc="lower right", fontsize=8)
-    return _save(fig, path)
+    return _save(fig, path, overwrite)
 
 
-def plot_differences(result: dict, path: str | Path) -> Path:
+def plot_differences(result: dict, path: str | Path, overwrite: bool = False) -> Path:
     """One panel per metric of a ``report.compare`` result: per system, its per-query differences from the
     baseline sorted from largest to smallest (a line above 0 on the left = queries it wins); saved as PNG."""
     import matplotlib
@@ -51,22 +52,27 @@ def plot_differences(result: dict, path: str | Path) -> Path:
         ax.set_ylabel(f"{metric} - {baseline}")
         ax.set_title(metric)
         ax.legend(loc="upper right", fontsize=7)
-    return _save(fig, path)
+    return _save(fig, path, overwrite)
 
 
-def _save(fig, path: str | Path) -> Path:
-    """Write ``fig`` as a PNG at ``path`` (folders created) and free it."""
+def _save(fig, path: str | Path, overwrite: bool = False) -> Path:
+    """Write ``fig`` as a PNG at ``path`` (folders created) and free it; an existing file is replaced only
+    with ``overwrite`` (the output-path rule, ``densekit.retriever.io.atomic_file``)."""
     import matplotlib.pyplot as plt
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    from densekit.retriever.io import atomic_file
+
+    try:
+        with atomic_file(path, overwrite) as tmp:
+            fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png")
+    finally:
+        plt.close(fig)
+    return Path(path)
 
 
 def plot_learning_curves(curves: dict[str, list[tuple[float, float]]], path: str | Path, metric: str = "nDCG@10",
-                         references: dict[str, float] | None = None, xlabel: str = "training groups seen") -> Path:
+                         references: dict[str, float] | None = None, xlabel: str = "training groups seen",
+                         overwrite: bool = False) -> Path:
     """One line per system through its ``(x, value)`` points (e.g. training groups seen -> nDCG@10; 0 = zero-shot)
     and a dotted horizontal line per reference value (e.g. the first stage); saved as PNG."""
     import matplotlib
@@ -84,11 +90,11 @@ def plot_learning_curves(curves: dict[str, list[tuple[float, float]]], path: str
     ax.set_xlabel(xlabel)
     ax.set_ylabel(metric)
     ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1), fontsize=7)  # beside the axes: never over a point
-    return _save(fig, path)
+    return _save(fig, path, overwrite)
 
 
 def plot_heatmap(values, row_labels: list[str], col_labels: list[str], path: str | Path, title: str = "",
-                 label: str = "nDCG@10") -> Path:
+                 label: str = "nDCG@10", overwrite: bool = False) -> Path:
     """A heat map of ``values`` ``[rows, cols]`` with the best cell outlined; saved as PNG."""
     import matplotlib
 
@@ -105,10 +111,10 @@ def plot_heatmap(values, row_labels: list[str], col_labels: list[str], path: str
     ax.add_patch(plt.Rectangle((c - 0.5, r - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2))
     ax.set_title(title, fontsize=8)
     fig.colorbar(image, ax=ax, label=label)
-    return _save(fig, path)
+    return _save(fig, path, overwrite)
 
 
-def plot_gradient_weights(logs: dict[str, list[dict]], path: str | Path) -> Path:
+def plot_gradient_weights(logs: dict[str, list[dict]], path: str | Path, overwrite: bool = False) -> Path:
     """The per-step SFT and CL gradient weights of pointwise reranker training runs, one panel per weight kind
     (the SFT / CL analysis of the paper, in small): for each run (``{name: the rows of its train_log.jsonl}``,
     e.g. ``checkpoints.read_train_log(run_dir)["log"]``), the mean weight of the positive (solid) and of the
@@ -128,4 +134,4 @@ def plot_gradient_weights(logs: dict[str, list[dict]], path: str | Path) -> Path
         ax.set_title(f"{kind.upper()} gradient weight per example")
         ax.set_xlabel("step")
         ax.legend(fontsize=8)
-    return _save(fig, path)
+    return _save(fig, path, overwrite)

@@ -24,7 +24,7 @@ from typing import Sequence
 import torch
 
 from densekit.retriever import models
-from densekit.retriever.io import DataError, atomic_dir
+from densekit.retriever.io import DataError, atomic_dir, verify_parts
 from densekit.retriever.runs import rank
 from densekit.retriever.text import doc_text
 
@@ -75,39 +75,83 @@ def rerank(reranker, run: dict, corpus: dict, queries: dict[str, str], top_k: in
     return out
 
 
-def _folder_kind(folder: Path) -> str | None:
-    """The kind a densekit reranker folder declares, None for a plain model folder; refuses folders
-    that hold no causal LM (e.g. a dual encoder), which would otherwise get a random LM head."""
-    saved = folder / "reranker.json"
-    if saved.exists():
-        try:
-            return json.loads(saved.read_text()).get("kind", DEFAULT_KIND)
-        except (json.JSONDecodeError, AttributeError) as err:
-            raise DataError(f"{saved}: not a valid reranker.json ({err}); re-save the reranker") from None
+def _check_model_folder(folder: Path) -> None:
+    """Refuse a folder a causal-LM reranker cannot be built from: one holding a dual encoder (it would get
+    a random LM head), a densekit reranker's adapter (load it as a reranker instead), no model at all, or
+    a model that is not a causal LM."""
     config = folder / "config.json"
     if (folder / "modules.json").exists() or (folder / "densekit_encoder.json").exists():
         raise DataError(f"{folder} holds a dual encoder, not a reranker: pass a causal LM or a folder saved by "
                         "`densekit train reranker`")
-    if config.exists():
+    if (folder / "reranker.json").exists() and not config.exists():
+        raise DataError(f"{folder} holds a densekit reranker (an adapter), not a base model: rerank with it "
+                        "(--reranker FOLDER), or train from its base model")
+    if not config.exists():
+        raise DataError(f"{folder} holds no model (no config.json): give a causal LM folder saved by "
+                        "`save_pretrained`, a model name, or a folder saved by `densekit train reranker`")
+    _check_causal_config(config, str(folder))
+
+
+def _check_causal_config(config: Path, what: str) -> None:
+    try:
+        arch = json.loads(config.read_text()).get("architectures") or []
+    except (json.JSONDecodeError, AttributeError, UnicodeDecodeError) as err:
+        raise DataError(f"{config}: not a valid model config ({err})") from None
+    if not any(a.endswith("ForCausalLM") for a in arch):
+        raise DataError(f"{what} holds a {', '.join(arch) or 'model without architectures'}, not a causal LM: "
+                        "rerankers need a causal language model")
+
+
+def check_causal_lm(name_or_path: str | os.PathLike) -> None:
+    """Refuse, before any weights are read, a model no causal-LM reranker can be built from (``DataError`` or
+    ``models.ModelNotAvailable``, naming it and what to do): a folder that holds no causal LM
+    (``_check_model_folder``), a file, a packaged dual encoder given by name, a missing path, an offline hub
+    id absent from the local cache (``models.check_available``), or a cached hub model that is not a causal LM."""
+    path = Path(name_or_path)
+    if path.is_dir():
+        return _check_model_folder(path)
+    if path.exists():
+        raise DataError(f"{path} is a file, not a model folder or name")
+    models.check_available(name_or_path)
+    name = models.canonical_name(str(name_or_path))
+    packaged = models.PACKAGED.get(name)
+    if packaged is not None and not packaged.causal_lm:
+        raise DataError(f"{name} is a dual encoder (a BERT-like sentence embedding model), not a causal LM: a "
+                        "reranker needs a causal language model (e.g. HuggingFaceTB/SmolLM2-135M-Instruct)")
+    cached = models.hub_cached_config(name) if packaged is None else None
+    if cached is not None:
+        _check_causal_config(cached, name)
+
+
+def _folder_kind(folder: Path) -> str | None:
+    """The kind a densekit reranker folder declares (its ``reranker.json``), None for a plain model folder."""
+    saved = folder / "reranker.json"
+    if saved.exists():
         try:
-            arch = json.loads(config.read_text()).get("architectures") or []
-        except json.JSONDecodeError as err:
-            raise DataError(f"{config}: malformed JSON ({err.msg})") from None
-        if not any(a.endswith("ForCausalLM") for a in arch):
-            raise DataError(f"{folder} holds a {', '.join(arch) or 'model without architectures'}, not a causal LM: "
-                            "rerankers need a causal language model")
+            return json.loads(saved.read_text()).get("kind", DEFAULT_KIND)
+        except (json.JSONDecodeError, AttributeError, UnicodeDecodeError) as err:
+            raise DataError(f"{saved}: not a valid reranker.json ({err}); re-save the reranker") from None
     return None
 
 
-def load_reranker(spec: str):
-    """A reranker from a spec: ``<kind>:<folder or model>`` (kinds: ``REGISTRY``), a folder saved by
-    densekit (its ``reranker.json`` names the kind; a different explicit kind is refused), or a bare
-    causal LM name or folder (zero-shot ``pointwise``)."""
+def resolve_spec(spec: str) -> tuple[type, str, bool]:
+    """``(class, target, saved)`` of a reranker spec, checked without reading any weights: ``<kind>:<folder or
+    model>`` (kinds: ``REGISTRY``), a folder saved by densekit (``saved``: its ``reranker.json`` names the kind;
+    a different explicit kind is refused), or a bare causal LM name or folder (zero-shot ``pointwise``).
+    Refused (DataError naming the spec): an empty spec, an unknown kind, a kind with no model after it, and
+    whatever the kind's ``check_target`` refuses (causal-LM kinds: ``check_causal_lm``)."""
     from . import blockrank, pointwise, qlm  # noqa: F401  (register the built-in kinds)
 
-    kind, _, rest = spec.partition(":")
-    if kind in REGISTRY and rest:
+    if not isinstance(spec, str) or not spec.strip():
+        raise DataError(f"reranker spec {spec!r} is empty: give <kind>:<model or folder>, a folder, or a causal LM name")
+    kind, sep, rest = spec.partition(":")
+    if sep and kind in REGISTRY:
+        if not rest:
+            raise DataError(f"reranker {spec!r} names no model after {kind + ':'!r}: give {kind}:<model name or folder>")
         explicit, target = kind, rest
+    elif sep and not Path(spec).exists() and len(kind) > 1 and not any(c in kind for c in "/\\."):
+        raise DataError(f"reranker {spec!r}: unknown kind {kind!r}; known kinds: {', '.join(sorted(REGISTRY))} "
+                        f"(<kind>:<model or folder>), or a bare causal LM name or folder (zero-shot {DEFAULT_KIND})")
     else:
         explicit, target = None, spec
     folder = Path(target)
@@ -117,10 +161,24 @@ def load_reranker(spec: str):
             raise DataError(f"{folder} holds a {saved!r} reranker, not {explicit!r}: use {saved}:{folder}")
         if saved not in REGISTRY:
             raise DataError(f"{folder}/reranker.json names an unknown kind {saved!r}; known: {', '.join(sorted(REGISTRY))}")
-        return REGISTRY[saved].load(folder)
-    if folder.exists() and not folder.is_dir():
-        raise DataError(f"{folder} is a file, not a model folder or name")
-    return REGISTRY[explicit or DEFAULT_KIND].from_pretrained(target)
+        return REGISTRY[saved], target, True
+    cls = REGISTRY[explicit or DEFAULT_KIND]
+    check_target(cls, target)
+    return cls, target, False
+
+
+def check_target(cls: type, target: str) -> None:
+    """What reranker kind ``cls`` refuses to be built from (its ``check_target``, e.g. ``check_causal_lm``), checked
+    without reading weights; a kind without one accepts any target."""
+    check = getattr(cls, "check_target", None)
+    if check is not None:
+        check(target)
+
+
+def load_reranker(spec: str):
+    """The reranker a spec names (``resolve_spec``: every check runs before any weights are read)."""
+    cls, target, saved = resolve_spec(spec)
+    return cls.load(target) if saved else cls.from_pretrained(target)
 
 
 class CausalLMRanker(torch.nn.Module):
@@ -133,6 +191,7 @@ class CausalLMRanker(torch.nn.Module):
     kind = "base"
     config_class: type = object
     modes: tuple[str, ...] = ("score",)
+    check_target = staticmethod(check_causal_lm)  # what ``resolve_spec`` and ``from_pretrained`` refuse
     lower_cache = None
 
     def __init__(self, model, tokenizer, config, name: str = ""):
@@ -146,6 +205,7 @@ class CausalLMRanker(torch.nn.Module):
         """A base causal LM (packaged name, folder or hub id), optionally with a saved LoRA adapter folder."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        check_causal_lm(name_or_path)
         path = models.resolve(name_or_path)
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
@@ -161,7 +221,10 @@ class CausalLMRanker(torch.nn.Module):
 
     @classmethod
     def load(cls, folder: str | os.PathLike):
-        """Load a folder written by ``save`` (adapter + ``reranker.json`` naming the base model)."""
+        """Load a folder written by ``save`` (adapter + ``reranker.json`` naming the base model); a folder whose
+        files differ from the sizes and sha256 its ``densekit.json`` records is refused first
+        (``io.verify_parts``: ``io.DamagedFolderError`` naming the file)."""
+        verify_parts(folder)
         meta = json.loads((Path(folder) / "reranker.json").read_text())
         if meta.get("kind", DEFAULT_KIND) != cls.kind:
             raise DataError(f"{folder} holds a {meta.get('kind')!r} reranker, not {cls.kind!r}")
@@ -172,13 +235,14 @@ class CausalLMRanker(torch.nn.Module):
 
     def save(self, folder: str | os.PathLike, overwrite: bool = False) -> Path:
         """Save the LoRA adapter (or the full model) plus ``reranker.json`` (kind, base model, config), atomically,
-        with ``densekit.json`` kind ``reranker``. An existing densekit reranker folder is replaced only with
+        with ``densekit.json`` kind ``reranker`` (recording every file's size and sha256, checked by ``load``).
+        An existing densekit reranker folder is replaced only with
         ``overwrite`` (``densekit.retriever.io.check_target``); non-finite weights are refused before anything is written."""
         bad = [n for n, t in self.model.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
         if bad:
             raise DataError(f"the {self.kind} reranker has non-finite weights in {len(bad)} tensor(s), e.g. "
                             f"{', '.join(bad[:3])}: training diverged; nothing was saved")
-        with atomic_dir(folder, "reranker", overwrite) as tmp:
+        with atomic_dir(folder, "reranker", overwrite, parts=True) as tmp:
             full = not hasattr(self.model, "peft_config")
             self.model.save_pretrained(tmp)
             if full:

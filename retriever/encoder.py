@@ -26,7 +26,7 @@ import torch
 
 from . import models
 from .config import EncoderConfig
-from .io import DataError, atomic_dir
+from .io import DataError, atomic_dir, verify_parts
 from .text import doc_text
 
 _ST_POOLING_KEYS = {"mean": "pooling_mode_mean_tokens", "cls": "pooling_mode_cls_token", "last": "pooling_mode_lasttoken"}
@@ -73,6 +73,20 @@ def read_st_config(folder: Path) -> dict:
     return found
 
 
+def check_texts(texts) -> list[str]:
+    """``texts`` as a list of strings; TypeError for one string (a sequence of characters), bytes, or an item
+    that is not a string (``None`` would be encoded as "None" or as an empty text)."""
+    if isinstance(texts, (str, bytes)):
+        raise TypeError(f"texts must be a list of strings, got one {type(texts).__name__} ({texts[:40]!r}); "
+                        "wrap a single text in a list: encode([text])")
+    texts = list(texts)
+    bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
+    if bad is not None:
+        raise TypeError(f"texts[{bad}] is {texts[bad]!r} ({type(texts[bad]).__name__}), not a string; "
+                        "every text must be a string (use \"\" for an empty one)")
+    return texts
+
+
 class DualEncoder(torch.nn.Module):
     """Siamese bi-encoder: one backbone for queries and documents."""
 
@@ -88,12 +102,15 @@ class DualEncoder(torch.nn.Module):
     # ------------------------------------------------------------ construction
     @classmethod
     def from_pretrained(cls, name_or_path: str, **overrides) -> "DualEncoder":
-        """Load from a packaged name, a folder (sentence-transformers or plain HF), or a hub id."""
+        """Load from a packaged name, a folder (sentence-transformers or plain HF), or a hub id. A folder
+        densekit saved is refused (``io.DamagedFolderError``) when its files differ from the sizes and sha256
+        its ``densekit.json`` records (``io.verify_parts``), before anything is read."""
         from transformers import AutoConfig, AutoModel, AutoTokenizer
 
         path = models.resolve(name_or_path)
         settings: dict = {}
         if Path(path).is_dir():
+            verify_parts(path)
             settings = read_st_config(Path(path))
         if "pooling" not in settings:
             hf_config = AutoConfig.from_pretrained(path)
@@ -129,11 +146,37 @@ class DualEncoder(torch.nn.Module):
                             f"{', '.join(bad[:3])}: training diverged; nothing was saved")
 
     # ------------------------------------------------------------ forward
+    @property
+    def position_limit(self) -> int | None:
+        """The most tokens the model can take in one text: its ``max_position_embeddings`` (RoBERTa-style
+        models, which reserve ``pad_token_id + 1`` positions, minus those) and the tokenizer's
+        ``model_max_length`` when that is a real limit; None when the model states none."""
+        limits = []
+        hf = self.model.config
+        positions = getattr(hf, "max_position_embeddings", None)
+        if isinstance(positions, int) and positions > 0:
+            offset = (hf.pad_token_id or 0) + 1 if hf.model_type in ("roberta", "xlm-roberta", "camembert") else 0
+            limits.append(positions - offset)
+        tokenizer_limit = getattr(self.tokenizer, "model_max_length", None)
+        if isinstance(tokenizer_limit, int) and 0 < tokenizer_limit < 1_000_000:
+            limits.append(tokenizer_limit)
+        return min(limits) if limits else None
+
+    def check_max_lengths(self, query_max_length: int | None = None, doc_max_length: int | None = None) -> None:
+        """Refuse (ValueError) a requested query/document length beyond ``position_limit``."""
+        limit = self.position_limit
+        for name, value in (("query_max_length", query_max_length), ("doc_max_length", doc_max_length)):
+            if value is not None and limit is not None and value > limit:
+                raise ValueError(f"{name} {value} is beyond the position limit of {self.name or 'the encoder'} "
+                                 f"({limit} tokens): give at most {limit}")
+
     def _side(self, is_query: bool) -> tuple[str, int]:
-        """(prefix, max length) of queries or of documents."""
-        if is_query:
-            return self.config.query_prefix, self.config.query_max_length
-        return self.config.doc_prefix, self.config.doc_max_length
+        """(prefix, max length) of queries or of documents; the length never exceeds ``position_limit`` (a
+        longer text is truncated there, as sentence-transformers does, instead of overflowing the model)."""
+        prefix, length = ((self.config.query_prefix, self.config.query_max_length) if is_query
+                          else (self.config.doc_prefix, self.config.doc_max_length))
+        limit = self.position_limit
+        return prefix, length if limit is None else min(length, limit)
 
     def tokenize(self, texts: Sequence[str], is_query: bool) -> dict[str, torch.Tensor]:
         """Prefix, truncate to the side's max length and pad to the longest text in the batch."""
@@ -199,11 +242,13 @@ class DualEncoder(torch.nn.Module):
 
         Texts are tokenized ``chunk_size`` at a time, sorted by token length and batched, so padding is
         minimal. With ``out`` the result is written into a ``.npy`` memmap (written under a temporary
-        name and renamed when complete) and returned memory-mapped.
+        name and renamed when complete) and returned memory-mapped. ``texts`` is a sequence of strings: a
+        single string (which would be encoded character by character) or an item that is not a string is
+        refused with TypeError.
         """
         from tqdm.auto import tqdm
 
-        texts = ["" if t is None else str(t) for t in texts]
+        texts = check_texts(texts)
         n = len(texts)
         if out is not None:
             out = Path(out)
@@ -257,10 +302,11 @@ class DualEncoder(torch.nn.Module):
     # ------------------------------------------------------------ saving
     def save(self, folder: str | os.PathLike, overwrite: bool = False) -> Path:
         """Write a sentence-transformers-compatible folder (atomically: temp folder, then rename; kind
-        ``encoder`` in ``densekit.json``). An existing densekit encoder folder is replaced only with
-        ``overwrite``; weights holding NaN/inf are refused (DataError) before anything is written."""
+        ``encoder`` in ``densekit.json``, with every file's size and sha256, checked by ``from_pretrained``). An
+        existing densekit encoder folder is replaced only with ``overwrite``; weights holding NaN/inf are refused
+        (DataError) before anything is written."""
         self.check_finite()
-        with atomic_dir(folder, "encoder", overwrite, {"content_hash": self.content_hash()}) as tmp:
+        with atomic_dir(folder, "encoder", overwrite, {"content_hash": self.content_hash()}, parts=True) as tmp:
             self.model.save_pretrained(tmp)
             self.tokenizer.save_pretrained(tmp)
             modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},

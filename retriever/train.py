@@ -160,6 +160,7 @@ def train(encoder: DualEncoder, examples: list[dict], out: str | os.PathLike, co
         raise ValueError(f"{len(examples)} examples make no full step of batch {config.batch_size} x accumulation {config.grad_accum}")
     identity = run_identity("retriever", asdict(config), examples, {"content_hash": encoder.content_hash()})
     set_seed(config.seed)
+    encoder.check_max_lengths(config.query_max_length, config.doc_max_length)
     if config.query_max_length:
         encoder.config.query_max_length = config.query_max_length
     if config.doc_max_length:

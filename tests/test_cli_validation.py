@@ -174,20 +174,29 @@ class StubReranker:
     """Scores documents by the reverse of their id; records what it was asked to score."""
 
     kind = "stub"
+    modes = ("score",)
 
-    def __init__(self, modes=("score",)):
-        self.modes, self.seen = modes, []
+    def __init__(self):
+        self.seen = []
 
     def rerank(self, run, corpus, queries, top_k=20, batch_size=8, show_progress=True, mode=None):
         self.seen.append((run, mode))
         return {qid: {doc: -float(i) for i, doc in enumerate(sorted(docs))} for qid, docs in run.items()}
 
 
-def test_eval_run_rerank_skips_docs_absent_from_corpus(nohit_beir, tmp_path, capsys, monkeypatch):
-    from densekit.reranker import base as reranker_base
+def stub_kind(monkeypatch, cls=StubReranker, modes=("score",)):
+    """Register ``cls`` (with ``modes``) as the reranker kind ``stub`` for one test; returns its one instance."""
+    from densekit.reranker.base import REGISTRY
 
-    stub = StubReranker()
-    monkeypatch.setattr(reranker_base, "load_reranker", lambda spec: stub)
+    instance = cls()
+    kind = type("Stub", (cls,), {"modes": modes, "from_pretrained": classmethod(lambda c, target: instance)})
+    monkeypatch.setitem(REGISTRY, "stub", kind)
+    instance.__class__ = kind
+    return instance
+
+
+def test_eval_run_rerank_skips_docs_absent_from_corpus(nohit_beir, tmp_path, capsys, monkeypatch):
+    stub = stub_kind(monkeypatch)
     path = tmp_path / "r.trec"
     path.write_text("q1 Q0 d1 1 3.0 t\nq1 Q0 ghost 2 2.0 t\nq1 Q0 d4 3 1.0 t\nq2 Q0 d3 1 1.0 t\nq7 Q0 d3 1 1.0 t\n")
     assert main(["eval", "--data", str(nohit_beir), "--run", str(path), "--reranker", "stub:x", "--json"]) == 0
@@ -252,10 +261,8 @@ def test_null_or_empty_id_is_refused_with_file_and_line(tmp_path, value):
 # ---------------------------------------------------------------- item 9: JSON output
 
 def test_json_fields_are_structured(nohit_beir, capsys, monkeypatch):
-    from densekit.reranker import base as reranker_base
-
-    monkeypatch.setattr(reranker_base, "load_reranker", lambda spec: StubReranker(("attention", "decode")))
-    base = ["eval", "--data", str(nohit_beir), "--json", "--reranker", "blockrank:HuggingFaceTB/SmolLM2-135M-Instruct",
+    stub_kind(monkeypatch, modes=("attention", "decode"))
+    base = ["eval", "--data", str(nohit_beir), "--json", "--reranker", "stub:HuggingFaceTB/SmolLM2-135M-Instruct",
             "--rerank-top-k", "2"]
     rows = []
     for mode in ("attention", "decode"):
@@ -263,14 +270,14 @@ def test_json_fields_are_structured(nohit_beir, capsys, monkeypatch):
         rows.append(strict_json(capsys.readouterr().out))
     for row, mode in zip(rows, ("attention", "decode")):
         assert row["retriever"] == "bm25" and row["model"] is None and row["fuse"] is None
-        assert row["reranker"] == "blockrank:HuggingFaceTB/SmolLM2-135M-Instruct" and row["rerank_mode"] == mode
+        assert row["reranker"] == "stub:HuggingFaceTB/SmolLM2-135M-Instruct" and row["rerank_mode"] == mode
         assert row["rerank_top_k"] == 2
-    # BM25 + a pointwise reranker: the reranker is named (it had no field at all)
-    monkeypatch.setattr(reranker_base, "load_reranker", lambda spec: StubReranker(()))
-    assert main(["eval", "--data", str(nohit_beir), "--json", "--reranker", "pointwise:my-rr", "--rerank-top-k", "3"]) == 0
+    # BM25 + a reranker without modes: the reranker is named (it had no field at all)
+    stub_kind(monkeypatch, modes=())
+    assert main(["eval", "--data", str(nohit_beir), "--json", "--reranker", "stub:my-rr", "--rerank-top-k", "3"]) == 0
     row = strict_json(capsys.readouterr().out)
     assert (row["retriever"], row["model"], row["reranker"], row["rerank_mode"], row["rerank_top_k"]) == \
-        ("bm25", None, "pointwise:my-rr", None, 3)
+        ("bm25", None, "stub:my-rr", None, 3)
 
 
 def test_undefined_auc_is_null_not_nan(tmp_path, capsys):
@@ -351,8 +358,6 @@ def test_main_keeps_tracebacks_of_genuine_bugs(tiny_beir, monkeypatch):
 
 def test_metrics_refuse_nan_scores(nohit_beir, capsys, monkeypatch):
     """A NaN score (a diverged reranker) ranked d1 first and printed nDCG 1.0, AUC 1.0, exit 0."""
-    from densekit.reranker import base as reranker_base
-
     run, qrels = {"q1": {"d1": float("nan"), "d2": 1.0}}, {"q1": {"d1": 1, "d2": 0}}
     for call in (lambda: evaluate(run, qrels, auc_k=10), lambda: M.compute(qrels, run, ["ndcg@10"]),
                  lambda: M.roc_auc(qrels, run, 10)):
@@ -364,8 +369,8 @@ def test_metrics_refuse_nan_scores(nohit_beir, capsys, monkeypatch):
         def rerank(self, run, *args, **kwargs):
             return {qid: {doc: float("nan") for doc in docs} for qid, docs in run.items()}
 
-    monkeypatch.setattr(reranker_base, "load_reranker", lambda spec: NaNReranker(()))
-    err = exits_2(["eval", "--data", str(nohit_beir), "--json", "--reranker", "pointwise:x"], capsys)
+    stub_kind(monkeypatch, NaNReranker, modes=())
+    err = exits_2(["eval", "--data", str(nohit_beir), "--json", "--reranker", "stub:x"], capsys)
     assert "densekit: error: score of doc" in err and "is NaN" in err
 
 
