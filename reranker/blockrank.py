@@ -147,8 +147,12 @@ def _capturing_attention(module, query, key, value, attention_mask, **kwargs):
 
 
 # Decoder stacks whose layers the efficient path runs (embed_tokens, rotary_emb, layers(h, attention_mask,
-# position_ids, past_key_values, position_embeddings)); Gemma-3 adds per-layer-type rotary and sliding windows.
+# position_ids, cache, position_embeddings)); Gemma-3 adds per-layer-type rotary and sliding windows.
 SUPPORTED_FAMILIES = {"llama", "mistral", "qwen2", "qwen3", "gemma3_text"}
+# transformers 5.24 renamed the decoder layers' ``past_key_values`` argument to ``cache`` (the old name warns until
+# its removal in 5.40). Before 5.24 a ``cache=`` keyword would fall into the layers' ``**kwargs`` and be ignored,
+# so the doc and query blocks would silently lose the keys/values before them: hence the floor in pyproject.
+CACHE_ARG = "cache"
 
 
 def layer_masks(allowed: torch.Tensor, positions: torch.Tensor, key_positions: torch.Tensor,
@@ -237,6 +241,11 @@ class BlockRanker(CausalLMRanker):
             raise ValueError(f"BlockRank's efficient path runs the decoder layers of {', '.join(sorted(SUPPORTED_FAMILIES))} "
                              f"models, not {family!r} ({type(self._base()).__name__}): use the pointwise or qlm reranker")
         inner = self._base().model
+        if CACHE_ARG not in inspect.signature(inner.layers[0].forward).parameters:
+            import transformers
+
+            raise RuntimeError(f"BlockRank needs transformers>=5.24 (decoder layers taking `{CACHE_ARG}=`); "
+                               f"this is transformers {transformers.__version__}")
         n = len(inner.layers)
         self.layer_types = list(getattr(self._base().config, "layer_types", None) or ["full_attention"] * n)
         window = getattr(self._base().config, "sliding_window", None)
@@ -314,7 +323,7 @@ class BlockRanker(CausalLMRanker):
               for t in set(types[:n_layers])}
         extra = {"blockrank_capture": capture} if capture is not None else {}
         for i, layer in enumerate(inner.layers[:n_layers]):
-            h = layer(h, attention_mask=masks[types[i]], position_ids=positions, past_key_values=cache,
+            h = layer(h, attention_mask=masks[types[i]], position_ids=positions, cache=cache,
                       position_embeddings=pe[types[i]], **extra)
         return h
 

@@ -1,5 +1,8 @@
 import json
+import logging
 import os
+import re
+import warnings
 from pathlib import Path
 
 import pytest
@@ -7,6 +10,54 @@ import pytest
 from densekit.eval.data import write_beir
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+# ------------------------------------------------------------ strict warnings (issue 22)
+# pyproject's [tool.pytest.ini_options] filterwarnings turns DeprecationWarning, PendingDeprecationWarning and
+# FutureWarning into errors (with a short ignore list for third-party internals). Libraries that *log* a deprecation
+# (transformers' logger.warning_once, e.g. "`torch_dtype` is deprecated! Use `dtype` instead!") are caught here: such
+# a record becomes a LoggedDeprecationWarning (a FutureWarning) raised at the logging call, so it fails the same way.
+# Off: `python -m pytest --no-strict-warnings` (drops the "error" filters; the warnings are then only reported), or
+# override single categories with `-W default::FutureWarning` (command-line filters win over the ini ones).
+LOGGED_DEPRECATION_SOURCES = ("transformers", "peft", "accelerate")
+_DEPRECATED = re.compile(r"deprecat", re.IGNORECASE)
+
+
+class LoggedDeprecationWarning(FutureWarning):
+    """A deprecation notice that transformers, peft or accelerate logged instead of warning."""
+
+
+class _DeprecationLogHandler(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if _DEPRECATED.search(message):
+            warnings.warn(f"[logged by {record.name}] {message}", LoggedDeprecationWarning)
+
+
+_LOG_HANDLER = _DeprecationLogHandler(level=logging.WARNING)
+
+
+def pytest_addoption(parser):
+    parser.addoption("--no-strict-warnings", action="store_false", dest="strict_warnings", default=True,
+                     help="report deprecation warnings instead of failing on them (densekit: issue 22)")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config):
+    # Before pytest_configure: pytest applies the ini filters for the whole session just before configuring.
+    if not config.getoption("strict_warnings"):
+        filters = config.getini("filterwarnings")  # pytest's cached list (what config.addinivalue_line edits)
+        filters[:] = [f for f in filters if f.split(":", 1)[0].strip() != "error"]
+
+
+def pytest_configure(config):
+    for name in LOGGED_DEPRECATION_SOURCES:
+        logging.getLogger(name).addHandler(_LOG_HANDLER)
+
+
+def pytest_unconfigure(config):
+    for name in LOGGED_DEPRECATION_SOURCES:
+        logging.getLogger(name).removeHandler(_LOG_HANDLER)
 
 
 @pytest.fixture
