@@ -43,6 +43,7 @@ OUTPUTS = {
     ("train", "reranker"): {"out": "train-run", "index": "index", "lower_cache_dir": "cache"},
     ("train", "blockrank"): {"out": "train-run", "index": "index"},
     ("mine",): {"out": "file"},
+    ("benchmark",): {"out": "benchmark", "indexes": "index folders' parent"},
 }
 
 # Config fields a subcommand deliberately offers no flag for, and why.
@@ -85,7 +86,13 @@ def _config_args(parser, command: tuple[str, ...]) -> None:
 def _add_eval(sub) -> None:
     p = sub.add_parser("eval", help="retrieve (and optionally rerank) a BEIR split and print metrics")
     p.add_argument("--data", required=True, help="BEIR folder, or a dataset name under $DENSEKIT_DATA")
-    p.add_argument("--retriever", choices=["bm25", "dense"], default=None, help="first stage (default: bm25; not with --run)")
+    p.add_argument("--retriever", choices=["bm25", "dense", "hybrid"], default=None,
+                   help="first stage (default: bm25; not with --run); hybrid = BM25 + dense fused per query")
+    p.add_argument("--hybrid-weight", type=_fuse_weight, default=None, metavar="W|auto",
+                   help="hybrid: (1-W)*norm(bm25) + W*norm(dense) per query (default 0.5); 'auto' picks W on a tuning "
+                   "split (never the evaluated one)")
+    p.add_argument("--hybrid-norm", choices=["z", "minmax", "rrf"], default=None,
+                   help="hybrid: per-query normalisation, or rrf = reciprocal-rank fusion, k=60, no weight (default: z)")
     p.add_argument("--run", metavar="FILE", help="score (and with --reranker, rerank) this saved TREC run file instead "
                    "of running a first stage")
     p.add_argument("--model", nargs="+", default=None,
@@ -114,11 +121,12 @@ def _add_eval(sub) -> None:
                    help="fuse first-stage and reranker scores per query: (1-W)*norm(first) + W*norm(rerank); 'auto' "
                    "picks W on a tuning split (never the evaluated one)")
     p.add_argument("--fuse-norm", choices=["z", "minmax"], default=None, help="per-query normalisation for --fuse (default: z)")
-    p.add_argument("--tune-split", help="--fuse auto: the split whose qrels choose W (default: dl20 for dl19 and back, "
-                   "else dev, else train)")
+    p.add_argument("--tune-split", help="--fuse auto / --hybrid-weight auto: the split whose qrels choose W (default: "
+                   "dl20 for dl19 and back, else dev, else train)")
     p.add_argument("--tune-run", metavar="FILE", help="--fuse auto with --run: the saved first-stage run of the tuning split")
     p.add_argument("--tune-queries", type=positive_int, default=None,
-                   help="--fuse auto: first N judged tuning queries, sorted ids (default: 100)")
+                   help="--fuse auto / --hybrid-weight auto: first N judged tuning queries, sorted ids (default: 100 "
+                   "for --fuse, all for --hybrid-weight)")
     p.add_argument("--roc", help="draw the ROC curves (top-k candidates) of every evaluated system into this PNG")
     p.add_argument("--json", action="store_true", help="print one JSON object per system instead of a table")
 
@@ -156,6 +164,15 @@ def _add_compare(sub) -> None:
     p.add_argument("--json", metavar="FILE", help="also write the result (per-query values included) as JSON")
     p.add_argument("--plot", metavar="FILE.png", help="draw the sorted per-query differences vs the baseline")
     p.add_argument("--overwrite", action="store_true", help="replace existing --json / --plot files")
+
+
+def _add_benchmark(sub) -> None:
+    p = sub.add_parser("benchmark", help="every system on every dataset of a suite: the BEIR table (cached per cell, "
+                       "resumable)")
+    p.add_argument("suite", help="suite TOML file: [[dataset]] and [[system]] tables (see densekit.eval.benchmark)")
+    p.add_argument("--out", required=True, help="benchmark folder: cells and the table are written there")
+    p.add_argument("--indexes", help="folder of the dense indexes, one per (dataset, model), built there when absent "
+                   "(default: OUT/indexes); keep it apart from OUT to commit OUT without them")
 
 
 def _add_data(sub) -> None:
@@ -318,6 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_eval(sub)
     _add_compare(sub)
+    _add_benchmark(sub)
     _add_data(sub)
     _add_index(sub)
     _add_search(sub)
@@ -376,7 +394,8 @@ def cmd_eval(args) -> int:
     """``jobs.evaluate``: one JSON object per system with ``--json``, else a table."""
     results = jobs.evaluate(
         args.data, args.split, retriever=args.retriever, run=args.run, models=args.model, index=args.index,
-        factory=args.factory, nprobe=args.nprobe, ef_search=args.ef_search, batch_size=args.batch_size, top_k=args.top_k,
+        factory=args.factory, nprobe=args.nprobe, ef_search=args.ef_search, batch_size=args.batch_size,
+        hybrid_weight=args.hybrid_weight, hybrid_norm=args.hybrid_norm, top_k=args.top_k,
         max_queries=args.max_queries, relevance_level=args.relevance_level, keep_identical_ids=args.keep_identical_ids,
         save_run=args.save_run, overwrite=args.overwrite, reranker=args.reranker, rerank_mode=args.rerank_mode,
         rerank_top_k=args.rerank_top_k, rerank_batch_size=args.rerank_batch_size, fuse=args.fuse, fuse_norm=args.fuse_norm,
@@ -398,6 +417,15 @@ def cmd_compare(args) -> int:
                           args.max_queries, args.relevance_level, args.keep_identical_ids, args.json, args.plot,
                           args.overwrite)
     print(to_markdown(result, args.alpha))
+    return 0
+
+
+def cmd_benchmark(args) -> int:
+    from .benchmark import load_suite, run_benchmark, to_markdown
+
+    table = run_benchmark(load_suite(args.suite), args.out, args.indexes)
+    if table:
+        print(to_markdown(table))
     return 0
 
 
@@ -471,7 +499,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     check_args(parser, args)
-    handlers = {"eval": cmd_eval, "compare": cmd_compare, "data": cmd_data, "index": cmd_index, "search": cmd_search, "train": cmd_train,
+    handlers = {"eval": cmd_eval, "compare": cmd_compare, "benchmark": cmd_benchmark, "data": cmd_data, "index": cmd_index, "search": cmd_search, "train": cmd_train,
                 "mine": cmd_mine}
     try:
         return handlers[args.command](args)
@@ -490,6 +518,7 @@ def main(argv: list[str] | None = None) -> int:
 
 # Commands that keep their finished work on disk and pick it up when run again.
 _RESUMABLE = {("index", "build"): "rerun the same command to resume (finished shards are kept)",
+              ("benchmark", None): "rerun the same command to resume (finished cells are kept)",
               ("train", None): "rerun the same command with --resume to continue from the last checkpoint"}
 
 

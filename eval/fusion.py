@@ -13,28 +13,11 @@ and qrels: the evaluated split's qrels never enter it.
 """
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
-from densekit.retriever.runs import rank
+from densekit.retriever.runs import NORMS, normalise, rank  # noqa: F401  (re-exported)
 
-NORMS = ("z", "minmax")
 GRID = tuple(round(i / 20, 2) for i in range(21))
-
-
-def normalise(scores: dict[str, float], norm: str = "z") -> dict[str, float]:
-    """Per-query normalisation of ``{doc: score}`` (see the module docstring)."""
-    if norm not in NORMS:
-        raise ValueError(f"unknown normalisation {norm!r}: use z or minmax")
-    values = list(scores.values())
-    if not values:
-        return {}
-    if norm == "z":
-        mean = sum(values) / len(values)
-        std = math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
-        return {d: (s - mean) / std if std > 0 else 0.0 for d, s in scores.items()}
-    low, high = min(values), max(values)
-    return {d: (s - low) / (high - low) if high > low else 0.0 for d, s in scores.items()}
 
 
 def fuse(first: dict[str, dict[str, float]], reranked: dict[str, dict[str, float]], weight: float, top_k: int,
@@ -60,10 +43,17 @@ def tune_weight(first: dict, reranked: dict, qrels: dict, top_k: int, metric: st
                 grid: Sequence[float] = GRID, relevance_level: int = 1) -> tuple[float, dict[float, float]]:
     """The ``w`` of ``grid`` with the best mean ``metric`` on the tuning queries (ties: the smaller
     ``w``), and the whole curve ``{w: metric}``."""
+    return choose_weight(lambda w: fuse(first, reranked, w, top_k, norm), qrels, metric, grid, relevance_level)
+
+
+def choose_weight(fused_run, qrels: dict, metric: str = "ndcg@10", grid: Sequence[float] = GRID,
+                  relevance_level: int = 1) -> tuple[float, dict[float, float]]:
+    """The ``w`` of ``grid`` whose run ``fused_run(w)`` has the best mean ``metric`` on ``qrels`` (ties: the
+    smaller ``w``), and the whole curve ``{w: metric}``. Only ``qrels`` (a tuning split's) is read."""
     from .pipeline import evaluate
 
     if not qrels:
-        raise ValueError("fusion tuning needs judged queries; the tuning split has none")
-    curve = {w: evaluate(fuse(first, reranked, w, top_k, norm), qrels, [metric], relevance_level)[1][metric] for w in grid}
+        raise ValueError("weight tuning needs judged queries; the tuning split has none")
+    curve = {w: evaluate(fused_run(w), qrels, [metric], relevance_level)[1][metric] for w in grid}
     best = max(curve.values())
     return min(w for w, v in curve.items() if v == best), curve

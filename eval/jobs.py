@@ -84,7 +84,7 @@ class EvalPlan:
 def check_evaluate(data: str, split: str = "test", *, retriever: str | None = None, run: str | None = None,
                    models: list[str] | None = None, index: str | None = None, factory: str | None = None,
                    nprobe: int | None = None, ef_search: int | None = None, batch_size: int | None = None,
-                   top_k: int = 100, max_queries: int | None = None, relevance_level: int = 1,
+                   hybrid_weight: float | str | None = None, hybrid_norm: str | None = None, top_k: int = 100, max_queries: int | None = None, relevance_level: int = 1,
                    keep_identical_ids: bool = False, save_run: str | None = None, overwrite: bool = False,
                    reranker: str | None = None, rerank_mode: str | None = None, rerank_top_k: int | None = None,
                    rerank_batch_size: int | None = None, fuse: float | str | None = None, fuse_norm: str | None = None,
@@ -104,12 +104,22 @@ def check_evaluate(data: str, split: str = "test", *, retriever: str | None = No
     if run and retriever:
         raise ValueError("--run scores a saved run; it replaces the first stage: drop --retriever (or --run)")
     retriever = retriever or ("run" if run else "bm25")
-    if retriever not in ("bm25", "dense", "run") or (retriever == "run" and not run):
-        raise ValueError(f"unknown retriever {retriever!r}: use bm25 or dense, or pass a saved run (--run FILE)")
-    if retriever != "dense":
+    if retriever not in ("bm25", "dense", "hybrid", "run") or (retriever == "run" and not run):
+        raise ValueError(f"unknown retriever {retriever!r}: use bm25, dense or hybrid, or pass a saved run (--run FILE)")
+    if retriever not in ("dense", "hybrid"):
         _refuse_ignored({"model": models, "index": index, "factory": factory, "nprobe": nprobe, "ef_search": ef_search,
                          "batch_size": batch_size}, "with --run (it replaces the first stage)" if retriever == "run"
-                        else "with --retriever bm25 (dense-only flags; add --retriever dense)")
+                        else "with --retriever bm25 (dense-only flags; add --retriever dense or hybrid)")
+    if retriever != "hybrid":
+        _refuse_ignored({"hybrid_weight": hybrid_weight, "hybrid_norm": hybrid_norm}, f"with --retriever {retriever} "
+                        "(they serve --retriever hybrid)")
+    elif hybrid_norm == "rrf" and hybrid_weight is not None:
+        raise ValueError("--hybrid-norm rrf (reciprocal-rank fusion) has no weight: drop --hybrid-weight")
+    elif hybrid_weight not in (None, "auto") and (isinstance(hybrid_weight, bool) or
+                                                   not isinstance(hybrid_weight, (int, float)) or not 0 <= hybrid_weight <= 1):
+        raise ValueError(f"--hybrid-weight must be a weight in [0, 1] or 'auto', got {hybrid_weight!r}")
+    if hybrid_norm is not None and hybrid_norm not in ("z", "minmax", "rrf"):
+        raise ValueError(f"--hybrid-norm must be z, minmax or rrf, got {hybrid_norm!r}")
     if index and models and len(models) > 1:
         raise ValueError("--index serves one model; drop it to compare several models")
     if nprobe is not None and ef_search is not None:
@@ -117,14 +127,18 @@ def check_evaluate(data: str, split: str = "test", *, retriever: str | None = No
     if not reranker:
         _refuse_ignored({"rerank_mode": rerank_mode, "rerank_top_k": rerank_top_k, "rerank_batch_size": rerank_batch_size,
                          "fuse": fuse}, "without --reranker")
+    tuned = fuse == "auto" or hybrid_weight == "auto"
     if fuse is None:
-        _refuse_ignored({"fuse_norm": fuse_norm, "tune_split": tune_split, "tune_run": tune_run,
-                         "tune_queries": tune_queries}, "without --fuse")
-    elif fuse != "auto":
+        _refuse_ignored({"fuse_norm": fuse_norm}, "without --fuse")
+    if not tuned:
         _refuse_ignored({"tune_split": tune_split, "tune_run": tune_run, "tune_queries": tune_queries},
-                        "with a fixed --fuse W (they serve --fuse auto)")
+                        "without --fuse auto or --hybrid-weight auto (they choose a weight on a tuning split)")
+    if fuse is not None and fuse != "auto":
         if isinstance(fuse, bool) or not isinstance(fuse, (int, float)) or not 0 <= fuse <= 1:
             raise ValueError(f"--fuse must be a weight in [0, 1] or 'auto', got {fuse!r}")
+    if tune_run and fuse != "auto":
+        raise ValueError("--tune-run is the saved first-stage run of the tuning split, for --fuse auto with --run: "
+                         "drop --tune-run")
     if fuse == "auto" and tune_run and not run:
         raise ValueError("--tune-run is the saved first-stage run of the tuning split, for --fuse auto with --run; "
                          "without --run the first stage runs on the tuning split itself: drop --tune-run")
@@ -141,7 +155,7 @@ def check_evaluate(data: str, split: str = "test", *, retriever: str | None = No
     if reranker and retriever != "run" and depth > top_k:
         raise ValueError(f"--rerank-top-k {depth} is beyond --top-k {top_k}: the first stage returns {top_k} candidates "
                          f"per query; raise --top-k to at least {depth} or lower --rerank-top-k")
-    models = (models or [DEFAULT_ENCODER]) if retriever == "dense" else [None]
+    models = (models or [DEFAULT_ENCODER]) if retriever in ("dense", "hybrid") else [None]
     for path in ([save_run + ("" if len(models) == 1 else f".{n}") for n in range(1, len(models) + 1)] if save_run
                  else []) + ([roc] if roc else []):
         check_file_target(path, overwrite)
@@ -164,12 +178,12 @@ def check_evaluate(data: str, split: str = "test", *, retriever: str | None = No
         elif rerank_mode:
             raise ValueError(f"--rerank-mode {rerank_mode}: the {getattr(plan.reranker[0], 'kind', '?')} reranker has "
                              f"no modes (BlockRank has attention and decode); drop --rerank-mode")
-    if fuse == "auto":
+    if tuned:
         plan.tune_split = pipeline.tuning_split(folder, split, tune_split)
         tune_texts, tune_qrels = load_split(folder, plan.tune_split)
         if tune_run:
             pipeline.check_tune_run(pipeline.read_run(tune_run), tune_run, tune_texts, plan.tune_split)
-    if retriever == "dense":
+    if retriever in ("dense", "hybrid"):
         for model in models:
             check_available(model)
         check_index_folder(index)
@@ -195,7 +209,8 @@ def check_index_folder(index: str | None) -> None:
 
 def evaluate(data: str, split: str = "test", *, retriever: str | None = None, run: str | None = None,
              models: list[str] | None = None, index: str | None = None, factory: str | None = None,
-             nprobe: int | None = None, ef_search: int | None = None, batch_size: int | None = None, top_k: int = 100,
+             nprobe: int | None = None, ef_search: int | None = None, batch_size: int | None = None,
+             hybrid_weight: float | str | None = None, hybrid_norm: str | None = None, top_k: int = 100,
              max_queries: int | None = None, relevance_level: int = 1, keep_identical_ids: bool = False,
              save_run: str | None = None, overwrite: bool = False, reranker: str | None = None,
              rerank_mode: str | None = None, rerank_top_k: int | None = None, rerank_batch_size: int | None = None,
@@ -224,7 +239,8 @@ def evaluate(data: str, split: str = "test", *, retriever: str | None = None, ru
 
     start = time.perf_counter()
     plan = check_evaluate(data, split, retriever=retriever, run=run, models=models, index=index, factory=factory,
-                          nprobe=nprobe, ef_search=ef_search, batch_size=batch_size, top_k=top_k,
+                          nprobe=nprobe, ef_search=ef_search, batch_size=batch_size, hybrid_weight=hybrid_weight,
+                          hybrid_norm=hybrid_norm, top_k=top_k,
                           max_queries=max_queries, relevance_level=relevance_level,
                           keep_identical_ids=keep_identical_ids, save_run=save_run, overwrite=overwrite,
                           reranker=reranker, rerank_mode=rerank_mode, rerank_top_k=rerank_top_k,
@@ -256,8 +272,13 @@ def evaluate(data: str, split: str = "test", *, retriever: str | None = None, ru
     runs, results = {}, {}
     for model in models:
         t0 = time.perf_counter()
+        hybrid = None
         if saved_run is not None:
             system_run, label = saved_run, f"run:{run}"
+        elif retriever == "hybrid":
+            system_run, hybrid = _hybrid(ds, queries, plan.tune_split, model, top_k, index, factory, batch_size, nprobe,
+                                         ef_search, hybrid_weight, hybrid_norm, tune_queries, relevance_level, note)
+            label = f"hybrid:{model}"
         else:
             system_run = first_stage(retriever, ds.corpus, queries, top_k, model=model, index_dir=index,
                                      factory=factory or "Flat", batch_size=batch_size or 64,
@@ -285,7 +306,7 @@ def evaluate(data: str, split: str = "test", *, retriever: str | None = None, ru
         results[label] = {
             "system": {"dataset": str(ds.path), "split": split, "retriever": retriever, "run": run, "model": model,
                        "reranker": reranker, "rerank_mode": mode, "rerank_top_k": depth if reranker else None,
-                       "fuse": fusion, "identical_ids_relevant": identical},
+                       "fuse": fusion, "hybrid": hybrid, "identical_ids_relevant": identical},
             "metrics": _finite_or_none({**means, "num_queries": len(queries),
                                         "seconds": round(time.perf_counter() - (start if not results else t0), 3)})}
         if save_run:
@@ -303,6 +324,39 @@ def evaluate(data: str, split: str = "test", *, retriever: str | None = None, ru
     return results
 
 
+def _hybrid(ds, queries, tune, model, top_k, index, factory, batch_size, nprobe, ef_search, weight, norm, tune_queries,
+            relevance_level, note: Note) -> tuple[dict, dict]:
+    """``(run, setting)``: the hybrid first stage of ``queries`` (``retriever.hybrid``) and
+    ``{"weight", "norm", "tuned_on", "tune_queries"}``. With ``weight="auto"`` the weight is the best nDCG@10 of
+    the grid on the tuning split ``tune``'s judged queries (the first ``tune_queries``; only its qrels are read);
+    both retrievers run once, over the evaluated and the tuning queries together (one corpus encoding)."""
+    from densekit.retriever.hybrid import fuse_runs, hybrid_parts
+
+    from .data import load_split, select_queries
+    from .fusion import choose_weight
+
+    def part(run: dict, ids) -> dict:
+        return {q: run.get(q, {}) for q in ids}
+
+    norm = norm or "z"
+    weight = None if norm == "rrf" else (0.5 if weight is None else weight)
+    tuning, tune_qrels = {}, {}
+    if weight == "auto":
+        tune_texts, tune_qrels = load_split(ds.path, tune)
+        tuning = select_queries(tune_texts, tune_queries)
+    lexical, dense = hybrid_parts(ds.corpus, {**tuning, **queries}, top_k, model, index, factory or "Flat",
+                                  batch_size or 64, nprobe, ef_search)
+    curve = None
+    if weight == "auto":
+        weight, curve = choose_weight(lambda w: fuse_runs(part(lexical, tuning), part(dense, tuning), w, norm, top_k),
+                                      {q: tune_qrels[q] for q in tuning}, relevance_level=relevance_level)
+        note(f"--hybrid-weight auto: W={weight} chosen on split {tune!r} ({len(tuning)} queries)")
+    setting = {"weight": weight, "norm": norm, "tuned_on": tune if tuning else None,
+               "tune_queries": len(tuning) if tuning else None,
+               "curve": [[w, v] for w, v in curve.items()] if curve else None}
+    return fuse_runs(part(lexical, queries), part(dense, queries), weight, norm, top_k), setting
+
+
 def _fusion(ds, tune, fuse, fuse_norm, tune_run, tune_queries, retriever, model, index, ranker, depth, mode,
             batch_size, relevance_level, note: Note) -> dict:
     """``{"weight", "norm", "tuned_on", "tune_queries"}``: the given weight, or with ``auto`` the best
@@ -311,12 +365,13 @@ def _fusion(ds, tune, fuse, fuse_norm, tune_run, tune_queries, retriever, model,
 
     norm = fuse_norm or "z"
     if fuse != "auto":
-        return {"weight": fuse, "norm": norm, "tuned_on": None, "tune_queries": None}
-    weight, tuned = pipeline.tune_fusion(ds.path, tune, ranker, depth, norm, tune_queries or 100, retriever=retriever,
+        return {"weight": fuse, "norm": norm, "tuned_on": None, "tune_queries": None, "curve": None}
+    weight, tuned, curve = pipeline.tune_fusion(ds.path, tune, ranker, depth, norm, tune_queries or 100, retriever=retriever,
                                          model=model, index_dir=index, run_file=tune_run, mode=mode,
                                          batch_size=batch_size or 8, relevance_level=relevance_level)
     note(f"--fuse auto: W={weight} chosen on split {tune!r} ({tuned} queries)")
-    return {"weight": weight, "norm": norm, "tuned_on": tune, "tune_queries": tuned}
+    return {"weight": weight, "norm": norm, "tuned_on": tune, "tune_queries": tuned,
+            "curve": [[w, v] for w, v in curve.items()]}
 
 
 # ---------------------------------------------------------------- compare

@@ -185,8 +185,8 @@ def check_tune_run(run: Run, path, queries: dict, split: str) -> None:
 def tune_fusion(folder: str | Path, split: str, reranker, k: int, norm: str = "z", max_queries: int = 100,
                 retriever: str = "bm25", model: str | None = None, index_dir: str | None = None,
                 run_file: str | None = None, mode: str | None = None, batch_size: int = 8,
-                relevance_level: int = 1) -> tuple[float, int]:
-    """``(weight, queries used)``: the fusion weight with the best nDCG@10 on ``split``'s first
+                relevance_level: int = 1) -> tuple[float, int, dict]:
+    """``(weight, queries used, {w: nDCG@10})``: the fusion weight with the best nDCG@10 on ``split``'s first
     ``max_queries`` judged queries (sorted ids), their first stage's top ``k`` (``retriever``, or ``run_file``)
     reranked by ``reranker``. Only ``split``'s qrels are read."""
     from densekit.retriever.search import first_stage
@@ -204,9 +204,9 @@ def tune_fusion(folder: str | Path, split: str, reranker, k: int, norm: str = "z
         run = first_stage(retriever, ds.corpus, queries, k, model=model, index_dir=index_dir)
     run = {q: {d: s for d, s in docs.items() if d in ds.corpus} for q, docs in top_k(run, k).items()}
     reranked = rerank_stage(run, ds.corpus, queries, reranker, k, batch_size, mode)
-    weight, _ = tune_weight(run, reranked, {q: ds.qrels[q] for q in queries}, k, norm=norm,
+    weight, curve = tune_weight(run, reranked, {q: ds.qrels[q] for q in queries}, k, norm=norm,
                             relevance_level=relevance_level)
-    return weight, len(queries)
+    return weight, len(queries), curve
 
 
 @dataclass

@@ -1,5 +1,10 @@
-"""Run helpers: the one ranking order used everywhere (metrics, run files, mining, reranking)."""
+"""Run helpers: the one ranking order used everywhere (metrics, run files, mining, reranking), and the
+per-query score normalisation every fusion uses (first stage + reranker, BM25 + dense)."""
 from __future__ import annotations
+
+import math
+
+NORMS = ("z", "minmax")
 
 
 def rank(doc_scores: dict[str, float]) -> list[str]:
@@ -19,3 +24,19 @@ def rank(doc_scores: dict[str, float]) -> list[str]:
 def top_k(run: dict[str, dict[str, float]], k: int) -> dict[str, dict[str, float]]:
     """Keep the ``k`` best documents of each query."""
     return {qid: {doc: docs[doc] for doc in rank(docs)[:k]} for qid, docs in run.items()}
+
+
+def normalise(scores: dict[str, float], norm: str = "z") -> dict[str, float]:
+    """Per-query normalisation of ``{doc: score}``: ``z`` = (s - mean) / std (population std; a constant list
+    -> 0), ``minmax`` = (s - min) / (max - min) (constant -> 0)."""
+    if norm not in NORMS:
+        raise ValueError(f"unknown normalisation {norm!r}: use z or minmax")
+    values = list(scores.values())
+    if not values:
+        return {}
+    if norm == "z":
+        mean = sum(values) / len(values)
+        std = math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
+        return {d: (s - mean) / std if std > 0 else 0.0 for d, s in scores.items()}
+    low, high = min(values), max(values)
+    return {d: (s - low) / (high - low) if high > low else 0.0 for d, s in scores.items()}

@@ -141,9 +141,11 @@ def dense_search(corpus, queries: Queries, k: int, model: str = DEFAULT_ENCODER,
 
 def first_stage(retriever: str, corpus, queries: Queries, k: int, model: str | None = None,
                 index_dir: str | None = None, factory: str = "Flat", batch_size: int = 64,
-                nprobe: int | None = None, ef_search: int | None = None) -> Run:
-    """Top-``k`` run from ``bm25`` (``bm25.bm25_search``) or ``dense`` (a densekit encoder, default
-    all-MiniLM-L6-v2, + FAISS index, built or reused: ``dense_search``); ``corpus`` a BEIR dict or an Arrow dataset."""
+                nprobe: int | None = None, ef_search: int | None = None, hybrid_weight: float | None = 0.5,
+                hybrid_norm: str = "z") -> Run:
+    """Top-``k`` run from ``bm25`` (``bm25.bm25_search``), ``dense`` (a densekit encoder, default
+    all-MiniLM-L6-v2, + FAISS index, built or reused: ``dense_search``) or ``hybrid`` (both, fused per query with
+    ``hybrid_weight`` and ``hybrid_norm``: ``hybrid.hybrid_search``); ``corpus`` a BEIR dict or an Arrow dataset."""
     if retriever == "bm25":
         from .bm25 import bm25_search
 
@@ -151,4 +153,9 @@ def first_stage(retriever: str, corpus, queries: Queries, k: int, model: str | N
     if retriever == "dense":
         return dense_search(corpus, queries, k, model=model or DEFAULT_ENCODER, index_dir=index_dir, factory=factory,
                             batch_size=batch_size, nprobe=nprobe, ef_search=ef_search)
-    raise ValueError(f"unknown retriever {retriever!r}: use bm25 or dense")
+    if retriever == "hybrid":
+        from .hybrid import hybrid_search
+
+        return hybrid_search(corpus, queries, k, hybrid_weight, hybrid_norm, model=model, index_dir=index_dir,
+                             factory=factory, batch_size=batch_size, nprobe=nprobe, ef_search=ef_search)
+    raise ValueError(f"unknown retriever {retriever!r}: use bm25, dense or hybrid")

@@ -61,7 +61,7 @@ def test_cli_fuse_zero_keeps_the_first_stage_ranking(tiny_beir, tiny_causal_lm, 
     _, plain, _ = _eval_json(base + ["--save-run", str(tmp_path / "a.trec")], capsys)
     code, fused, _ = _eval_json(base + ["--reranker", f"qlm:{tiny_causal_lm}", "--rerank-top-k", "6", "--fuse", "0",
                                         "--save-run", str(tmp_path / "b.trec")], capsys)
-    assert code == 0 and fused[0]["fuse"] == {"weight": 0.0, "norm": "z", "tuned_on": None, "tune_queries": None}
+    assert code == 0 and fused[0]["fuse"] == {"weight": 0.0, "norm": "z", "tuned_on": None, "tune_queries": None, "curve": None}
     from densekit.eval.pipeline import read_run
     from densekit.retriever.runs import rank
 

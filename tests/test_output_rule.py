@@ -42,6 +42,10 @@ def test_every_flag_that_writes_is_in_the_outputs_table():
 def _recipes(d, run, bert, causal, new):
     """A command line per (subcommand, output flag) whose only problem is ``{}``, the output path."""
     rerank = ["--data", str(d), "--split", "test", "--model", str(causal)]
+    suite = new.parent / "suite.toml"
+    suite.write_text(f'[[dataset]]\nname = "tiny"\ndata = "{d}"\n\n[[system]]\nname = "bm25"\n')
+    dense_suite = new.parent / "dense.toml"
+    dense_suite.write_text(suite.read_text() + f'\n[[system]]\nname = "dense"\nfirst_stage = "dense:{bert}"\n')
     return {
         (("eval",), "save_run"): ["eval", "--data", str(d), "--save-run", "{}"],
         (("eval",), "roc"): ["eval", "--data", str(d), "--roc", "{}"],
@@ -60,6 +64,8 @@ def _recipes(d, run, bert, causal, new):
         (("train", "blockrank"), "out"): ["train", "blockrank", *rerank, "--first-stage", "bm25", "--out", "{}"],
         (("train", "blockrank"), "index"): ["train", "blockrank", *rerank, "--out", str(new), "--index", "{}"],
         (("mine",), "out"): ["mine", "--data", str(d), "--split", "test", "--out", "{}"],
+        (("benchmark",), "out"): ["benchmark", str(suite), "--out", "{}"],
+        (("benchmark",), "indexes"): ["benchmark", str(dense_suite), "--out", str(new), "--indexes", "{}"],
     }
 
 
@@ -93,7 +99,7 @@ def test_every_output_flag_refuses_what_is_not_its_own(tiny_beir, tiny_bert, tin
     for (command, flag), argv in recipes.items():
         kind = OUTPUTS[command][flag]
         places = [victims / "paper.pdf"]  # a user's file where densekit would write
-        if kind not in ("file", "cache", "dataset folder's parent"):  # these write new entries into a folder
+        if kind not in ("file", "cache", "dataset folder's parent", "index folders' parent"):  # these write new entries into a folder
             places.append(victims / "folder")  # a folder densekit did not write
         for place in places:
             overwrites = [[], ["--overwrite"]] if any("--overwrite" in a.option_strings for a in _parser(command)._actions) \

@@ -1,0 +1,183 @@
+"""``densekit benchmark``: each cell equals `densekit eval` + `densekit compare` run by hand; a killed or changed
+benchmark re-runs only what it must; held-out qrels choose nothing; bad suites are refused before any model loads."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from densekit.eval.cli import main
+from densekit.eval.data import load_dataset, write_beir
+
+
+@pytest.fixture
+def two_datasets(tiny_beir, tmp_path):
+    """``a`` (tune: test + train) and ``b`` (held out: test + a train split it must never tune on)."""
+    ds_test, ds_train = load_dataset(tiny_beir, "test"), load_dataset(tiny_beir, "train")
+    queries = {**ds_test.queries, **ds_train.queries}
+    b = write_beir(tmp_path / "b", ds_test.corpus, queries,
+                   {"test": {"q1": {"d6": 1}, "q2": {"d5": 2}, "q3": {"d4": 1}}, "train": {"q1": {"d1": 1}}})
+    return tiny_beir, b
+
+
+def write_suite(path: Path, a, b, bert, hybrid_norm="z") -> Path:
+    path.write_text(f'''name = "tiny"
+baseline = "bm25"
+
+[[dataset]]
+name = "a"
+data = "{a}"
+role = "tune"
+
+[[dataset]]
+name = "b"
+data = "{b}"
+role = "heldout"
+
+[[system]]
+name = "bm25"
+
+[[system]]
+name = "dense"
+first_stage = "dense:{bert}"
+
+[[system]]
+name = "hybrid"
+first_stage = "hybrid:{bert}"
+hybrid_weight = {'"auto"' if hybrid_norm != "rrf" else '"x"'}
+hybrid_norm = "{hybrid_norm}"
+''')
+    return path
+
+
+def bench(argv, capsys) -> tuple[int, str, str]:
+    code = main(["benchmark", *map(str, argv)])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_cells_equal_eval_and_compare_by_hand(two_datasets, tiny_bert, tmp_path, capsys):
+    a, b = two_datasets
+    suite, out = write_suite(tmp_path / "suite.toml", a, b, tiny_bert), tmp_path / "out"
+    code, stdout, err = bench([suite, "--out", out], capsys)
+    assert code == 0, err
+    table = json.loads((out / "table.json").read_text())
+    assert "| bm25 |" in stdout and (out / "table.tex").exists() and (out / "heatmap.png").exists()
+    # every corpus encoded once per model: one index per dataset, shared by dense and hybrid
+    assert sorted(p.name for p in (out / "indexes").iterdir()) == sorted(
+        f"{Path(n).name}--{str(tiny_bert).strip('/').replace('/', '-')}" for n in (a, b))
+    hybrid_b = json.loads((out / "cells" / "b" / "hybrid" / "cell.json").read_text())
+    weight_b = hybrid_b["pooled"]["hybrid"]
+    for name, data in (("a", a), ("b", b)):
+        for system, flags in (("bm25", []), ("dense", ["--retriever", "dense", "--model", str(tiny_bert)]),
+                              ("hybrid", ["--retriever", "hybrid", "--model", str(tiny_bert), "--hybrid-weight",
+                                          "auto" if name == "a" else str(weight_b)])):
+            assert main(["eval", "--data", str(data), "--json", *flags,
+                         "--save-run", str(tmp_path / f"{name}-{system}.trec"), "--overwrite"]) == 0
+            row = json.loads(capsys.readouterr().out)
+            assert table["cells"][f"{system}|{name}"]["mean"] == pytest.approx(row["ndcg@10"], abs=1e-12), (name, system)
+        assert main(["compare", f"bm25={tmp_path / f'{name}-bm25.trec'}", f"dense={tmp_path / f'{name}-dense.trec'}",
+                     f"hybrid={tmp_path / f'{name}-hybrid.trec'}", "--data", str(data), "--metrics", "ndcg@10",
+                     "--json", str(tmp_path / f"{name}.json"), "--overwrite"]) == 0
+        capsys.readouterr()
+        by_hand = json.loads((tmp_path / f"{name}.json").read_text())["systems"]
+        for system in ("dense", "hybrid"):
+            cell, test = table["cells"][f"{system}|{name}"], by_hand[system]["tests"]["ndcg@10"]
+            assert (cell["p_ttest"], cell["p_random"], cell["win"], cell["loss"]) == \
+                pytest.approx((test["p_ttest"], test["p_random"], test["win"], test["loss"]), nan_ok=True)
+
+
+def test_heldout_settings_come_from_tune_data_and_heldout_qrels_choose_nothing(two_datasets, tiny_bert, tmp_path,
+                                                                             capsys, monkeypatch):
+    from densekit.eval import data
+
+    a, b = two_datasets
+    read = []
+    real = data.load_qrels
+    monkeypatch.setattr(data, "load_qrels", lambda path: read.append(Path(path)) or real(path))
+    code, _, err = bench([write_suite(tmp_path / "suite.toml", a, b, tiny_bert), "--out", tmp_path / "out"], capsys)
+    assert code == 0, err
+    assert Path(b) / "qrels" / "train.tsv" not in read  # the held-out dataset's other split is never read
+    assert Path(a) / "qrels" / "train.tsv" in read  # the tune dataset's tuning split is
+    cell_a = json.loads((tmp_path / "out" / "cells" / "a" / "hybrid" / "cell.json").read_text())
+    cell_b = json.loads((tmp_path / "out" / "cells" / "b" / "hybrid" / "cell.json").read_text())
+    curve = dict((w, v) for w, v in cell_a["result"]["system"]["hybrid"]["curve"])
+    best = max(curve.values())
+    assert cell_b["pooled"] == {"from": ["a:train"], "hybrid": min(w for w, v in curve.items() if v == best)}
+    assert cell_b["result"]["system"]["hybrid"]["weight"] == cell_b["pooled"]["hybrid"]
+    assert cell_b["result"]["system"]["hybrid"]["tuned_on"] is None  # nothing was tuned on b
+
+
+def test_resume_reruns_only_unfinished_or_changed_cells(two_datasets, tiny_bert, tmp_path, capsys):
+    a, b = two_datasets
+    suite, out = write_suite(tmp_path / "suite.toml", a, b, tiny_bert), tmp_path / "out"
+    assert bench([suite, "--out", out], capsys)[0] == 0
+    first = (out / "table.json").read_text()
+    (out / "cells" / "b" / "dense" / "cell.json").unlink()  # as if killed before this cell finished
+    code, _, err = bench([suite, "--out", out], capsys)
+    assert code == 0 and err.count("(cached)") == 5 and "b x dense: finished" in err
+    assert (out / "table.json").read_text() == first
+    write_suite(suite, a, b, tiny_bert, hybrid_norm="minmax")  # one system changed: only its cells run again
+    code, _, err = bench([suite, "--out", out], capsys)
+    assert code == 0 and err.count("(cached)") == 4 and err.count("definition changed") == 2
+
+
+def test_kill_9_mid_run_then_resume_gives_the_same_table(two_datasets, tiny_bert, tmp_path, capsys):
+    a, b = two_datasets
+    suite, out = write_suite(tmp_path / "suite.toml", a, b, tiny_bert), tmp_path / "out"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "densekit.eval.cli", "benchmark", str(suite), "--out", str(out)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not list((out / "cells").glob("*/*/cell.json")) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    finished = len(list((out / "cells").glob("*/*/cell.json")))
+    assert 0 < finished < 6
+    code, _, err = bench([suite, "--out", out], capsys)
+    assert code == 0 and err.count("(cached)") == finished
+    killed = (out / "table.json").read_text()
+    shutil.rmtree(out)
+    assert bench([suite, "--out", out], capsys)[0] == 0
+    assert json.loads((out / "table.json").read_text())["cells"] == json.loads(killed)["cells"]
+
+
+@pytest.mark.parametrize("change, message", [
+    (("name = \"a\"\ndata", "name = \"b\"\ndata"), "two datasets are named 'b'"),
+    (('name = "dense"', 'name = "bm25"'), "two systems are named 'bm25'"),
+    (('role = "tune"', 'role = "train"'), "role 'train'"),
+    (('role = "tune"', 'role = "heldout"'), "no tune dataset has a tuning split"),
+    (('name = "a"\ndata = "', 'name = "a"\ndata = "/nonexistent'), "not found"),
+    (('[[system]]\nname = "bm25"', '[[system]]\nname = "bm25"\nreranker = "bogus:x"'), "unknown kind 'bogus'"),
+    (('baseline = "bm25"', 'baseline = "nosuch"'), "baseline 'nosuch' is not one of the systems"),
+    (('name = "a"\ndata', 'name = "a"\nsplit = "dev"\ndata'), "unknown split 'dev'"),
+])
+def test_bad_suites_are_refused_before_any_model_loads(two_datasets, tiny_bert, tmp_path, capsys, monkeypatch,
+                                                       change, message):
+    import transformers
+
+    def fail(*args, **kwargs):
+        raise AssertionError("a model loaded before the suite was checked")
+
+    monkeypatch.setattr(transformers.AutoModel, "from_pretrained", fail)
+    a, b = two_datasets
+    suite = write_suite(tmp_path / "suite.toml", a, b, tiny_bert)
+    suite.write_text(suite.read_text().replace(*change, 1))
+    code, _, err = bench([suite, "--out", tmp_path / "out"], capsys)
+    assert code == 2 and message in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_folder_of_another_suite_is_refused(two_datasets, tiny_bert, tmp_path, capsys):
+    a, b = two_datasets
+    suite, out = write_suite(tmp_path / "suite.toml", a, b, tiny_bert), tmp_path / "out"
+    out.mkdir()
+    (out / "densekit.json").write_text(json.dumps({"kind": "benchmark", "format": 1, "suite": "other"}))
+    code, _, err = bench([suite, "--out", out], capsys)
+    assert code == 2 and "holds the benchmark of suite 'other', not 'tiny'" in err
