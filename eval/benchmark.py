@@ -237,8 +237,36 @@ def _read_cell(out: Path, dataset: DatasetSpec, system: SystemSpec, wait: bool =
         time.sleep(1.0)
 
 
+def _index_dir(indexes: Path, data: Path, model: str) -> Path:
+    """One index per corpus folder and model, whatever the datasets or systems using it."""
+    return indexes / f"{data.name}--{re.sub(r'[^A-Za-z0-9._-]+', '-', model).strip('-')}"
+
+
+def build_indexes(suite: Suite, indexes: Path, world: int = 1, rank: int = 0, progress=print) -> None:
+    """Build every dense index the suite needs that does not exist yet (index ``i`` on rank ``i % world``, through
+    ``jobs.build_index``), then wait until all exist: no two processes ever encode one corpus."""
+    from densekit.retriever.io import artefact_kind
+
+    from . import jobs
+    from .data import resolve_dataset
+
+    needed = {}
+    for d in suite.datasets:
+        for s in suite.systems:
+            _, model = parse_first_stage(s.first_stage)
+            if model is not None:
+                data = resolve_dataset(d.data or d.name)
+                needed.setdefault(_index_dir(indexes, data, model), (data, model))
+    for i, (folder, (data, model)) in enumerate(sorted(needed.items())):
+        if i % world == rank and artefact_kind(folder) != "index":
+            progress(f"index {i + 1}/{len(needed)}: encoding {data.name} with {model}")
+            jobs.build_index(str(data), model, str(folder), num_shards=1, shard_index=0)
+    while not all(artefact_kind(folder) == "index" for folder in needed):
+        time.sleep(1.0)
+
+
 def run_cell(suite: Suite, dataset: DatasetSpec, system: SystemSpec, out: Path, pooled: dict | None,
-             indexes: Path) -> dict:
+             indexes: Path, process: str = "0/1") -> dict:
     """Run one cell through ``jobs.evaluate`` and keep its run and ``cell.json``; dense indexes in ``indexes``."""
     from . import jobs
 
@@ -254,9 +282,7 @@ def run_cell(suite: Suite, dataset: DatasetSpec, system: SystemSpec, out: Path, 
         hybrid_weight, fuse = pooled.get("hybrid", hybrid_weight), pooled.get("fuse", fuse)
     folder = _cell_dir(out, dataset, system)
     folder.mkdir(parents=True, exist_ok=True)
-    index = None
-    if model is not None:  # one index per corpus folder and model, whatever the datasets or systems using it
-        index = str(indexes / f"{data.name}--{re.sub(r'[^A-Za-z0-9._-]+', '-', model).strip('-')}")
+    index = str(_index_dir(indexes, data, model)) if model is not None else None
     results = jobs.evaluate(
         str(data), dataset.split, retriever=None if saved else kind, run=saved,
         models=[model] if model else None, index=index, hybrid_weight=hybrid_weight if kind == "hybrid" else None,
@@ -267,7 +293,7 @@ def run_cell(suite: Suite, dataset: DatasetSpec, system: SystemSpec, out: Path, 
         note=notes.append)
     (result,) = results.values()
     cell = {"key": cell_key(dataset, system, pooled), "dataset": asdict(dataset), "system": asdict(system),
-            "pooled": pooled, "result": result, "notes": notes}
+            "pooled": pooled, "result": result, "notes": notes, "process": process}
     atomic_write_text(folder / "cell.json", json.dumps(cell, indent=1, allow_nan=False))
     return cell
 
@@ -293,6 +319,7 @@ def run_benchmark(suite: Suite, out: str | Path, indexes: str | Path | None = No
     if manifest is None:
         atomic_write_text(out / "densekit.json", json.dumps({"kind": "benchmark", "format": FORMAT, "suite": suite.name}))
     world, rank = launcher_shards() or (1, 0)
+    build_indexes(suite, indexes, world, rank, progress)
     cells = _cells(suite)
     for i, (dataset, system) in enumerate(cells):
         if i % world != rank:
@@ -307,7 +334,7 @@ def run_benchmark(suite: Suite, out: str | Path, indexes: str | Path | None = No
         if done is not None:
             progress(f"{where}: its definition changed since it ran; running it again")
         start = time.perf_counter()
-        run_cell(suite, dataset, system, out, pooled, indexes)
+        run_cell(suite, dataset, system, out, pooled, indexes, f"{rank}/{world}")
         progress(f"{where}: finished in {time.perf_counter() - start:.1f} s")
     if rank != 0:
         return {}

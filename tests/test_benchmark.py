@@ -181,3 +181,20 @@ def test_a_folder_of_another_suite_is_refused(two_datasets, tiny_bert, tmp_path,
     (out / "densekit.json").write_text(json.dumps({"kind": "benchmark", "format": 1, "suite": "other"}))
     code, _, err = bench([suite, "--out", out], capsys)
     assert code == 2 and "holds the benchmark of suite 'other', not 'tiny'" in err
+
+
+def test_two_processes_make_the_same_table_as_one(two_datasets, tiny_bert, tmp_path, capsys):
+    """torchrun --nproc_per_node 2: the cells (and indexes) are dealt out over the two processes, rank 0 waits
+    for the other's cells and writes the table; it equals the one-process table."""
+    a, b = two_datasets
+    suite = write_suite(tmp_path / "suite.toml", a, b, tiny_bert)
+    assert bench([suite, "--out", tmp_path / "one"], capsys)[0] == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m",
+                           "densekit.eval.cli", "benchmark", str(suite), "--out", str(tmp_path / "two")],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    one, two = (json.loads((tmp_path / n / "table.json").read_text()) for n in ("one", "two"))
+    assert two == one
+    processes = [json.loads(p.read_text())["process"] for p in (tmp_path / "two" / "cells").glob("*/*/cell.json")]
+    assert sorted(processes) == ["0/2"] * 3 + ["1/2"] * 3  # every cell ran once, half on each process
