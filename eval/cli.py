@@ -293,6 +293,11 @@ def _add_mine(sub) -> None:
     p.add_argument("--data", required=True)
     p.add_argument("--split", default="train")
     p.add_argument("--index", help="densekit index folder of this corpus (dense mining); without it BM25 is used")
+    p.add_argument("--retriever", choices=["bm25", "dense", "hybrid"], default=None,
+                   help="where negatives come from (default: dense with --index, else bm25); hybrid needs --index")
+    p.add_argument("--hybrid-weight", type=unit_float, default=None, metavar="W",
+                   help="hybrid: (1-W)*norm(bm25) + W*norm(dense) (default 0.5)")
+    p.add_argument("--hybrid-norm", choices=["z", "minmax", "rrf"], default=None, help="hybrid: normalisation (default: z)")
     p.add_argument("--model", help="encoder for the queries (default: the index's model)")
     p.add_argument("--out", required=True)
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file (refused without it)")
@@ -363,8 +368,19 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
 
     # eval's checks are jobs.check_evaluate's: jobs.evaluate runs them before any model loads, for the API too
     if args.command == "mine":
+        retriever = args.retriever or ("dense" if args.index else "bm25")
         if not args.index:
             refuse(given("max_ratio", "model"), "with BM25 mining (dense mining needs --index)")
+            if retriever != "bm25":
+                parser.error(f"--retriever {retriever} mines through a dense index: add --index")
+        elif retriever == "bm25":
+            parser.error("--index is ignored with --retriever bm25: drop it (or use dense / hybrid)")
+        if retriever != "hybrid":
+            refuse(given("hybrid_weight", "hybrid_norm"), f"with --retriever {retriever} (they serve hybrid)")
+        else:
+            refuse(given("max_ratio"), "with --retriever hybrid (it compares dense scores)")
+            if args.hybrid_norm == "rrf" and args.hybrid_weight is not None:
+                parser.error("--hybrid-norm rrf (reciprocal-rank fusion) has no weight: drop --hybrid-weight")
         if args.rank_from >= args.rank_to:
             parser.error(f"--rank-from {args.rank_from} must be below --rank-to {args.rank_to}")
     elif args.command == "train" and args.train_command == "retriever":
@@ -488,7 +504,7 @@ def cmd_train(args) -> int:
 
 def cmd_mine(args) -> int:
     _print_json(jobs.mine(args.data, args.out, config_from_args(MineConfig, args), args.split, args.index, args.model,
-                          args.overwrite))
+                          args.overwrite, args.retriever, args.hybrid_weight, args.hybrid_norm))
     return 0
 
 

@@ -602,16 +602,20 @@ def train_reranker(data: str, out: str, config, scorer, model: str = "HuggingFac
 
 
 def mine(data: str, out: str, config: MineConfig, split: str = "train", index: str | None = None,
-         model: str | None = None, overwrite: bool = False) -> dict:
+         model: str | None = None, overwrite: bool = False, retriever: str | None = None,
+         hybrid_weight: float | None = None, hybrid_norm: str | None = None) -> dict:
     """Mine hard negatives of the judged queries of ``split`` (``densekit.retriever.mining.mine_negatives``: the dense
-    ``index``, else BM25) into the JSONL training file ``out`` (checked before any work). Returns
-    ``{"out", "queries", "negatives"}``."""
+    ``index``, BM25, or ``retriever="hybrid"`` with the index) into the JSONL training file ``out`` (checked before any
+    work). Returns ``{"out", "queries", "negatives"}``."""
     from densekit.retriever.mining import mine_negatives, write_mined
 
     from .data import load_dataset, resolve_dataset
 
     check_file_target(out, overwrite)  # the output-path rule, before any work
     ds = load_dataset(resolve_dataset(data), split)
-    negatives = mine_negatives(ds.corpus, ds.queries, ds.qrels, config, index, model)
+    norm = hybrid_norm or "z"
+    negatives = mine_negatives(ds.corpus, ds.queries, ds.qrels, config, index, model, retriever=retriever,
+                               hybrid_weight=None if norm == "rrf" else (0.5 if hybrid_weight is None else hybrid_weight),
+                               hybrid_norm=norm)
     count = write_mined(out, ds.queries, ds.qrels, negatives, config.relevance_level, overwrite)
     return {"out": out, "queries": count, "negatives": sum(map(len, negatives.values()))}

@@ -1,6 +1,6 @@
-"""Hard-negative mining from any first-stage run (densekit index or BM25).
+"""Hard-negative mining from any first-stage run (densekit index, BM25, or both fused: hybrid).
 
-``mine_negatives`` runs the first stage (a saved densekit index of the corpus, else BM25) for the judged
+``mine_negatives`` runs the first stage (a saved densekit index of the corpus, BM25, or hybrid) for the judged
 queries and ``select_negatives`` keeps, for each query, the documents at ranks ``[rank_from, rank_to)`` of its
 run (0-based, trec_eval order) that are not judged relevant (any qrels entry >= 1), optionally
 dropping likely false negatives: a candidate whose score exceeds ``max_ratio`` x the query's lowest
@@ -63,18 +63,27 @@ def write_mined(path: str | Path, queries: dict[str, str], qrels: dict[str, dict
 
 
 def mine_negatives(corpus, queries: Queries, qrels: Qrels, config: MineConfig | None = None,
-                   index_dir: str | Path | None = None, model: str | None = None, batch_size: int = 64) -> dict[str, list[str]]:
-    """Negatives of every judged query: from the dense index saved in ``index_dir`` (searched with ``model``,
-    default the index's own encoder; the index must be that encoder's index of this corpus, ``search.open_index``),
-    or from BM25 without ``index_dir``. ``max_ratio`` needs the dense scores of the positives."""
+                   index_dir: str | Path | None = None, model: str | None = None, batch_size: int = 64,
+                   retriever: str | None = None, hybrid_weight: float | None = 0.5,
+                   hybrid_norm: str = "z") -> dict[str, list[str]]:
+    """Negatives of every judged query from the ``retriever``'s run (default: ``dense`` with ``index_dir``, else
+    ``bm25``): the dense index saved in ``index_dir`` (searched with ``model``, default the index's own encoder; the
+    index must be that encoder's index of this corpus, ``search.open_index``), BM25, or ``hybrid`` (both, fused per
+    query with ``hybrid_weight`` / ``hybrid_norm``: ``hybrid.fuse_runs``). ``max_ratio`` needs the dense scores of
+    the positives (dense only)."""
     from .search import encode_queries, open_index
 
     config = config or MineConfig()
+    retriever = retriever or ("dense" if index_dir is not None else "bm25")
+    if retriever not in ("bm25", "dense", "hybrid"):
+        raise ValueError(f"unknown retriever {retriever!r}: use bm25, dense or hybrid")
+    if (retriever == "bm25") != (index_dir is None):
+        raise ValueError(f"mining with {retriever} {'takes no' if retriever == 'bm25' else 'needs a dense'} --index")
+    if config.max_ratio is not None and retriever != "dense":
+        raise ValueError("max_ratio compares dense scores: mine from a dense index (--index) or drop --max-ratio")
     judged = {q: t for q, t in queries.items() if q in qrels}
     positive_scores = None
-    if index_dir is None:
-        if config.max_ratio is not None:
-            raise ValueError("max_ratio compares dense scores: mine from a dense index (--index) or drop --max-ratio")
+    if retriever == "bm25":
         from .bm25 import bm25_search
 
         run: Run = bm25_search(corpus, judged, config.rank_to)
@@ -85,6 +94,12 @@ def mine_negatives(corpus, queries: Queries, qrels: Qrels, config: MineConfig | 
         index = open_index(index_dir, encoder, corpus)
         query_ids, vectors = encode_queries(encoder, judged, batch_size)
         run = index.search_run(query_ids, vectors, config.rank_to)
-        positive_scores = dense_positive_scores(index, query_ids, vectors, qrels, config.relevance_level)
+        if retriever == "hybrid":
+            from .bm25 import bm25_search
+            from .hybrid import fuse_runs
+
+            run = fuse_runs(bm25_search(corpus, judged, config.rank_to), run, hybrid_weight, hybrid_norm, config.rank_to)
+        else:
+            positive_scores = dense_positive_scores(index, query_ids, vectors, qrels, config.relevance_level)
     return select_negatives(run, qrels, config.rank_from, config.rank_to, config.max_negatives, positive_scores,
                             config.max_ratio, config.relevance_level)

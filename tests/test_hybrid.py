@@ -100,3 +100,31 @@ def test_cli_hybrid_bad_flags(tiny_beir, capsys, extra, message):
     except SystemExit as stop:
         code = stop.code
     assert code == 2 and message in capsys.readouterr().err
+
+
+def test_mine_hybrid_takes_negatives_from_the_fused_run(tiny_beir, tiny_bert, tmp_path, capsys):
+    from densekit.eval.data import load_dataset
+    from densekit.retriever.bm25 import bm25_search
+    from densekit.retriever.mining import select_negatives
+    from densekit.retriever.search import dense_search
+
+    index, out = tmp_path / "idx", tmp_path / "neg.jsonl"
+    assert main(["index", "build", "--data", str(tiny_beir), "--model", str(tiny_bert), "--out", str(index)]) == 0
+    assert main(["mine", "--data", str(tiny_beir), "--split", "test", "--index", str(index), "--retriever", "hybrid",
+                 "--hybrid-weight", "0.7", "--rank-from", "0", "--rank-to", "4", "--out", str(out)]) == 0
+    capsys.readouterr()
+    ds = load_dataset(tiny_beir, "test")
+    judged = {q: t for q, t in ds.queries.items() if q in ds.qrels}
+    fused = fuse_runs(bm25_search(ds.corpus, judged, 4), dense_search(ds.corpus, judged, 4, model=str(tiny_bert)), 0.7,
+                      "z", 4)
+    expected = select_negatives(fused, ds.qrels, 0, 4, 20)
+    mined = {json.loads(line)["query_id"]: json.loads(line)["negatives"] for line in out.read_text().splitlines()}
+    assert mined == expected and any(mined.values())
+    for extra, message in ((["--retriever", "hybrid"], "add --index"),
+                           (["--index", str(index), "--retriever", "hybrid", "--max-ratio", "0.9"], "--max-ratio is ignored"),
+                           (["--index", str(index), "--hybrid-weight", "0.5"], "--hybrid-weight is ignored")):
+        try:
+            code = main(["mine", "--data", str(tiny_beir), "--split", "test", "--out", str(tmp_path / "x.jsonl"), *extra])
+        except SystemExit as stop:
+            code = stop.code
+        assert code == 2 and message in capsys.readouterr().err
