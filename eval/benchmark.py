@@ -159,6 +159,7 @@ def check_suite(suite: Suite) -> None:
     if suite.baseline not in [s.name for s in suite.systems]:
         raise DataError(f"baseline {suite.baseline!r} is not one of the systems")
     tunable = False
+    heldout = {}
     for d in suite.datasets:
         if d.role not in ROLES:
             raise DataError(f"dataset {d.name!r}: role {d.role!r}; use tune or heldout")
@@ -167,12 +168,20 @@ def check_suite(suite: Suite) -> None:
         for path in [*d.runs.values(), *d.tune_runs.values()]:
             if not (folder / path).is_file():
                 raise DataError(f"dataset {d.name!r}: saved run {folder / path} does not exist")
+        if d.role == "heldout":
+            heldout[(folder.resolve(), d.split)] = d.name
+    for d in suite.datasets:
+        folder = resolve_dataset(d.data or d.name)
         if d.role == "tune":
             try:
-                pipeline.tuning_split(folder, d.split)
-                tunable = True
+                tune = pipeline.tuning_split(folder, d.split)
             except ValueError:
-                pass
+                continue
+            if (folder.resolve(), tune) in heldout:
+                raise DataError(f"dataset {d.name!r} would choose its weights on split {tune!r}, which is the held-out "
+                                f"dataset {heldout[(folder.resolve(), tune)]!r}: a held-out dataset is never a tuning "
+                                "source; make one of them tune data or drop it")
+            tunable = True
     for s in suite.systems:
         parse_first_stage(s.first_stage)
         if s.reranker:

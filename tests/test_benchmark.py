@@ -198,3 +198,21 @@ def test_two_processes_make_the_same_table_as_one(two_datasets, tiny_bert, tmp_p
     assert two == one
     processes = [json.loads(p.read_text())["process"] for p in (tmp_path / "two" / "cells").glob("*/*/cell.json")]
     assert sorted(processes) == ["0/2"] * 3 + ["1/2"] * 3  # every cell ran once, half on each process
+
+
+def test_a_heldout_split_is_never_a_tuning_source_and_unjudged_splits_are_refused(two_datasets, tiny_bert, tmp_path,
+                                                                                capsys):
+    a, b = two_datasets
+    suite = write_suite(tmp_path / "suite.toml", a, b, tiny_bert)
+    # dataset "a" (tune, test) tunes on its train split; a held-out dataset on that same split is refused
+    suite.write_text(suite.read_text().replace('name = "b"\ndata = "' + str(b) + '"',
+                                               'name = "b"\ndata = "' + str(a) + '"\nsplit = "train"'))
+    code, _, err = bench([suite, "--out", tmp_path / "out"], capsys)
+    assert code == 2 and "would choose its weights on split 'train', which is the held-out dataset 'b'" in err
+    (Path(a) / "qrels" / "dev.tsv").write_text("query-id\tcorpus-id\tscore\nnobody\td1\t1\n")
+    write_suite(suite, a, b, tiny_bert)
+    suite.write_text(suite.read_text().replace('name = "b"\ndata', 'name = "b"\nsplit = "test"\ndata')
+                     .replace('name = "a"\ndata', 'name = "a"\nsplit = "dev"\ndata'))
+    code, _, err = bench([suite, "--out", tmp_path / "out"], capsys)
+    assert code == 2 and "no queries for split 'dev'" in err
+    assert not (tmp_path / "out").exists()
