@@ -23,7 +23,7 @@ A suite (TOML, ``load_suite``) names datasets and systems::
     reranker = "qlm:HuggingFaceTB/SmolLM2-135M-Instruct"            # optional, with depth (20) and fuse (W | auto)
 
 Each (dataset, system) cell is one ``jobs.evaluate`` call (the code `densekit eval` runs) whose run is kept in
-``<out>/cells/<dataset>/<system>/run.trec`` with ``cell.json`` (its key, the evaluate result and where every
+``<out>/cells/<dataset>/<system>/run.trec.gz`` with ``cell.json`` (its key, the evaluate result and where every
 setting came from). A cell whose key (dataset and system definitions) is unchanged is not run again, so a killed
 benchmark resumes; a changed system re-runs its own cells only. Dense indexes live in ``<out>/indexes`` (or
 ``--indexes DIR``), one per (dataset, model), so a corpus is encoded once per model whatever the number of systems.
@@ -235,6 +235,21 @@ def _cell_dir(out: Path, dataset: DatasetSpec, system: SystemSpec) -> Path:
     return out / "cells" / dataset.name / system.name
 
 
+def _compress_run(folder: Path) -> Path:
+    """The cell's run as ``run.trec.gz`` (a tenth of the TREC file's size: cells are meant to be committed), from
+    the ``run.trec`` that ``jobs.evaluate`` wrote; returns its path."""
+    import gzip
+    import os
+
+    plain, packed = folder / "run.trec", folder / "run.trec.gz"
+    if plain.exists():
+        tmp = folder / ".run.trec.gz.tmp"
+        tmp.write_bytes(gzip.compress(plain.read_bytes(), mtime=0))  # mtime 0: the same run, the same bytes
+        os.replace(tmp, packed)
+        plain.unlink()
+    return packed
+
+
 def _read_cell(out: Path, dataset: DatasetSpec, system: SystemSpec, wait: bool = False) -> dict | None:
     """The finished cell's ``cell.json`` (with ``wait``: block until another process has written it)."""
     path = _cell_dir(out, dataset, system) / "cell.json"
@@ -301,6 +316,7 @@ def run_cell(suite: Suite, dataset: DatasetSpec, system: SystemSpec, out: Path, 
         fuse=fuse if system.reranker else None, tune_run=tune_run if fuse == "auto" and saved else None,
         note=notes.append)
     (result,) = results.values()
+    _compress_run(folder)
     cell = {"key": cell_key(dataset, system, pooled), "dataset": asdict(dataset), "system": asdict(system),
             "pooled": pooled, "result": result, "notes": notes, "process": process}
     atomic_write_text(folder / "cell.json", json.dumps(cell, indent=1, allow_nan=False))
@@ -338,6 +354,7 @@ def run_benchmark(suite: Suite, out: str | Path, indexes: str | Path | None = No
         done = _read_cell(out, dataset, system)
         where = f"cell {i + 1}/{len(cells)} {dataset.name} x {system.name}"
         if done is not None and done.get("key") == key:
+            _compress_run(_cell_dir(out, dataset, system))
             progress(f"{where}: done before (cached)")
             continue
         if done is not None:
@@ -367,7 +384,7 @@ def make_table(suite: Suite, out: Path, permutations: int = 10_000, seed: int = 
     cells, pooled_values = {}, {name: [] for name in systems}
     for d in suite.datasets:
         ds = load_dataset(resolve_dataset(d.data or d.name), d.split, check_ids=False)
-        runs = {s.name: read_run(_cell_dir(out, d, s) / "run.trec") for s in suite.systems}
+        runs = {s.name: read_run(_cell_dir(out, d, s) / "run.trec.gz") for s in suite.systems}
         result = report.compare(runs, ds.qrels, [suite.metric], suite.baseline, select_queries(ds.queries, d.max_queries),
                                 permutations, seed, d.relevance_level)
         for system in suite.systems:
