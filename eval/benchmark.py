@@ -7,7 +7,8 @@ A suite (TOML, ``load_suite``) names datasets and systems::
     metric = "ndcg@10"
 
     [[dataset]]
-    name = "scifact"             # a name under $DENSEKIT_DATA, or give `data = "<folder>"`
+    name = "scifact"             # a name under $DENSEKIT_DATA (an official BEIR name is downloaded there when
+                                 # missing, online), or give `data = "<folder>"`
     split = "test"
     role = "tune"                # tune | heldout
     max_queries = 100            # optional: the first N evaluated queries (sorted ids)
@@ -120,8 +121,23 @@ def load_suite(path: str | Path) -> Suite:
     systems = [_spec(SystemSpec, s, f"{path} [[system]] {i + 1}") for i, s in enumerate(raw.get("system", []))]
     suite = Suite(raw.get("name") or path.stem, datasets, systems, raw.get("baseline") or (systems[0].name if systems else ""),
                   raw.get("metric", "ndcg@10"))
+    fetch_missing(suite)
     check_suite(suite)
     return suite
+
+
+def fetch_missing(suite: Suite) -> None:
+    """Download (online; md5-checked, ``data.download``) into ``$DENSEKIT_DATA`` every dataset given by an official
+    BEIR name that is not there yet; offline, the error says so. Datasets given by folder are never fetched."""
+    from .data import BEIR_MD5, data_root, download, resolve_dataset
+
+    for d in suite.datasets:
+        if d.data or d.name not in BEIR_MD5:
+            continue
+        try:
+            resolve_dataset(d.name)
+        except DataError:
+            download(d.name, data_root())
 
 
 def parse_first_stage(text: str) -> tuple[str, str | None]:
@@ -145,8 +161,9 @@ def check_suite(suite: Suite) -> None:
     from . import pipeline
     from .data import load_split, resolve_dataset
 
-    if not suite.datasets or not suite.systems:
-        raise DataError(f"suite {suite.name!r} needs at least one [[dataset]] and one [[system]]")
+    if not suite.datasets or len(suite.systems) < 2:
+        raise DataError(f"suite {suite.name!r} needs at least one [[dataset]] and two [[system]]s (a baseline and "
+                        "what is compared with it)")
     parse_metric(suite.metric)
     for what, items in (("dataset", suite.datasets), ("system", suite.systems)):
         names = [item.name for item in items]

@@ -43,7 +43,7 @@ def _recipes(d, run, bert, causal, new):
     """A command line per (subcommand, output flag) whose only problem is ``{}``, the output path."""
     rerank = ["--data", str(d), "--split", "test", "--model", str(causal)]
     suite = new.parent / "suite.toml"
-    suite.write_text(f'[[dataset]]\nname = "tiny"\ndata = "{d}"\n\n[[system]]\nname = "bm25"\n')
+    suite.write_text(f'[[dataset]]\nname = "tiny"\ndata = "{d}"\n\n[[system]]\nname = "bm25"\n\n[[system]]\nname = "b2"\n')
     dense_suite = new.parent / "dense.toml"
     dense_suite.write_text(suite.read_text() + f'\n[[system]]\nname = "dense"\nfirst_stage = "dense:{bert}"\n')
     return {
