@@ -283,9 +283,10 @@ def _index_dir(indexes: Path, data: Path, model: str) -> Path:
     return indexes / f"{data.name}--{re.sub(r'[^A-Za-z0-9._-]+', '-', model).strip('-')}"
 
 
-def build_indexes(suite: Suite, indexes: Path, world: int = 1, rank: int = 0, progress=print) -> None:
+def build_indexes(suite: Suite, indexes: Path, world: int = 1, rank: int = 0, progress=print) -> dict[str, float]:
     """Build every dense index the suite needs that does not exist yet (index ``i`` on rank ``i % world``, through
-    ``jobs.build_index``), then wait until all exist: no two processes ever encode one corpus."""
+    ``jobs.build_index``), then wait until all exist: no two processes ever encode one corpus. Returns the seconds
+    each index built here took."""
     from densekit.retriever.io import artefact_kind
 
     from . import jobs
@@ -298,12 +299,16 @@ def build_indexes(suite: Suite, indexes: Path, world: int = 1, rank: int = 0, pr
             if model is not None:
                 data = resolve_dataset(d.data or d.name)
                 needed.setdefault(_index_dir(indexes, data, model), (data, model))
+    seconds = {}
     for i, (folder, (data, model)) in enumerate(sorted(needed.items())):
         if i % world == rank and artefact_kind(folder) != "index":
             progress(f"index {i + 1}/{len(needed)}: encoding {data.name} with {model}")
+            start = time.perf_counter()
             jobs.build_index(str(data), model, str(folder), num_shards=1, shard_index=0)
+            seconds[folder.name] = round(time.perf_counter() - start, 1)
     while not all(artefact_kind(folder) == "index" for folder in needed):
         time.sleep(1.0)
+    return seconds
 
 
 def run_cell(suite: Suite, dataset: DatasetSpec, system: SystemSpec, out: Path, pooled: dict | None,
@@ -361,8 +366,10 @@ def run_benchmark(suite: Suite, out: str | Path, indexes: str | Path | None = No
     if manifest is None:
         atomic_write_text(out / "densekit.json", json.dumps({"kind": "benchmark", "format": FORMAT, "suite": suite.name}))
     world, rank = launcher_shards() or (1, 0)
-    build_indexes(suite, indexes, world, rank, progress)
+    started = time.perf_counter()
+    built = build_indexes(suite, indexes, world, rank, progress)
     cells = _cells(suite)
+    ran = 0
     for i, (dataset, system) in enumerate(cells):
         if i % world != rank:
             continue
@@ -378,7 +385,10 @@ def run_benchmark(suite: Suite, out: str | Path, indexes: str | Path | None = No
             progress(f"{where}: its definition changed since it ran; running it again")
         start = time.perf_counter()
         run_cell(suite, dataset, system, out, pooled, indexes, f"{rank}/{world}")
+        ran += 1
         progress(f"{where}: finished in {time.perf_counter() - start:.1f} s")
+    _log_invocation(out, {"process": f"{rank}/{world}", "index_seconds": built, "cells_run": ran,
+                          "seconds": round(time.perf_counter() - started, 1)})
     if rank != 0:
         return {}
     for dataset, system in cells:
@@ -386,6 +396,14 @@ def run_benchmark(suite: Suite, out: str | Path, indexes: str | Path | None = No
     table = make_table(suite, out)
     write_table(table, out)
     return table
+
+
+def _log_invocation(out: Path, row: dict) -> None:
+    """Append what this process did (indexes built and their seconds, cells run, wall seconds) to
+    ``<out>/invocations.<rank>.jsonl``: how long a full run takes, kept beside the cells."""
+    path = out / f"invocations.{row['process'].split('/')[0]}.jsonl"
+    old = path.read_text() if path.exists() else ""
+    atomic_write_text(path, old + json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **row}) + "\n")
 
 
 def make_table(suite: Suite, out: Path, permutations: int = 10_000, seed: int = 0) -> dict:
