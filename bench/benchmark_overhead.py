@@ -40,10 +40,18 @@ def timed(commands: list[list[str]]) -> float:
     return time.perf_counter() - start
 
 
+def index_of(indexes: Path, name: str) -> Path:
+    """The folder `densekit benchmark` keeps ``name``'s all-MiniLM-L6-v2 index in."""
+    from densekit.eval.benchmark import _index_dir
+    from densekit.eval.data import resolve_dataset
+
+    return _index_dir(indexes, resolve_dataset(name), MODEL)
+
+
 def one_by_one(work: Path, indexes: Path) -> list[list[str]]:
     commands = []
     for name in DATASETS:
-        index = indexes / f"{name}--{MODEL.replace('/', '-')}"
+        index = index_of(indexes, name)
         runs = {"bm25": work / f"{name}-bm25.trec", "dense": work / f"{name}-dense.trec"}
         commands.append(["densekit", "eval", "--data", name, "--max-queries", str(QUERIES), "--save-run", str(runs["bm25"])])
         commands.append(["densekit", "eval", "--data", name, "--max-queries", str(QUERIES), "--retriever", "dense",
@@ -60,7 +68,7 @@ def main() -> int:
     args = parser.parse_args()
     indexes = Path(args.indexes).resolve()
     for name in DATASETS:
-        if not (indexes / f"{name}--{MODEL.replace('/', '-')}").is_dir():
+        if not index_of(indexes, name).is_dir():
             raise SystemExit(f"build the indexes first: densekit benchmark bench/beir.toml --out ... --indexes {indexes}")
     times = {"benchmark": [], "one_by_one": []}
     with tempfile.TemporaryDirectory() as tmp:

@@ -51,7 +51,8 @@ import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from densekit.retriever.io import DataError, atomic_write_text, check_target, check_writable, read_manifest
+from densekit.retriever.io import (DataError, atomic_write_text, check_target, check_writable, folder_lock,
+                                  read_manifest)
 
 ROLES = ("tune", "heldout")
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
@@ -121,6 +122,7 @@ def load_suite(path: str | Path) -> Suite:
     systems = [_spec(SystemSpec, s, f"{path} [[system]] {i + 1}") for i, s in enumerate(raw.get("system", []))]
     suite = Suite(raw.get("name") or path.stem, datasets, systems, raw.get("baseline") or (systems[0].name if systems else ""),
                   raw.get("metric", "ndcg@10"))
+    check_definitions(suite)  # before any download
     fetch_missing(suite)
     check_suite(suite)
     return suite
@@ -128,16 +130,24 @@ def load_suite(path: str | Path) -> Suite:
 
 def fetch_missing(suite: Suite) -> None:
     """Download (online; md5-checked, ``data.download``) into ``$DENSEKIT_DATA`` every dataset given by an official
-    BEIR name that is not there yet; offline, the error says so. Datasets given by folder are never fetched."""
+    BEIR name that is not there yet; offline, the error says so. Datasets given by folder are never fetched. Under
+    torchrun only rank 0 downloads; the other processes wait for the folder."""
     from .data import BEIR_MD5, data_root, download, resolve_dataset
+    from .jobs import launcher_shards
 
+    _, rank = launcher_shards() or (1, 0)
     for d in suite.datasets:
         if d.data or d.name not in BEIR_MD5:
             continue
-        try:
-            resolve_dataset(d.name)
-        except DataError:
-            download(d.name, data_root())
+        while True:
+            try:
+                resolve_dataset(d.name)
+                break
+            except DataError:
+                if rank == 0:
+                    download(d.name, data_root())
+                else:
+                    time.sleep(1.0)
 
 
 def parse_first_stage(text: str) -> tuple[str, str | None]:
@@ -150,16 +160,11 @@ def parse_first_stage(text: str) -> tuple[str, str | None]:
     raise DataError(f"first stage {text!r}: use bm25, dense:<model> or hybrid:<model>")
 
 
-def check_suite(suite: Suite) -> None:
-    """Refuse, before any model loads, what the suite cannot mean: no datasets or systems, a name used twice or
-    unfit for a folder, an unknown role, dataset, split, first stage or reranker kind, a baseline that is not a
-    system, ``auto`` settings with no tune dataset that has a tuning split, a dataset whose split has no judged
-    query. Each error names the dataset or system."""
+def check_definitions(suite: Suite) -> None:
+    """The checks that need no data: names, roles, the baseline, first stages, and every system's settings (a
+    weight that fits its first stage, ``fuse`` only with a reranker, ``rrf`` without a weight, saved runs only for
+    ``bm25``)."""
     from densekit.eval.metrics import parse_metric
-    from densekit.reranker.base import resolve_spec
-
-    from . import pipeline
-    from .data import load_split, resolve_dataset
 
     if not suite.datasets or len(suite.systems) < 2:
         raise DataError(f"suite {suite.name!r} needs at least one [[dataset]] and two [[system]]s (a baseline and "
@@ -175,11 +180,48 @@ def check_suite(suite: Suite) -> None:
             raise DataError(f"two {what}s are named {', '.join(map(repr, twice))}: give each its own name")
     if suite.baseline not in [s.name for s in suite.systems]:
         raise DataError(f"baseline {suite.baseline!r} is not one of the systems")
-    tunable = False
-    heldout = {}
     for d in suite.datasets:
         if d.role not in ROLES:
             raise DataError(f"dataset {d.name!r}: role {d.role!r}; use tune or heldout")
+        other = sorted(set(d.runs) | set(d.tune_runs) - {"bm25"})
+        if other:
+            raise DataError(f"dataset {d.name!r}: saved runs stand for the bm25 first stage only, not {', '.join(other)}")
+    for s in suite.systems:
+        kind, _ = parse_first_stage(s.first_stage)
+        where = f"system {s.name!r}"
+        if kind != "hybrid" and (s.hybrid_weight is not None or s.hybrid_norm is not None):
+            raise DataError(f"{where}: hybrid_weight / hybrid_norm serve a hybrid:<model> first stage, not {s.first_stage}")
+        if s.hybrid_norm not in (None, "z", "minmax", "rrf"):
+            raise DataError(f"{where}: hybrid_norm {s.hybrid_norm!r}; use z, minmax or rrf")
+        if s.hybrid_norm == "rrf" and s.hybrid_weight is not None:
+            raise DataError(f"{where}: hybrid_norm rrf (reciprocal-rank fusion) has no weight: drop hybrid_weight")
+        for name, value in (("hybrid_weight", s.hybrid_weight), ("fuse", s.fuse)):
+            if value is not None and value != "auto" and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                                          or not 0 <= value <= 1):
+                raise DataError(f"{where}: {name} {value!r}; use a weight in [0, 1] or \"auto\"")
+        if not s.reranker and (s.fuse is not None or s.depth is not None):
+            raise DataError(f"{where}: fuse and depth serve a reranker: add reranker = \"<spec>\" or drop them")
+        if s.reranker and s.fuse == "auto" and kind == "bm25":
+            missing = [d.name for d in suite.datasets if "bm25" in d.runs and "bm25" not in d.tune_runs]
+            if missing:
+                raise DataError(f"{where}: fuse = \"auto\" over the saved bm25 run of {', '.join(missing)} needs "
+                                "that dataset's tune_runs.bm25 (the first-stage run of its tuning split)")
+
+
+def check_suite(suite: Suite) -> None:
+    """Refuse, before any model loads, what the suite cannot mean (``check_definitions``), an unknown dataset, split
+    or reranker kind, a missing saved run, a tune dataset without a tuning split when a system chooses a weight
+    (``auto``), a held-out split as a tuning source, a dataset whose split has no judged query. Each error names the
+    dataset or system."""
+    from densekit.reranker.base import resolve_spec
+
+    from . import pipeline
+    from .data import load_split, resolve_dataset
+
+    check_definitions(suite)
+    tuned = [s.name for s in suite.systems if "auto" in (s.hybrid_weight, s.fuse)]
+    heldout = {}
+    for d in suite.datasets:
         folder = resolve_dataset(d.data or d.name)
         load_split(folder, d.split)  # the split exists and has judged queries with text
         for path in [*d.runs.values(), *d.tune_runs.values()]:
@@ -187,31 +229,37 @@ def check_suite(suite: Suite) -> None:
                 raise DataError(f"dataset {d.name!r}: saved run {folder / path} does not exist")
         if d.role == "heldout":
             heldout[(folder.resolve(), d.split)] = d.name
-    for d in suite.datasets:
+    tunes = [d for d in suite.datasets if d.role == "tune"]
+    if tuned and not tunes:
+        raise DataError(f"system {tuned[0]!r} chooses a weight on tuning data ('auto'), but no dataset has role tune")
+    for d in tunes if tuned else []:
         folder = resolve_dataset(d.data or d.name)
-        if d.role == "tune":
-            try:
-                tune = pipeline.tuning_split(folder, d.split)
-            except ValueError:
-                continue
-            if (folder.resolve(), tune) in heldout:
-                raise DataError(f"dataset {d.name!r} would choose its weights on split {tune!r}, which is the held-out "
-                                f"dataset {heldout[(folder.resolve(), tune)]!r}: a held-out dataset is never a tuning "
-                                "source; make one of them tune data or drop it")
-            tunable = True
+        try:
+            tune = pipeline.tuning_split(folder, d.split)
+        except ValueError:
+            raise DataError(f"system {tuned[0]!r} chooses a weight on tuning data ('auto'), but the tune dataset "
+                            f"{d.name!r} has no tuning split (dev, train, or dl20 for dl19): give it one, make it "
+                            "heldout, or give a fixed weight") from None
+        if (folder.resolve(), tune) in heldout:
+            raise DataError(f"dataset {d.name!r} would choose its weights on split {tune!r}, which is the held-out "
+                            f"dataset {heldout[(folder.resolve(), tune)]!r}: a held-out dataset is never a tuning "
+                            "source; make one of them tune data or drop it")
     for s in suite.systems:
-        parse_first_stage(s.first_stage)
         if s.reranker:
             resolve_spec(s.reranker)
-        if "auto" in (s.hybrid_weight, s.fuse) and not tunable:
-            raise DataError(f"system {s.name!r} chooses a weight on tuning data ('auto'), but no tune dataset has a "
-                            "tuning split (dev, train, or dl20 for dl19): add one or give a fixed weight")
 
 
 def cell_key(dataset: DatasetSpec, system: SystemSpec, pooled: dict | None) -> str:
-    """What a cell's result depends on: both definitions and the settings pooled from tune datasets."""
-    return hashlib.sha256(json.dumps({"format": FORMAT, "dataset": asdict(dataset), "system": asdict(system),
-                                      "pooled": pooled}, sort_keys=True).encode()).hexdigest()[:16]
+    """What a cell's result depends on: both definitions, the settings pooled from tune datasets, and the content
+    of the dataset's saved runs (a regenerated run file is another first stage)."""
+    from .data import resolve_dataset
+
+    payload = {"format": FORMAT, "dataset": asdict(dataset), "system": asdict(system), "pooled": pooled}
+    saved = {**dataset.runs, **{f"tune:{k}": v for k, v in dataset.tune_runs.items()}}
+    if saved:
+        folder = resolve_dataset(dataset.data or dataset.name)
+        payload["run_sha256"] = {k: hashlib.sha256((folder / v).read_bytes()).hexdigest() for k, v in sorted(saved.items())}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _cells(suite: Suite) -> list[tuple[DatasetSpec, SystemSpec]]:
@@ -220,7 +268,7 @@ def _cells(suite: Suite) -> list[tuple[DatasetSpec, SystemSpec]]:
     return [(d, s) for d in ordered for s in suite.systems]
 
 
-def _pooled(suite: Suite, system: SystemSpec, out: Path, wait: bool) -> dict | None:
+def _pooled(suite: Suite, system: SystemSpec, out: Path) -> dict | None:
     """For a held-out cell of a system with ``auto`` settings: ``{"hybrid" / "fuse": weight, "from": [...]}``, the
     grid weight with the best mean tuning curve over the tune datasets' cells of the same system."""
     wanted = [k for k, v in (("hybrid", system.hybrid_weight), ("fuse", system.fuse)) if v == "auto"]
@@ -231,7 +279,7 @@ def _pooled(suite: Suite, system: SystemSpec, out: Path, wait: bool) -> dict | N
     for d in suite.datasets:
         if d.role != "tune":
             continue
-        cell = _read_cell(out, d, system, wait)
+        cell = _read_cell(out, d, system, cell_key(d, system, None))  # the tune cell of this very definition
         for k in wanted:
             setting = (cell or {}).get("result", {}).get("system", {}).get(k) or {}
             if setting.get("curve"):
@@ -267,20 +315,22 @@ def _compress_run(folder: Path) -> Path:
     return packed
 
 
-def _read_cell(out: Path, dataset: DatasetSpec, system: SystemSpec, wait: bool = False) -> dict | None:
-    """The finished cell's ``cell.json`` (with ``wait``: block until another process has written it)."""
+def _read_cell(out: Path, dataset: DatasetSpec, system: SystemSpec, key: str | None = None) -> dict | None:
+    """The cell's ``cell.json``, or None; with ``key``, block until a cell of that key is there (another process
+    of the same benchmark is running it, or re-running a stale one)."""
     path = _cell_dir(out, dataset, system) / "cell.json"
     while True:
-        if path.exists():
-            return json.loads(path.read_text())
-        if not wait:
-            return None
+        cell = json.loads(path.read_text()) if path.exists() else None
+        if key is None or (cell is not None and cell.get("key") == key):
+            return cell
         time.sleep(1.0)
 
 
 def _index_dir(indexes: Path, data: Path, model: str) -> Path:
-    """One index per corpus folder and model, whatever the datasets or systems using it."""
-    return indexes / f"{data.name}--{re.sub(r'[^A-Za-z0-9._-]+', '-', model).strip('-')}"
+    """One index per corpus folder and model, whatever the datasets or systems using it: readable names plus a
+    short hash of the resolved folder and the exact model name (two folders called ``scifact`` differ)."""
+    tag = hashlib.sha256(f"{data.resolve()}\0{model}".encode()).hexdigest()[:8]
+    return indexes / f"{data.name}--{re.sub(r'[^A-Za-z0-9._-]+', '-', model).strip('-')}--{tag}"
 
 
 def build_indexes(suite: Suite, indexes: Path, world: int = 1, rank: int = 0, progress=print) -> dict[str, float]:
@@ -362,10 +412,17 @@ def run_benchmark(suite: Suite, out: str | Path, indexes: str | Path | None = No
     if indexes.exists() and not indexes.is_dir():
         raise DataError(f"{indexes}: a file is in the way of the folder of dense indexes; give a folder (--indexes)")
     check_writable(indexes / "index")
-    out.mkdir(parents=True, exist_ok=True)
-    if manifest is None:
-        atomic_write_text(out / "densekit.json", json.dumps({"kind": "benchmark", "format": FORMAT, "suite": suite.name}))
     world, rank = launcher_shards() or (1, 0)
+    if manifest is None and rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "densekit.json", json.dumps({"kind": "benchmark", "format": FORMAT, "suite": suite.name}))
+    while read_manifest(out) is None:  # the other processes wait for rank 0 to claim the folder
+        time.sleep(0.5)
+    with folder_lock(out, f"process-{rank}-of-{world}"):  # one benchmark process per rank and folder at a time
+        return _run_cells(suite, out, indexes, world, rank, progress)
+
+
+def _run_cells(suite: Suite, out: Path, indexes: Path, world: int, rank: int, progress) -> dict:
     started = time.perf_counter()
     built = build_indexes(suite, indexes, world, rank, progress)
     cells = _cells(suite)
@@ -373,12 +430,12 @@ def run_benchmark(suite: Suite, out: str | Path, indexes: str | Path | None = No
     for i, (dataset, system) in enumerate(cells):
         if i % world != rank:
             continue
-        pooled = _pooled(suite, system, out, wait=world > 1) if dataset.role != "tune" else None
+        pooled = _pooled(suite, system, out) if dataset.role != "tune" else None
         key = cell_key(dataset, system, pooled)
         done = _read_cell(out, dataset, system)
         where = f"cell {i + 1}/{len(cells)} {dataset.name} x {system.name}"
         if done is not None and done.get("key") == key:
-            _compress_run(_cell_dir(out, dataset, system))
+            (_cell_dir(out, dataset, system) / "run.trec").unlink(missing_ok=True)  # a killed re-run's leftover
             progress(f"{where}: done before (cached)")
             continue
         if done is not None:
@@ -391,8 +448,9 @@ def run_benchmark(suite: Suite, out: str | Path, indexes: str | Path | None = No
                           "seconds": round(time.perf_counter() - started, 1)})
     if rank != 0:
         return {}
-    for dataset, system in cells:
-        _read_cell(out, dataset, system, wait=True)
+    for dataset, system in cells:  # every process's cells, of the current definitions
+        pooled = _pooled(suite, system, out) if dataset.role != "tune" else None
+        _read_cell(out, dataset, system, cell_key(dataset, system, pooled))
     table = make_table(suite, out)
     write_table(table, out)
     return table

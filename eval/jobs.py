@@ -297,7 +297,7 @@ def evaluate(data: str, split: str = "test", *, retriever: str | None = None, ru
             label += f">{reranker}@{depth}" + (f"/{mode}" if mode else "")
             if fuse is not None:
                 fusion = _fusion(ds, plan.tune_split, fuse, fuse_norm, tune_run, tune_queries, retriever, model, index,
-                                 ranker, depth, mode, rerank_batch_size, relevance_level, note)
+                                 ranker, depth, mode, rerank_batch_size, relevance_level, note, top_k, hybrid)
                 system_run = pipeline.fuse(first, system_run, fusion["weight"], depth, fusion["norm"])
                 label += f"+fuse{fusion['weight']}"
         _, means = pipeline.evaluate(system_run, ds.qrels, metric_names, relevance_level,
@@ -358,9 +358,10 @@ def _hybrid(ds, queries, tune, model, top_k, index, factory, batch_size, nprobe,
 
 
 def _fusion(ds, tune, fuse, fuse_norm, tune_run, tune_queries, retriever, model, index, ranker, depth, mode,
-            batch_size, relevance_level, note: Note) -> dict:
-    """``{"weight", "norm", "tuned_on", "tune_queries"}``: the given weight, or with ``auto`` the best
-    weight on the tuning split ``tune``'s first ``tune_queries`` judged queries (its own first stage, reranked)."""
+            batch_size, relevance_level, note: Note, top_k: int = 100, hybrid: dict | None = None) -> dict:
+    """``{"weight", "norm", "tuned_on", "tune_queries", "curve"}``: the given weight, or with ``auto`` the best
+    weight on the tuning split ``tune``'s first ``tune_queries`` judged queries (the evaluated system's first
+    stage there: ``top_k`` documents, the same ``hybrid`` setting; reranked)."""
     from . import pipeline
 
     norm = fuse_norm or "z"
@@ -368,7 +369,8 @@ def _fusion(ds, tune, fuse, fuse_norm, tune_run, tune_queries, retriever, model,
         return {"weight": fuse, "norm": norm, "tuned_on": None, "tune_queries": None, "curve": None}
     weight, tuned, curve = pipeline.tune_fusion(ds.path, tune, ranker, depth, norm, tune_queries or 100, retriever=retriever,
                                          model=model, index_dir=index, run_file=tune_run, mode=mode,
-                                         batch_size=batch_size or 8, relevance_level=relevance_level)
+                                         batch_size=batch_size or 8, relevance_level=relevance_level,
+                                         first_k=top_k, hybrid=hybrid)
     note(f"--fuse auto: W={weight} chosen on split {tune!r} ({tuned} queries)")
     return {"weight": weight, "norm": norm, "tuned_on": tune, "tune_queries": tuned,
             "curve": [[w, v] for w, v in curve.items()]}
@@ -585,6 +587,10 @@ def train_reranker(data: str, out: str, config, scorer, model: str = "HuggingFac
         raise ValueError("--eval-every needs --eval-split NAME (a split with qrels the model does not train on)")
     check_run_folder(out, resume, overwrite)  # before any data is loaded or encoded
     check_target(kinds[type(scorer)], model)  # e.g. a dual-encoder folder: refused before the first stage runs
+    if eval_split is not None:
+        from .data import load_split, resolve_dataset
+
+        load_split(resolve_dataset(data), eval_split)  # it exists and has judged queries, before any encoding
     if first_stage == "dense":
         check_index_folder(index)
     if getattr(config, "lower_cache_dir", None):

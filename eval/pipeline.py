@@ -185,10 +185,11 @@ def check_tune_run(run: Run, path, queries: dict, split: str) -> None:
 def tune_fusion(folder: str | Path, split: str, reranker, k: int, norm: str = "z", max_queries: int = 100,
                 retriever: str = "bm25", model: str | None = None, index_dir: str | None = None,
                 run_file: str | None = None, mode: str | None = None, batch_size: int = 8,
-                relevance_level: int = 1) -> tuple[float, int, dict]:
+                relevance_level: int = 1, first_k: int | None = None, hybrid: dict | None = None) -> tuple[float, int, dict]:
     """``(weight, queries used, {w: nDCG@10})``: the fusion weight with the best nDCG@10 on ``split``'s first
     ``max_queries`` judged queries (sorted ids), their first stage's top ``k`` (``retriever``, or ``run_file``)
-    reranked by ``reranker``. Only ``split``'s qrels are read."""
+    reranked by ``reranker``. The first stage is the evaluated system's: it retrieves ``first_k`` (default ``k``)
+    documents, a hybrid with the evaluated system's ``hybrid`` weight and norm. Only ``split``'s qrels are read."""
     from densekit.retriever.search import first_stage
 
     from .data import load_dataset, select_queries
@@ -201,7 +202,9 @@ def tune_fusion(folder: str | Path, split: str, reranker, k: int, norm: str = "z
         check_tune_run(saved, run_file, queries, split)
         run = {q: saved.get(q, {}) for q in queries}
     else:
-        run = first_stage(retriever, ds.corpus, queries, k, model=model, index_dir=index_dir)
+        hybrid = hybrid or {}
+        run = first_stage(retriever, ds.corpus, queries, first_k or k, model=model, index_dir=index_dir,
+                          hybrid_weight=hybrid.get("weight", 0.5), hybrid_norm=hybrid.get("norm", "z"))
     run = {q: {d: s for d, s in docs.items() if d in ds.corpus} for q, docs in top_k(run, k).items()}
     reranked = rerank_stage(run, ds.corpus, queries, reranker, k, batch_size, mode)
     weight, curve = tune_weight(run, reranked, {q: ds.qrels[q] for q in queries}, k, norm=norm,

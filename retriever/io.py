@@ -371,6 +371,22 @@ def _read_lock(lock: Path) -> dict | None:
     return holder if isinstance(holder, dict) else None
 
 
+def _take_over(lock: Path, stale: dict) -> None:
+    """Remove the stale ``lock`` (holding ``stale``) unless another process replaced it meanwhile: it is first
+    renamed to a name of this process's own, so that two processes never both remove a fresh lock."""
+    claimed = _tmp_name(lock, "old")
+    try:
+        os.rename(lock, claimed)
+    except FileNotFoundError:
+        return  # another process took it over first
+    if _read_lock(claimed) != stale:  # a fresh lock arrived between the read and the rename: put it back
+        try:
+            os.link(claimed, lock)
+        except FileExistsError:
+            pass
+    claimed.unlink(missing_ok=True)
+
+
 @contextmanager
 def folder_lock(target: str | os.PathLike, part: str = "") -> Iterator[Path]:
     """Hold the lock file ``.<name>.lock`` (``.<name>.<part>.lock`` for a ``part`` of the job, e.g. one shard)
@@ -386,27 +402,26 @@ def folder_lock(target: str | os.PathLike, part: str = "") -> Iterator[Path]:
     mine = {"pid": os.getpid(), "host": host, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "token": secrets.token_hex(8)}
     lock.parent.mkdir(parents=True, exist_ok=True)
-    for attempt in range(2):
-        try:
-            fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-            break
-        except FileExistsError:
-            holder = _read_lock(lock) or {}
-            pid, where = holder.get("pid"), holder.get("host")
-            if attempt == 0 and where == host and isinstance(pid, int) and not _pid_alive(pid):
-                lock.unlink(missing_ok=True)  # stale: its process is gone
-                continue
-            what = (f"process {pid} on host {where} (started {holder.get('started')})" if pid is not None
-                    else "another process (the lock file is unreadable)")
-            raise FolderLockedError(f"{target}{' (' + part + ')' if part else ''}: {what} is writing it and holds the lock "
-                                    f"{lock}; wait for that process to finish, or, if it no longer runs, delete {lock} "
-                                    "and run again") from None
+    draft = _tmp_name(lock, "tmp")  # the lock is linked into place whole: it is never seen empty
+    draft.write_text(json.dumps(mine))
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(json.dumps(mine))
-    except BaseException:
-        lock.unlink(missing_ok=True)
-        raise
+        for attempt in range(2):
+            try:
+                os.link(draft, lock)
+                break
+            except FileExistsError:
+                holder = _read_lock(lock) or {}
+                pid, where = holder.get("pid"), holder.get("host")
+                if attempt == 0 and where == host and isinstance(pid, int) and not _pid_alive(pid):
+                    _take_over(lock, holder)  # stale: its process is gone
+                    continue
+                what = (f"process {pid} on host {where} (started {holder.get('started')})" if pid is not None
+                        else "another process (the lock file is unreadable)")
+                raise FolderLockedError(f"{target}{' (' + part + ')' if part else ''}: {what} is writing it and holds the "
+                                        f"lock {lock}; wait for that process to finish, or, if it no longer runs, delete "
+                                        f"{lock} and run again") from None
+    finally:
+        draft.unlink(missing_ok=True)
     try:
         yield lock
     finally:

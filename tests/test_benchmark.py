@@ -69,8 +69,8 @@ def test_cells_equal_eval_and_compare_by_hand(two_datasets, tiny_bert, tmp_path,
     table = json.loads((out / "table.json").read_text())
     assert "| bm25 |" in stdout and (out / "table.tex").exists() and (out / "heatmap.png").exists()
     # every corpus encoded once per model: one index per dataset, shared by dense and hybrid
-    assert sorted(p.name for p in (out / "indexes").iterdir()) == sorted(
-        f"{Path(n).name}--{str(tiny_bert).strip('/').replace('/', '-')}" for n in (a, b))
+    names = sorted(p.name.rsplit("--", 1)[0] for p in (out / "indexes").iterdir())
+    assert names == sorted(f"{Path(n).name}--{str(tiny_bert).strip('/').replace('/', '-')}" for n in (a, b))
     hybrid_b = json.loads((out / "cells" / "b" / "hybrid" / "cell.json").read_text())
     weight_b = hybrid_b["pooled"]["hybrid"]
     for name, data in (("a", a), ("b", b)):
@@ -152,7 +152,7 @@ def test_kill_9_mid_run_then_resume_gives_the_same_table(two_datasets, tiny_bert
     (("name = \"a\"\ndata", "name = \"b\"\ndata"), "two datasets are named 'b'"),
     (('name = "dense"', 'name = "bm25"'), "two systems are named 'bm25'"),
     (('role = "tune"', 'role = "train"'), "role 'train'"),
-    (('role = "tune"', 'role = "heldout"'), "no tune dataset has a tuning split"),
+    (('role = "tune"', 'role = "heldout"'), "no dataset has role tune"),
     (('name = "a"\ndata = "', 'name = "a"\ndata = "/nonexistent'), "not found"),
     (('[[system]]\nname = "bm25"', '[[system]]\nname = "bm25"\nreranker = "bogus:x"'), "unknown kind 'bogus'"),
     (('baseline = "bm25"', 'baseline = "nosuch"'), "baseline 'nosuch' is not one of the systems"),

@@ -128,3 +128,30 @@ def test_mine_hybrid_takes_negatives_from_the_fused_run(tiny_beir, tiny_bert, tm
         except SystemExit as stop:
             code = stop.code
         assert code == 2 and message in capsys.readouterr().err
+
+
+def test_fuse_auto_tunes_over_the_evaluated_hybrid_first_stage(tiny_beir, tiny_bert, capsys, monkeypatch):
+    """--fuse auto on a hybrid first stage: the tuning split's first stage is the same hybrid (weight, norm, depth),
+    not a default one."""
+    from densekit.reranker.base import REGISTRY
+    from densekit.retriever import search
+
+    class Stub:
+        kind, modes = "stub", ("score",)
+
+        @classmethod
+        def from_pretrained(cls, target):
+            return cls()
+
+        def rerank(self, run, corpus, queries, top_k=20, batch_size=8, show_progress=True, mode=None):
+            return {q: {d: -float(i) for i, d in enumerate(sorted(docs))} for q, docs in run.items()}
+
+    monkeypatch.setitem(REGISTRY, "stub", Stub)
+    calls, real = [], search.first_stage
+    monkeypatch.setattr(search, "first_stage", lambda *a, **k: calls.append((a[0], a[3], k)) or real(*a, **k))
+    row, _ = _eval(["eval", "--data", str(tiny_beir), "--retriever", "hybrid", "--model", str(tiny_bert), "--top-k", "5",
+                    "--hybrid-weight", "0.3", "--hybrid-norm", "minmax", "--reranker", "stub:x", "--rerank-top-k", "3",
+                    "--fuse", "auto"], capsys)
+    assert row["fuse"]["tuned_on"] == "train"
+    (retriever, k, kwargs), = calls  # the evaluated split's hybrid ran through hybrid_parts, the tuning one here
+    assert (retriever, k, kwargs["hybrid_weight"], kwargs["hybrid_norm"]) == ("hybrid", 5, 0.3, "minmax")
