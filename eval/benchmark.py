@@ -26,7 +26,9 @@ A suite (TOML, ``load_suite``) names datasets and systems::
 Each (dataset, system) cell is one ``jobs.evaluate`` call (the code `densekit eval` runs) whose run is kept in
 ``<out>/cells/<dataset>/<system>/run.trec.gz`` with ``cell.json`` (its key, the evaluate result and where every
 setting came from). A cell whose key (dataset and system definitions) is unchanged is not run again, so a killed
-benchmark resumes; a changed system re-runs its own cells only. Dense indexes live in ``<out>/indexes`` (or
+benchmark resumes; a changed system re-runs its own cells only. Reranker scores are kept per prompt in
+``<out>/scores`` (``reranker.score_cache``): systems sharing a reranker (alone, fused) score each prompt once, and
+an interrupted reranker cell resumes. Dense indexes live in ``<out>/indexes`` (or
 ``--indexes DIR``), one per (dataset, model), so a corpus is encoded once per model whatever the number of systems.
 
 Held-out discipline: a setting a system chooses from data (``hybrid_weight`` / ``fuse`` = ``"auto"``) is chosen
@@ -386,7 +388,7 @@ def run_cell(suite: Suite, dataset: DatasetSpec, system: SystemSpec, out: Path, 
         max_queries=dataset.max_queries, relevance_level=dataset.relevance_level, save_run=str(folder / "run.trec"),
         overwrite=True, reranker=system.reranker, rerank_top_k=system.depth if system.reranker else None,
         fuse=fuse if system.reranker else None, tune_run=tune_run if fuse == "auto" and saved else None,
-        note=notes.append)
+        score_cache=str(out / "scores") if system.reranker else None, note=notes.append)
     (result,) = results.values()
     _compress_run(folder)
     cell = {"key": cell_key(dataset, system, pooled), "dataset": asdict(dataset), "system": asdict(system),

@@ -34,7 +34,7 @@ CONFIGS = {
 # own is replaced only with --overwrite, and the check runs before any model loads; tests/test_output_rule.py walks
 # every subcommand's flags and holds the parser to this table.
 OUTPUTS = {
-    ("eval",): {"save_run": "file", "roc": "file", "index": "index"},
+    ("eval",): {"save_run": "file", "roc": "file", "index": "index", "score_cache": "cache"},
     ("compare",): {"json": "file", "plot": "file"},
     ("data", "download"): {"out": "dataset folder's parent"},
     ("index", "build"): {"out": "index"},
@@ -117,6 +117,8 @@ def _add_eval(sub) -> None:
                    help="BlockRank: rank by attention mass (its default), or put the decoded answer first")
     p.add_argument("--rerank-top-k", type=positive_int, default=None, help="documents reranked per query (default: 20)")
     p.add_argument("--rerank-batch-size", type=positive_int, default=None, help="reranker batch size (default: 8)")
+    p.add_argument("--score-cache", metavar="DIR", help="keep the reranker's scores on disk here and reuse them (per "
+                   "reranker and prompt): an interrupted run resumes, and the same reranker fused or not scores once")
     p.add_argument("--fuse", type=_fuse_weight, default=None, metavar="W|auto",
                    help="fuse first-stage and reranker scores per query: (1-W)*norm(first) + W*norm(rerank); 'auto' "
                    "picks W on a tuning split (never the evaluated one)")
@@ -415,7 +417,8 @@ def cmd_eval(args) -> int:
         max_queries=args.max_queries, relevance_level=args.relevance_level, keep_identical_ids=args.keep_identical_ids,
         save_run=args.save_run, overwrite=args.overwrite, reranker=args.reranker, rerank_mode=args.rerank_mode,
         rerank_top_k=args.rerank_top_k, rerank_batch_size=args.rerank_batch_size, fuse=args.fuse, fuse_norm=args.fuse_norm,
-        tune_split=args.tune_split, tune_run=args.tune_run, tune_queries=args.tune_queries, roc=args.roc, note=_note)
+        tune_split=args.tune_split, tune_run=args.tune_run, tune_queries=args.tune_queries, roc=args.roc,
+        score_cache=args.score_cache, note=_note)
     if args.json:
         for result in results.values():
             _print_json({**result["system"], **result["metrics"]})

@@ -89,7 +89,7 @@ def check_evaluate(data: str, split: str = "test", *, retriever: str | None = No
                    reranker: str | None = None, rerank_mode: str | None = None, rerank_top_k: int | None = None,
                    rerank_batch_size: int | None = None, fuse: float | str | None = None, fuse_norm: str | None = None,
                    tune_split: str | None = None, tune_run: str | None = None, tune_queries: int | None = None,
-                   roc: str | None = None) -> EvalPlan:
+                   roc: str | None = None, score_cache: str | None = None) -> EvalPlan:
     """Every check of ``evaluate``'s arguments that needs no model, in the order a user fixes them: flag
     combinations, numbers, output paths (``io.check_file_target``: exists -> refused without ``overwrite``;
     not creatable -> refused), the dataset and split, the reranker spec and mode (``resolve_spec``: no weights
@@ -126,7 +126,11 @@ def check_evaluate(data: str, split: str = "test", *, retriever: str | None = No
         raise ValueError("--nprobe applies to IVF indexes and --ef-search to HNSW indexes: give one of them")
     if not reranker:
         _refuse_ignored({"rerank_mode": rerank_mode, "rerank_top_k": rerank_top_k, "rerank_batch_size": rerank_batch_size,
-                         "fuse": fuse}, "without --reranker")
+                         "fuse": fuse, "score_cache": score_cache}, "without --reranker")
+    if score_cache:
+        if Path(score_cache).exists() and not Path(score_cache).is_dir():
+            raise DataError(f"--score-cache {score_cache}: a file is in the way of the score folder; give a folder")
+        check_writable(Path(score_cache) / "scores.jsonl")
     tuned = fuse == "auto" or hybrid_weight == "auto"
     if fuse is None:
         _refuse_ignored({"fuse_norm": fuse_norm}, "without --fuse")
@@ -216,7 +220,7 @@ def evaluate(data: str, split: str = "test", *, retriever: str | None = None, ru
              rerank_mode: str | None = None, rerank_top_k: int | None = None, rerank_batch_size: int | None = None,
              fuse: float | str | None = None, fuse_norm: str | None = None, tune_split: str | None = None,
              tune_run: str | None = None, tune_queries: int | None = None, roc: str | None = None,
-             note: Note = _warn) -> dict[str, dict]:
+             score_cache: str | None = None, note: Note = _warn) -> dict[str, dict]:
     """First stage (``retriever`` bm25 | dense, default bm25, or the saved TREC ``run``), optional rerank (and
     fusion), metrics of every evaluated query. Returns ``{label: {"system": {...}, "metrics": {...}}}``, one
     entry per system (one per dense model): ``system`` holds dataset, split, retriever, run, model, reranker,
@@ -231,7 +235,8 @@ def evaluate(data: str, split: str = "test", *, retriever: str | None = None, ru
     ``ignore_identical_ids``); ``identical_ids_relevant`` counts the evaluated queries' qrels rows that judge
     such a document relevant (they count as relevant but can never be retrieved; a note says so when > 0).
     ``save_run`` (a ``.N`` suffix per model when there are several) and ``roc`` (a PNG of every system's ROC
-    curve) are replaced only with ``overwrite``."""
+    curve) are replaced only with ``overwrite``. With ``score_cache`` (a folder) the reranker's scores are kept and
+    reused there (``reranker.score_cache.ScoreCache``), also by ``fuse="auto"``'s tuning."""
     from densekit.retriever.search import first_stage
 
     from . import pipeline
@@ -245,7 +250,7 @@ def evaluate(data: str, split: str = "test", *, retriever: str | None = None, ru
                           keep_identical_ids=keep_identical_ids, save_run=save_run, overwrite=overwrite,
                           reranker=reranker, rerank_mode=rerank_mode, rerank_top_k=rerank_top_k,
                           rerank_batch_size=rerank_batch_size, fuse=fuse, fuse_norm=fuse_norm, tune_split=tune_split,
-                          tune_run=tune_run, tune_queries=tune_queries, roc=roc)
+                          tune_run=tune_run, tune_queries=tune_queries, roc=roc, score_cache=score_cache)
     retriever, models, depth, mode = plan.retriever, plan.models, plan.depth, plan.mode
     saved_run = pipeline.read_run(run) if run else None
     ds = load_dataset(plan.folder, split)
@@ -268,6 +273,10 @@ def evaluate(data: str, split: str = "test", *, retriever: str | None = None, ru
         from densekit.reranker.base import load_reranker
 
         ranker = load_reranker(reranker)
+        if score_cache:
+            from densekit.reranker.score_cache import ScoreCache
+
+            ranker = ScoreCache(ranker, score_cache)
     metric_names = list(dict.fromkeys([*pipeline.DEFAULT_METRICS, f"recall@{top_k}", f"map@{top_k}"]))
     runs, results = {}, {}
     for model in models:

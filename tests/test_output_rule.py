@@ -50,6 +50,7 @@ def _recipes(d, run, bert, causal, new):
         (("eval",), "save_run"): ["eval", "--data", str(d), "--save-run", "{}"],
         (("eval",), "roc"): ["eval", "--data", str(d), "--roc", "{}"],
         (("eval",), "index"): ["eval", "--data", str(d), "--retriever", "dense", "--model", str(bert), "--index", "{}"],
+        (("eval",), "score_cache"): ["eval", "--data", str(d), "--reranker", f"qlm:{causal}", "--score-cache", "{}"],
         (("compare",), "json"): ["compare", str(run), "--data", str(d), "--json", "{}"],
         (("compare",), "plot"): ["compare", str(run), "--data", str(d), "--plot", "{}"],
         (("data", "download"), "out"): ["data", "download", "scifact", "--out", "{}"],
