@@ -157,6 +157,10 @@ def test_kill_9_mid_run_then_resume_gives_the_same_table(two_datasets, tiny_bert
     (('[[system]]\nname = "bm25"', '[[system]]\nname = "bm25"\nreranker = "bogus:x"'), "unknown kind 'bogus'"),
     (('baseline = "bm25"', 'baseline = "nosuch"'), "baseline 'nosuch' is not one of the systems"),
     (('name = "a"\ndata', 'name = "a"\nsplit = "dev"\ndata'), "unknown split 'dev'"),
+    (('[[system]]\nname = "bm25"', '[[system]]\nname = "bm25"\nfuse = 0.5'), "fuse and depth serve a reranker"),
+    (('hybrid_norm = "z"', 'hybrid_norm = "rrf"'), "rrf (reciprocal-rank fusion) has no weight"),
+    (('[[system]]\nname = "bm25"', '[[system]]\nname = "bm25"\nhybrid_weight = 0.5'), "serve a hybrid:<model>"),
+    (('role = "tune"', 'role = "tune"\nruns = { dense = "x.trec" }'), "saved runs stand for the bm25 first stage only"),
 ])
 def test_bad_suites_are_refused_before_any_model_loads(two_datasets, tiny_bert, tmp_path, capsys, monkeypatch,
                                                        change, message):
