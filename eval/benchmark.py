@@ -185,7 +185,7 @@ def check_definitions(suite: Suite) -> None:
     for d in suite.datasets:
         if d.role not in ROLES:
             raise DataError(f"dataset {d.name!r}: role {d.role!r}; use tune or heldout")
-        other = sorted(set(d.runs) | set(d.tune_runs) - {"bm25"})
+        other = sorted((set(d.runs) | set(d.tune_runs)) - {"bm25"})
         if other:
             raise DataError(f"dataset {d.name!r}: saved runs stand for the bm25 first stage only, not {', '.join(other)}")
     for s in suite.systems:

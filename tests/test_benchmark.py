@@ -272,3 +272,20 @@ def test_a_missing_beir_dataset_is_downloaded_into_the_data_folder(tmp_path, cap
         assert (tmp_path / "data" / "tinybeir" / "corpus.jsonl").exists() and "| bm25 |" in out
     finally:
         server.shutdown()
+
+
+def test_a_saved_bm25_run_stands_for_the_bm25_first_stage(two_datasets, tiny_bert, tmp_path, capsys):
+    """Like DL19's shipped Pyserini run: a dataset's runs.bm25 replaces BM25 for every system whose first stage is
+    bm25; its content is part of the cell key (a regenerated file re-runs the cells)."""
+    a, b = two_datasets
+    (Path(a) / "bm25.trec").write_text("q1 Q0 d6 1 2.0 x\nq1 Q0 d1 2 1.0 x\nq2 Q0 d5 1 1.0 x\n")
+    suite = write_suite(tmp_path / "suite.toml", a, b, tiny_bert)
+    suite.write_text(suite.read_text().replace('role = "tune"', 'role = "tune"\nruns = { bm25 = "bm25.trec" }', 1))
+    out = tmp_path / "out"
+    code, _, err = bench([suite, "--out", out], capsys)
+    assert code == 0, err
+    cell = json.loads((out / "cells" / "a" / "bm25" / "cell.json").read_text())
+    assert cell["result"]["system"]["retriever"] == "run" and cell["result"]["system"]["run"].endswith("bm25.trec")
+    (Path(a) / "bm25.trec").write_text("q1 Q0 d1 1 2.0 x\nq2 Q0 d5 1 1.0 x\n")
+    code, _, err = bench([suite, "--out", out], capsys)
+    assert code == 0 and "a x bm25: its definition changed" in err and "b x bm25: done before" in err
