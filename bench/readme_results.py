@@ -41,6 +41,18 @@ def beir() -> str:
                 used.append(f"{d['name']} {setting['weight']} ({where})")
         if used:
             lines.append(f"- {name}'s weights: " + "; ".join(used))
+    invocations = [json.loads(line) for line in (RESULTS / "beir" / "invocations.0.jsonl").read_text().splitlines()]
+    full = next((row for row in invocations if row["cells_run"] == len(table["cells"])), None)
+    if full is not None:
+        encoding = sum(full["index_seconds"].values())
+        lines.append(f"- a full run from empty folders took {full['seconds'] / 60:.1f} min here ({full['time'][:10]}), "
+                     f"{encoding / 60:.1f} min of it encoding the {len(full['index_seconds'])} corpora once "
+                     f"(`invocations.0.jsonl`); a rerun of finished cells reads them back")
+    overhead = [json.loads(line) for line in (RESULTS / "benchmark_overhead.jsonl").read_text().splitlines()][-1]
+    lines.append(f"- the benchmark's own cost (`python bench/benchmark_overhead.py`, {overhead['cells']} BM25 and dense "
+                 f"cells, indexes built): {overhead['ratio_benchmark_over_one_by_one']:.2f}x the time of the same cells "
+                 f"run one by one through `densekit eval` + `densekit compare` (median of {len(overhead['seconds']['benchmark'])}, "
+                 "same run; one process instead of one per cell), and no corpus encoded")
     return "\n".join(lines) + "\n"
 
 
