@@ -196,3 +196,43 @@ def cli_rerank_problem(tiny_beir, tmp_path, capsys, spec: str, top_k: int = 3, m
     ds = load_dataset(tiny_beir, "test")
     return rerank_order_problem(read_run(plain_path), read_run(reranked_path), ds.corpus, ds.queries,
                                 load_reranker(spec), top_k, mode)
+
+
+@pytest.fixture
+def serve_zip():
+    """``serve(folder, name) -> (url, md5)``: ``folder`` zipped as ``<name>/...`` (the layout of the official BEIR zips)
+    and served at ``url`` by an HTTP server on the loopback address (offline download tests)."""
+    import hashlib
+    import http.server
+    import io
+    import threading
+    import zipfile
+
+    servers = []
+
+    def serve(folder: Path, name: str) -> tuple[str, str]:
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w") as zf:
+            for path in Path(folder).rglob("*"):
+                if path.is_file():
+                    zf.write(path, f"{name}/{path.relative_to(folder)}")
+        payload = buf.getvalue()
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, *args):
+                pass
+
+        server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_port}/{name}.zip", hashlib.md5(payload).hexdigest()
+
+    yield serve
+    for server in servers:
+        server.shutdown()

@@ -222,56 +222,28 @@ def test_a_heldout_split_is_never_a_tuning_source_and_unjudged_splits_are_refuse
     assert not (tmp_path / "out").exists()
 
 
-def test_a_missing_beir_dataset_is_downloaded_into_the_data_folder(tmp_path, capsys, monkeypatch):
+def test_a_missing_beir_dataset_is_downloaded_into_the_data_folder(tmp_path, capsys, monkeypatch, serve_zip):
     """Online, a suite may name an official BEIR dataset that is not on disk: it is fetched (md5-checked) from the
     BEIR address, here a server on the loopback address serving a small zip; offline the error says so."""
-    import hashlib
-    import http.server
-    import io
-    import threading
-    import zipfile
-
     from densekit.eval import data
-
 
     source = write_beir(tmp_path / "src", {"d1": {"title": "", "text": "cats purr"}, "d2": {"title": "", "text": "dogs"}},
                         {"q1": "cats"}, {"test": {"q1": {"d1": 1}}})
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as zf:
-        for path in source.rglob("*"):
-            if path.is_file():
-                zf.write(path, "tinybeir/" + str(path.relative_to(source)))
-    payload = buf.getvalue()
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        monkeypatch.setattr(data, "BEIR_URL", f"http://127.0.0.1:{server.server_port}/{{name}}.zip")
-        monkeypatch.setitem(data.BEIR_MD5, "tinybeir", hashlib.md5(payload).hexdigest())
-        monkeypatch.setenv("DENSEKIT_DATA", str(tmp_path / "data"))
-        (tmp_path / "data").mkdir()
-        suite = tmp_path / "suite.toml"
-        suite.write_text('[[dataset]]\nname = "tinybeir"\n\n[[system]]\nname = "bm25"\n\n[[system]]\nname = "bm25-again"\n')
-        monkeypatch.setenv("DENSEKIT_OFFLINE", "1")
-        code, _, err = bench([suite, "--out", tmp_path / "out"], capsys)
-        assert code == 2 and "offline" in err and not (tmp_path / "data" / "tinybeir").exists()
-        monkeypatch.delenv("DENSEKIT_OFFLINE")
-        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-        code, out, err = bench([suite, "--out", tmp_path / "out"], capsys)
-        assert code == 0, err
-        assert (tmp_path / "data" / "tinybeir" / "corpus.jsonl").exists() and "| bm25 |" in out
-    finally:
-        server.shutdown()
+    url, md5 = serve_zip(source, "tinybeir")
+    monkeypatch.setattr(data, "BEIR_URL", url.replace("tinybeir.zip", "{name}.zip"))
+    monkeypatch.setitem(data.BEIR_MD5, "tinybeir", md5)
+    monkeypatch.setenv("DENSEKIT_DATA", str(tmp_path / "data"))
+    (tmp_path / "data").mkdir()
+    suite = tmp_path / "suite.toml"
+    suite.write_text('[[dataset]]\nname = "tinybeir"\n\n[[system]]\nname = "bm25"\n\n[[system]]\nname = "bm25-again"\n')
+    monkeypatch.setenv("DENSEKIT_OFFLINE", "1")
+    code, _, err = bench([suite, "--out", tmp_path / "out"], capsys)
+    assert code == 2 and "offline" in err and not (tmp_path / "data" / "tinybeir").exists()
+    monkeypatch.delenv("DENSEKIT_OFFLINE")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    code, out, err = bench([suite, "--out", tmp_path / "out"], capsys)
+    assert code == 0, err
+    assert (tmp_path / "data" / "tinybeir" / "corpus.jsonl").exists() and "| bm25 |" in out
 
 
 def test_a_saved_bm25_run_stands_for_the_bm25_first_stage(two_datasets, tiny_bert, tmp_path, capsys):

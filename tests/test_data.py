@@ -1,10 +1,5 @@
 import gzip
-import http.server
-import io
-import hashlib
 import socket
-import threading
-import zipfile
 
 import pytest
 
@@ -138,29 +133,8 @@ def test_download_unreachable_is_clear_error(tmp_path, monkeypatch):
 
 
 @pytest.fixture
-def zip_server(tiny_beir):
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as zf:
-        for path in tiny_beir.rglob("*"):
-            if path.is_file():
-                zf.write(path, "tiny/" + str(path.relative_to(tiny_beir)))
-    payload = buf.getvalue()
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}/tiny.zip", hashlib.md5(payload).hexdigest()
-    server.shutdown()
+def zip_server(tiny_beir, serve_zip):
+    return serve_zip(tiny_beir, "tiny")
 
 
 def test_download_checks_md5_and_unpacks(tmp_path, zip_server, monkeypatch):
