@@ -83,14 +83,19 @@ POSITIVE = {"min": 0, "min_open": True}
 AT_LEAST_ONE = {"min": 1}
 NON_NEGATIVE = {"min": 0}
 FRACTION = {"min": 0, "max": 1}
+DISTILL_LOSSES = ("margin-mse", "kl")  # train on the teacher scores the training examples carry
 
 
 @dataclass
 class TrainConfig:
     """Dual-encoder training (``densekit.retriever.train.train``)."""
 
-    loss: str = setting("infonce", "training loss: InfoNCE or MW (Mann-Whitney U, AUC)", choices=("infonce", "mw"))
-    temperature: float = setting(0.05, "score temperature tau (scores = q.d / tau)", **POSITIVE)
+    loss: str = setting("infonce", "training loss: InfoNCE, MW (Mann-Whitney U, AUC), or distillation of the training "
+                        "file's teacher scores: margin-mse (Margin-MSE) or kl (listwise KL)",
+                        choices=("infonce", "mw") + DISTILL_LOSSES)
+    temperature: float = setting(0.05, "score temperature tau (scores = q.d / tau; InfoNCE, MW, the student's in kl; "
+                                 "margin-mse uses raw scores)", **POSITIVE)
+    teacher_temperature: float = setting(1.0, "kl: the teacher's score temperature (its softmax of t / tau_t)", **POSITIVE)
     symmetric: bool = setting(False, "InfoNCE: add the doc->query term")
     decoupled: bool = setting(False, "InfoNCE: DEXML decoupled softmax")
     per_query: bool = setting(False, "MW: pair positives only within their query")
@@ -125,13 +130,19 @@ class TrainConfig:
 
     def __post_init__(self):
         check_fields(self)
+        if self.loss in DISTILL_LOSSES and self.n_negatives < 1:
+            raise ValueError(f"--loss {self.loss} compares each positive with its hard negatives: needs --n-negatives >= 1")
 
     def make_loss(self):
         """The loss module (``densekit.retriever.losses``; imports torch)."""
-        from .losses import InfoNCELoss, MWLoss
+        from .losses import InfoNCELoss, ListwiseKLLoss, MarginMSELoss, MWLoss
 
         if self.loss == "infonce":
             return InfoNCELoss(self.temperature, symmetric=self.symmetric, decoupled=self.decoupled, gather=self.gather_negatives)
+        if self.loss == "margin-mse":
+            return MarginMSELoss(gather=self.gather_negatives)
+        if self.loss == "kl":
+            return ListwiseKLLoss(self.temperature, self.teacher_temperature, gather=self.gather_negatives)
         return MWLoss(self.temperature, per_query=self.per_query, gather=self.gather_negatives)
 
 

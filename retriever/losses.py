@@ -23,6 +23,11 @@ averages gradients over processes, so the averaged gradient is exactly the gradi
 loss (tested: 2 processes x B == 1 process x 2B). The logged value averaged over processes is the global loss.
 As sentence-transformers' ``gather_across_devices``, Tevatron's ``_dist_gather_tensor`` and
 FlagEmbedding's ``negatives_cross_device``.
+
+**Distillation** (``MarginMSELoss``, ``ListwiseKLLoss``) also takes ``teacher``, ``[B, 1 + n]`` teacher scores of
+each query's own group (column 0 its positive, then its ``n`` hard negatives, as ``d_neg``): these losses compare
+scores within a query's group only, so no other query's document enters them, and ``gather`` only makes the mean
+global (``world * this process's sum / the global count``, the same contract as above).
 """
 from __future__ import annotations
 
@@ -266,3 +271,77 @@ def mw_from_scores(scores: torch.Tensor, temperature: float = 1.0, per_query: bo
         return losses.mean()
     neg = scores[neg_mask]  # [N] all negative cells
     return _pair_sum(pos, neg, temperature, chunk) / (pos.numel() * neg.numel())
+
+
+# ---------------------------------------------------------------- distillation from teacher scores
+def _group_scores(q: torch.Tensor, d_pos: torch.Tensor, d_neg: torch.Tensor | None, teacher: torch.Tensor | None,
+                  what: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Student scores ``[B, 1 + n]`` of each query's own group (positive first, as ``teacher``) and ``teacher``,
+    checked to match, both in at least float32 (bf16 embeddings are scored in float32)."""
+    if d_neg is None or d_neg.shape[1] == 0:
+        raise ValueError(f"{what} compares the positive with hard negatives: needs d_neg with n >= 1 per query")
+    if teacher is None:
+        raise ValueError(f"{what} distils teacher scores: pass teacher=[B, 1 + n] (positive first, then the negatives)")
+    B, n = d_neg.shape[:2]
+    if tuple(teacher.shape) != (B, 1 + n):
+        raise ValueError(f"{what}: teacher scores of shape {tuple(teacher.shape)}, the group is ({B}, {1 + n})")
+    student = torch.cat([(q * d_pos).sum(-1, keepdim=True), torch.einsum("bd,bnd->bn", q, d_neg)], dim=1)
+    dtype = torch.promote_types(student.dtype, torch.float32)
+    return student.to(dtype), teacher.to(device=student.device, dtype=dtype)
+
+
+class MarginMSELoss(torch.nn.Module):
+    """Margin-MSE (Hofstätter et al. 2020, "Improving Efficient Neural Ranking Models with Cross-Architecture
+    Knowledge Distillation"): the student's margin between a query's positive and each of its hard negatives
+    regresses onto the teacher's margin,
+
+        ``L = mean_{(i, k)} ( (s(q_i, d+_i) - s(q_i, d-_ik)) - (t(q_i, d+_i) - t(q_i, d-_ik)) )^2``
+
+    over the ``B * n`` (query, hard negative) pairs, ``s = q . d`` the encoder's own score (cosine when it
+    normalises) and ``t`` the teacher's score (``teacher[i, 0]`` the positive's, ``teacher[i, 1 + k]`` the
+    k-th negative's). Only margins are matched, so the teacher's scores may be on any offset, but on the
+    student's scale (with normalised embeddings a student margin lies in [-2, 2]). ``exclude`` / ``keys``
+    are accepted for the common call and unused: a negative equal to the positive has its teacher margin.
+    """
+
+    uses_teacher = True
+
+    def __init__(self, gather: bool = False):
+        super().__init__()
+        self.gather = gather
+
+    def forward(self, q, d_pos, d_neg=None, exclude: torch.Tensor | None = None, keys: torch.Tensor | None = None,
+                teacher: torch.Tensor | None = None) -> torch.Tensor:
+        s, t = _group_scores(q, d_pos, d_neg, teacher, "margin-mse")
+        terms = ((s[:, :1] - s[:, 1:]) - (t[:, :1] - t[:, 1:])) ** 2
+        world = dist_info()[1] if self.gather else 1
+        return _scaled_mean(terms.sum(), torch.tensor(float(terms.numel()), device=q.device), world)
+
+
+class ListwiseKLLoss(torch.nn.Module):
+    """Listwise KL distillation (as in RocketQAv2's listwise distillation, there with a trained teacher): over each
+    query's own group ``G_i = [d+_i, d-_i1 .. d-_in]``, the student's softmax at temperature ``tau_s`` against
+    the teacher's at ``tau_t``,
+
+        ``p_t(d | q_i) = exp(t(q_i, d) / tau_t) / sum_{d' in G_i} exp(t(q_i, d') / tau_t)``, ``p_s`` likewise of ``s / tau_s``,
+        ``L = mean_i KL(p_t || p_s) = mean_i sum_{d in G_i} p_t(d | q_i) (log p_t(d | q_i) - log p_s(d | q_i))``
+
+    ``s = q . d`` the encoder's score and ``t`` the teacher's (``teacher[i]`` in group order, the positive
+    first). In-batch documents are not part of the group (they have no teacher score). ``exclude`` / ``keys``
+    are accepted for the common call and unused.
+    """
+
+    uses_teacher = True
+
+    def __init__(self, temperature: float = 0.05, teacher_temperature: float = 1.0, gather: bool = False):
+        super().__init__()
+        self.temperature, self.teacher_temperature, self.gather = temperature, teacher_temperature, gather
+
+    def forward(self, q, d_pos, d_neg=None, exclude: torch.Tensor | None = None, keys: torch.Tensor | None = None,
+                teacher: torch.Tensor | None = None) -> torch.Tensor:
+        s, t = _group_scores(q, d_pos, d_neg, teacher, "kl")
+        log_p_t = F.log_softmax(t / self.teacher_temperature, dim=1)
+        log_p_s = F.log_softmax(s / self.temperature, dim=1)
+        terms = (log_p_t.exp() * (log_p_t - log_p_s)).sum(dim=1)
+        world = dist_info()[1] if self.gather else 1
+        return _scaled_mean(terms.sum(), torch.tensor(float(terms.numel()), device=q.device), world)

@@ -1,4 +1,5 @@
-"""Dual-encoder training = data + step for the engine (``engine.fit``): InfoNCE or MW loss.
+"""Dual-encoder training = data + step for the engine (``engine.fit``): InfoNCE or MW loss, or distillation of
+teacher scores (Margin-MSE, listwise KL; the examples must carry them: ``examples.read_jsonl_examples``).
 
 One optimizer step = ``grad_accum`` micro-batches of ``batch_size`` queries, each with one positive
 and ``n_negatives`` hard negatives (plus everything else in the batch as in-batch negatives).
@@ -36,10 +37,10 @@ from pathlib import Path
 import torch
 
 from .checkpoints import run_identity
-from .config import TrainConfig
+from .config import DISTILL_LOSSES, TrainConfig
 from .encoder import DualEncoder
 from .engine import Optimization, TrainStep, check_divisible, fit, process_count
-from .examples import Batch, batches
+from .examples import Batch, batches, require_teacher_scores
 from .losses import text_keys
 
 
@@ -47,6 +48,16 @@ def _doc_keys(batch: Batch, device) -> torch.Tensor:
     """Keys of the batch's document columns (positives, then negatives): a cell whose document equals the
     row's positive is a duplicate, not a negative (``losses``; also across processes)."""
     return text_keys(batch.positives + [d for negs in batch.negatives for d in negs], device)
+
+
+def _loss_inputs(loss_fn, batch: Batch, device) -> dict:
+    """The keyword inputs of the loss besides the embeddings: the document keys and, for a distillation loss, the
+    teacher scores ``[B, 1 + n]`` of each query's group (positive first, then its negatives)."""
+    inputs = {"keys": _doc_keys(batch, device)}
+    if getattr(loss_fn, "uses_teacher", False):
+        inputs["teacher"] = torch.tensor([[p, *negs] for p, negs in zip(batch.positive_scores, batch.negative_scores)],
+                                         dtype=torch.float32, device=device)
+    return inputs
 
 
 def _embed_batch(encoder: DualEncoder, batch: Batch, chunk: int | None = None):
@@ -101,7 +112,7 @@ class RetrieverStep(TrainStep):
         device = self._device()
         chunk = self.config.embed_chunk or (8 if device.type == "cpu" else None)
         q, d_pos, d_neg = _embed_batch(self.encoder, x, chunk)
-        return self.loss_fn(q, d_pos, d_neg, keys=_doc_keys(x, device)), {}
+        return self.loss_fn(q, d_pos, d_neg, **_loss_inputs(self.loss_fn, x, device)), {}
 
     def passes(self, batch: Batch, step: int):
         chunk = self.config.grad_cache_chunk
@@ -122,7 +133,7 @@ class RetrieverStep(TrainStep):
         q, all_docs = torch.cat(leaves[:n_q]), torch.cat(leaves[n_q:])
         B = len(batch.queries)
         d_neg = all_docs[B:].reshape(B, -1, all_docs.shape[-1]) if all_docs.shape[0] > B else None
-        loss = self.loss_fn(q, all_docs[:B], d_neg, keys=_doc_keys(batch, q.device))
+        loss = self.loss_fn(q, all_docs[:B], d_neg, **_loss_inputs(self.loss_fn, batch, q.device))
         grads = torch.autograd.grad(loss, leaves)
         # 3) the engine re-encodes each chunk with graph under the same RNG state (forward above)
         return [_Piece(texts, is_query, state, grad) for (texts, is_query), state, grad in zip(pieces, states, grads)], \
@@ -145,12 +156,15 @@ def train(encoder: DualEncoder, examples: list[dict], out: str | os.PathLike, co
     ``resume`` continues the same run from its newest checkpoint (refused for another run or a changed
     config, e.g. a raised ``max_steps``, or another process count); ``overwrite`` lets a fresh run replace
     a run in ``out`` (see ``checkpoints``). ``stop_after`` ends the run after that many optimizer steps
-    without saving the final model (used to simulate an interruption; the checkpoints stay).
+    without saving the final model (used to simulate an interruption; the checkpoints stay). A distillation
+    loss (``margin-mse``, ``kl``) on examples without teacher scores is refused before any work.
     """
     from accelerate.utils import set_seed
 
     out = Path(out)
     check_divisible([config.batch_size], process_count(), "--batch-size")  # before any work
+    if config.loss in DISTILL_LOSSES:
+        require_teacher_scores(examples, config.loss)
     epochs = [batches(examples, config.batch_size, config.n_negatives, config.seed, e) for e in range(config.epochs)]
     micro = [b for epoch in epochs for b in epoch]
     steps_total = len(micro) // config.grad_accum

@@ -13,12 +13,14 @@ import pytest
 
 from densekit.eval import cli
 from densekit.eval.args import add_config_args, config_from_args, field_default
-from densekit.reranker.config import BlockRankConfig, QLMConfig, RerankerConfig, RerankTrainConfig
+from densekit.reranker.config import (BlockRankConfig, BlockRankTrainOptions, CrossEncoderConfig, QLMConfig,
+                                      RerankerConfig, RerankTrainConfig)
 from densekit.retriever.config import MineConfig, TrainConfig, field_type, setting
 
 REQUIRED = ["--data", "d", "--out", "o"]
 EXTRA = {("mine",): ["--index", "i"]}  # --max-ratio needs dense mining
-CONTEXT = {"per_query": ["--loss", "mw"], "cache_lower_layers": ["--train-layers", "2"],
+CONTEXT = {"per_query": ["--loss", "mw"], "teacher_temperature": ["--loss", "kl", "--train-file", "t.jsonl"],
+           "cache_lower_layers": ["--train-layers", "2"],
            "lower_cache_dir": ["--train-layers", "2", "--cache-lower-layers"]}  # flags that other flags make meaningful (cli.check_args)
 # Values that a generic rule cannot make valid
 SPECIAL = {"template": "Doc: {document}\nQuery: {query}", "lora_targets": ["q_proj", "v_proj"], "score_heads": [0, 2],
@@ -46,7 +48,7 @@ def actions_by_dest(parser) -> dict:
 def exposed() -> list:
     """(command, config class, field) for every field the command must offer as a flag."""
     return [pytest.param(command, cls, f, id=f"{' '.join(command)}:{cls.__name__}.{f.name}")
-            for command, classes in cli.CONFIGS.items() for cls in classes for f in fields(cls)
+            for command in cli.CONFIGS for cls in cli.configs(command) for f in fields(cls)
             if f.name not in cli.NOT_FLAGS.get(command, {})]
 
 
@@ -69,6 +71,12 @@ def other_value(cls, f, action):
     return default + " (changed)"
 
 
+def kind_context(command, name: str) -> list[str]:
+    """``--kind K`` for a field only some reranker kinds have (a kind's config or training options)."""
+    by_kind = cli._kind_settings().get(name) if command == ("train", "reranker") else None
+    return ["--kind", next(iter(by_kind))] if by_kind else []
+
+
 def argv_for(action, value) -> list[str]:
     if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
         return [action.option_strings[0]]
@@ -78,8 +86,9 @@ def argv_for(action, value) -> list[str]:
 
 def test_the_cli_configs_are_the_expected_ones():
     """A config used by a subcommand but missing here would escape the tests below."""
-    assert {cls for classes in cli.CONFIGS.values() for cls in classes} == \
-        {TrainConfig, RerankTrainConfig, RerankerConfig, QLMConfig, BlockRankConfig, MineConfig}
+    assert {cls for command in cli.CONFIGS for cls in cli.configs(command)} == \
+        {TrainConfig, RerankTrainConfig, RerankerConfig, QLMConfig, BlockRankConfig, BlockRankTrainOptions,
+         CrossEncoderConfig, MineConfig}
     for command, excluded in cli.NOT_FLAGS.items():  # every exclusion names a real field and says why
         names = {f.name for cls in cli.CONFIGS[command] for f in fields(cls)}
         assert set(excluded) <= names and all(reason.strip() for reason in excluded.values()), command
@@ -92,7 +101,8 @@ def test_every_field_is_a_flag_that_round_trips(command, cls, f):
     assert action is not None, f"{cls.__name__}.{f.name} has no flag in `densekit {' '.join(command)}`"
     assert action.help and action.help.strip(), f"--{f.name}: no help text (the field's metadata help)"
     value = other_value(cls, f, action)
-    argv = [*command, *REQUIRED, *EXTRA.get(command, []), *CONTEXT.get(f.name, []), *argv_for(action, value)]
+    argv = [*command, *REQUIRED, *EXTRA.get(command, []), *CONTEXT.get(f.name, []), *kind_context(command, f.name),
+            *argv_for(action, value)]
     args = densekit().parse_args(argv)
     cli.check_args(densekit(), args)
     assert getattr(config_from_args(cls, args), f.name) == value
@@ -100,16 +110,17 @@ def test_every_field_is_a_flag_that_round_trips(command, cls, f):
 
 @pytest.mark.parametrize("command", list(cli.CONFIGS))
 def test_defaults_are_the_dataclass_defaults(command):
-    overridden = {name for name, kw in cli.OVERRIDES.get(command, {}).items() if "default" in kw}
+    overridden = {name for name, kw in cli.overrides(command).items() if "default" in kw}
     args = densekit().parse_args([*command, *REQUIRED])
     by_dest = actions_by_dest(subparser(command))
-    for cls in cli.CONFIGS[command]:
+    for cls in cli.configs(command):
         built = config_from_args(cls, args)
         for f in fields(cls):
             if f.name in cli.NOT_FLAGS.get(command, {}):
                 continue
             if f.name in overridden:
-                assert by_dest[f.name].default == cli.OVERRIDES[command][f.name]["default"]
+                assert by_dest[f.name].default == cli.overrides(command)[f.name]["default"]
+                assert getattr(built, f.name) == field_default(f), f.name  # deferred to the config's own default
                 continue
             assert by_dest[f.name].default == field_default(f), f.name
             assert getattr(built, f.name) == field_default(f), f.name
