@@ -17,7 +17,7 @@ from pathlib import Path
 
 from densekit.eval.pipeline import RerankTask, first_stage_groups
 from densekit.reranker.blockrank import BlockRanker
-from densekit.reranker.config import BlockRankConfig, RerankTrainConfig
+from densekit.reranker.config import BlockRankConfig, BlockRankTrainOptions, RerankTrainConfig
 from densekit.reranker.train import train_reranker
 from densekit.retriever.checkpoints import read_train_log
 
@@ -52,14 +52,15 @@ def main() -> None:
     report("dense (no rerank)", task.first)
     groups = first_stage_groups("scifact", "train", depth=30, index_dir=args.index)
     config = RerankTrainConfig(objective="blockrank", group_size=args.group_size, batch_size=1, lr=args.lr,
-                               max_steps=args.steps, seed=args.seed, checkpoint_every=10, aux_weight=args.aux_weight)
+                               max_steps=args.steps, seed=args.seed, checkpoint_every=10)
     ranker = BlockRanker.from_pretrained(LLM, BlockRankConfig(doc_max_tokens=args.doc_max_tokens))
     if args.paper_defaults:
         heads = ranker.model.config.num_attention_heads
         ranker.config = BlockRankConfig(doc_max_tokens=args.doc_max_tokens, score_layer=round(0.6 * ranker.n_layers),
                                         signal_tokens=2, doc_mass="sum", score_heads=list(range(heads)))
     model = train_reranker(ranker,
-                           groups, out / "train", config, resume=True)
+                           groups, out / "train", config, resume=True,
+                           options=BlockRankTrainOptions(aux_weight=args.aux_weight))
     train_s = round(read_train_log(out / "train")["seconds"], 1)
     for mode in args.modes:
         start = time.perf_counter()

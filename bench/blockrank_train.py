@@ -16,8 +16,8 @@ import torch
 
 from densekit.eval.data import load_dataset, resolve_dataset
 from densekit.reranker.blockrank import BlockRanker
-from densekit.reranker.config import BlockRankConfig, RerankTrainConfig
-from densekit.reranker.train import STEPS, accumulate, make_groups
+from densekit.reranker.config import BlockRankConfig, BlockRankTrainOptions, RerankTrainConfig
+from densekit.reranker.train import accumulate, make_groups
 from densekit.retriever.examples import training_groups
 from densekit.retriever.search import first_stage
 
@@ -45,13 +45,12 @@ def main() -> None:
                                                                target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
                                                                layers_to_transform=layers))
         ranker.model.train()
-        config = RerankTrainConfig(objective="blockrank", group_size=args.group_size, batch_size=1, aux_only=aux_only)
-        sides[name] = (ranker, config, torch.optim.AdamW([w for w in ranker.model.parameters() if w.requires_grad], lr=1e-4), [])
-    step_fn = STEPS["blockrank"][0]
+        config = RerankTrainConfig(objective="blockrank", group_size=args.group_size, batch_size=1)
+        sides[name] = (ranker, (config, BlockRankTrainOptions(aux_only=aux_only)), torch.optim.AdamW([w for w in ranker.model.parameters() if w.requires_grad], lr=1e-4), [])
     for step, group in enumerate(groups[:args.steps + 1]):
-        for name, (ranker, config, opt, times) in sides.items():  # alternate: shared load hits both
+        for name, (ranker, (config, options), opt, times) in sides.items():  # alternate: shared load hits both
             t0 = time.perf_counter()
-            accumulate(step_fn, ranker, [group], config, step, lambda loss: loss.backward(), lambda v: None)
+            accumulate(ranker, [group], config, step, lambda loss: loss.backward(), lambda v: None, options)
             opt.step()
             opt.zero_grad(set_to_none=True)
             times.append(time.perf_counter() - t0)

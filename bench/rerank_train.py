@@ -37,8 +37,8 @@ from densekit.eval.data import load_dataset, resolve_dataset, select_queries
 from densekit.retriever.examples import training_groups
 from densekit.reranker.base import load_reranker
 from densekit.reranker.layer_cache import LowerLayerCache
-from densekit.reranker.config import RerankTrainConfig
-from densekit.reranker.train import STEPS, accumulate, make_groups, train_reranker
+from densekit.reranker.config import BlockRankTrainOptions, RerankTrainConfig
+from densekit.reranker.train import accumulate, make_groups, train_reranker
 
 LLM = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
@@ -108,7 +108,6 @@ def speed(args) -> None:
             rr.lower_cache = LowerLayerCache(rr.model, layers)
         sides[name] = (rr, torch.optim.AdamW([p for p in rr.model.parameters() if p.requires_grad], lr=1e-4), [])
     config = RerankTrainConfig(objective=objective, group_size=8, batch_size=args.batch_size)
-    step_fn = STEPS[args.scorer][0]
     for step in range(args.steps):
         chunk = groups[step * args.batch_size:(step + 1) * args.batch_size]
         for name, (rr, opt, times) in sides.items():   # alternate sides within a step: shared load hits both
@@ -116,7 +115,7 @@ def speed(args) -> None:
                 with torch.no_grad():
                     step_fn(rr, chunk, config, step)
             t0 = time.perf_counter()
-            accumulate(step_fn, rr, chunk, config, step, lambda loss: loss.backward(), lambda v: None)
+            accumulate(rr, chunk, config, step, lambda loss: loss.backward(), lambda v: None)
             opt.step()
             opt.zero_grad(set_to_none=True)
             times.append(time.perf_counter() - t0)
@@ -140,11 +139,12 @@ def train(args) -> None:
                                micro_batch=args.micro_batch, lr=args.lr, epochs=epochs, max_steps=steps,
                                temperature=args.temperature, seed=42, train_layers=args.train_layers, checkpoint_every=25,
                                cache_lower_layers=args.cache_lower_layers, fixed_negatives=args.fixed_negatives,
-                               aux_only=args.aux_only, train_doc_tokens=args.train_doc_tokens,
-                               lower_cache_dir=args.lower_cache_dir)
+                               train_doc_tokens=args.train_doc_tokens, lower_cache_dir=args.lower_cache_dir)
+    options = BlockRankTrainOptions(aux_only=args.aux_only) if args.scorer == "blockrank" else None
     evaluate = tuning_metric(Path(args.bench_out)) if args.eval_every else None
     t0 = time.perf_counter()
-    train_reranker(rr, examples, args.out, config, resume=args.resume, evaluate=evaluate, evaluate_every=args.eval_every)
+    train_reranker(rr, examples, args.out, config, resume=args.resume, evaluate=evaluate, evaluate_every=args.eval_every,
+                   options=options)
     print(json.dumps({"bench": "rerank_train", "scorer": args.scorer, "objective": objective, "groups": steps * args.batch_size,
                       "train_layers": args.train_layers, "seconds_this_session": round(time.perf_counter() - t0, 1),
                       "model": str(Path(args.out) / "model")}))

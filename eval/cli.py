@@ -10,9 +10,10 @@ import json
 import sys
 from pathlib import Path
 
-from densekit.retriever.config import MineConfig, TrainConfig
+from densekit.retriever.config import DISTILL_LOSSES, MineConfig, TrainConfig
 from densekit.retriever.models import ModelNotAvailable
-from densekit.reranker.config import BlockRankConfig, QLMConfig, RerankerConfig, RerankTrainConfig
+from densekit.reranker import kinds as reranker_kinds
+from densekit.reranker.config import RerankTrainConfig
 
 from . import jobs
 from .args import add_config_args, config_from_args, float_in, non_negative_int, positive_int, unit_float
@@ -20,12 +21,58 @@ from .data import DataError
 
 DEFAULT_ENCODER = jobs.DEFAULT_ENCODER
 
+
+
+def _kind_settings() -> dict[str, dict[str, object]]:
+    """Every field of a trainable reranker kind's scoring config or training options: ``{field: {kind: default}}``."""
+    from .args import field_default
+    from dataclasses import fields
+
+    found: dict[str, dict[str, object]] = {}
+    for name in reranker_kinds.trainable():
+        kind = reranker_kinds.get(name)
+        for cls in (kind.config, kind.train_options):
+            for f in fields(cls) if cls is not None else ():
+                found.setdefault(f.name, {})[name] = field_default(f)
+    return found
+
+
+def _kind_overrides() -> dict[str, dict]:
+    """``train reranker``'s flags that depend on ``--kind``: every kind setting defaults to None (the chosen kind's
+    own default applies, and a flag of another kind is refused), the objective's choices are every kind's, and a
+    shared training setting a kind defaults differently (``train_defaults``) defers to the kind."""
+    from dataclasses import fields
+
+    from .args import field_default
+
+    helps = {f.name: f.metadata.get("help", "") for k in reranker_kinds.trainable() for cls in
+             (reranker_kinds.get(k).config, reranker_kinds.get(k).train_options) if cls for f in fields(cls)}
+    def shown(value) -> str:
+        text = repr(value) if isinstance(value, str) else str(value)
+        return (text if len(text) <= 32 else text[:29] + "...").replace("%", "%%")
+
+    out = {name: {"default": None, "help": f"{helps[name].replace('%', '%%')} (default per kind: "
+                  f"{'; '.join(f'{k} {shown(d)}' for k, d in by_kind.items())})"}
+           for name, by_kind in _kind_settings().items()}
+    out["objective"] = {"choices": tuple(dict.fromkeys(o for k in reranker_kinds.trainable()
+                                                       for o in reranker_kinds.get(k).objectives))}
+    base = {f.name: (f, field_default(f)) for f in fields(RerankTrainConfig)}
+    for name in reranker_kinds.trainable():
+        for key, value in reranker_kinds.get(name).train_defaults.items():
+            f, default = base[key]
+            out.setdefault(key, {"default": None, "help": f"{f.metadata.get('help', '')} (default: {default}"})
+            out[key]["help"] += f"; {name}: {value}"
+    for key in {k for kind in reranker_kinds.trainable() for k in reranker_kinds.get(kind).train_defaults}:
+        out[key]["help"] += ")"
+    return out
+
+
 # The config dataclasses behind each subcommand's flags: every field is a flag (generated, ``args.add_config_args``)
-# except those in NOT_FLAGS; tests/test_cli_configs.py holds the parser to this.
+# except those in NOT_FLAGS; tests/test_cli_configs.py holds the parser to this. ``train reranker`` takes every
+# trainable kind's scoring config and training options (``reranker/kinds.py``), read when the parser is built.
 CONFIGS = {
     ("train", "retriever"): (TrainConfig,),
-    ("train", "reranker"): (RerankTrainConfig, RerankerConfig, QLMConfig),
-    ("train", "blockrank"): (RerankTrainConfig, BlockRankConfig),
+    ("train", "reranker"): (RerankTrainConfig,),
     ("mine",): (MineConfig,),
 }
 
@@ -41,45 +88,46 @@ OUTPUTS = {
     ("index", "merge"): {"out": "index"},
     ("train", "retriever"): {"out": "train-run"},
     ("train", "reranker"): {"out": "train-run", "index": "index", "lower_cache_dir": "cache"},
-    ("train", "blockrank"): {"out": "train-run", "index": "index"},
-    ("mine",): {"out": "file"},
+    ("mine",): {"out": "file", "teacher_cache": "cache"},
     ("benchmark",): {"out": "benchmark", "indexes": "index folders' parent"},
 }
 
 # Config fields a subcommand deliberately offers no flag for, and why.
 NOT_FLAGS = {
     ("train", "retriever"): {"extra": "a free-form dict for library callers; no flag can express it"},
-    ("train", "reranker"): {"aux_weight": "BlockRank's attention loss: `densekit train blockrank`",
-                            "aux_temperature": "BlockRank's attention loss: `densekit train blockrank`",
-                            "aux_only": "BlockRank's attention loss: `densekit train blockrank`"},
-    ("train", "blockrank"): {"objective": "the subcommand sets objective='blockrank'",
-                             "weight": "the unified objective's: `densekit train reranker`",
-                             "direction": "the unified objective's: `densekit train reranker`",
-                             "temperature": "the CL/unified objectives' yes-logit softmax: `densekit train reranker`",
-                             "cache_lower_layers": "one prompt per group of 20 documents: BlockRank's prompts rarely recur",
-                             "lower_cache_dir": "goes with cache_lower_layers (not offered here, see above)"},
 }
 
 # Where a subcommand's flag differs from its field's generated one (argparse keywords), and why.
 OVERRIDES = {
     ("train", "retriever"): {  # the natural count depends on the data source
         "n_negatives": {"default": None, "help": "hard negatives per query (default 1 with a negatives file or "
-                        "triples, else 0)"}},
-    ("train", "reranker"): {
-        "objective": {"choices": ("sft", "cl", "unified"),  # blockrank has its own subcommand
-                      "help": "sft: yes/no cross-entropy; cl: InfoNCE on the yes logit; unified: --weight and --direction"},
-        "doc_max_tokens": {"default": None, "help": "document tokens kept (default: the scorer's, 192 pointwise, "
-                           "160 qlm)"}},  # the two scorer configs share the flag, not the default
-    ("train", "blockrank"): {  # one prompt holds the whole group, so BlockRank trains on bigger groups
-        "group_size": {"default": 20, "help": "documents per prompt (1 positive + negatives)"}},
+                        "triples, else 0)"},
+        # None when not given, so that check_args can refuse it with another loss
+        "teacher_temperature": {"default": None, "help": "kl: the teacher's score temperature tau_t (its softmax of "
+                                "t / tau_t; default 1.0)"}},
 }
+
+
+def configs(command: tuple[str, ...]) -> tuple[type, ...]:
+    """``CONFIGS[command]``, plus, for ``train reranker``, every trainable kind's config and options."""
+    found = list(CONFIGS[command])
+    if command == ("train", "reranker"):
+        for name in reranker_kinds.trainable():
+            kind = reranker_kinds.get(name)
+            found += [c for c in (kind.config, kind.train_options) if c is not None and c not in found]
+    return tuple(found)
+
+
+def overrides(command: tuple[str, ...]) -> dict[str, dict]:
+    """``OVERRIDES[command]``, plus, for ``train reranker``, the flags that depend on ``--kind``."""
+    return {**OVERRIDES.get(command, {}), **(_kind_overrides() if command == ("train", "reranker") else {})}
 
 
 def _config_args(parser, command: tuple[str, ...]) -> None:
     """The generated flags of ``command``'s configs; a field two configs share is one flag."""
     seen = set(NOT_FLAGS.get(command, ()))
-    for cls in CONFIGS[command]:
-        seen.update(add_config_args(parser, cls, skip=seen, overrides=OVERRIDES.get(command),
+    for cls in configs(command):
+        seen.update(add_config_args(parser, cls, skip=seen, overrides=overrides(command),
                                     title=f"{cls.__name__} (library: {cls.__module__})"))
 
 
@@ -112,9 +160,10 @@ def _add_eval(sub) -> None:
     p.add_argument("--save-run", help="write the (final) run as a TREC run file")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --save-run file (refused without it)")
     p.add_argument("--reranker", help="rerank with a trained reranker folder, a causal LM name (zero-shot pointwise "
-                   "prompt) or blockrank:<folder or model>")
-    p.add_argument("--rerank-mode", choices=["attention", "decode"], default=None,
-                   help="BlockRank: rank by attention mass (its default), or put the decoded answer first")
+                   f"prompt) or <kind>:<folder or model>, kinds: {', '.join(reranker_kinds.kinds())}")
+    p.add_argument("--rerank-mode", choices=reranker_kinds.all_modes(), default=None,
+                   help="the reranker kind's scoring mode (BlockRank: attention mass, its default, or decode: the decoded "
+                   "answer first)")
     p.add_argument("--rerank-top-k", type=positive_int, default=None, help="documents reranked per query (default: 20)")
     p.add_argument("--rerank-batch-size", type=positive_int, default=None, help="reranker batch size (default: 8)")
     p.add_argument("--score-cache", metavar="DIR", help="keep the reranker's scores on disk here and reuse them (per "
@@ -244,26 +293,27 @@ def _add_search(sub) -> None:
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a model")
     tsub = p.add_subparsers(dest="train_command", required=True)
-    r = tsub.add_parser("retriever", help="train a dual encoder (InfoNCE or MW loss)")
+    r = tsub.add_parser("retriever", help="train a dual encoder (InfoNCE or MW loss, or distil teacher scores)")
     r.add_argument("--data", required=True, help="BEIR folder or dataset name (its corpus; qrels of --split)")
     r.add_argument("--split", default="train")
     r.add_argument("--model", default=DEFAULT_ENCODER)
     r.add_argument("--out", required=True)
     source = r.add_mutually_exclusive_group()
     source.add_argument("--negatives", "--train-file", dest="train_file",
-                        help="JSONL {query|query_id, positives, negatives} (doc ids), e.g. from `densekit mine`")
+                        help="JSONL {query|query_id, positives, negatives} (doc ids), e.g. from `densekit mine`; "
+                        "--loss margin-mse / kl also need positive_scores, negative_scores (teacher scores aligned "
+                        "with the lists)")
     source.add_argument("--triples", help="TSV of query<TAB>positive<TAB>negative texts")
     source.add_argument("--unsupervised", action="store_true", help="Contriever-style random crop pairs from the corpus")
     _run_folder_args(r)
     _config_args(r, ("train", "retriever"))
-    b = tsub.add_parser("reranker", help="train an LLM reranker (yes/no or query-likelihood scorer; SFT, CL or unified; LoRA)")
+    b = tsub.add_parser("reranker", help="train a reranker of any kind (yes/no, query likelihood, BlockRank, "
+                        "cross-encoder; SFT, CL or unified; LoRA)")
     _reranker_data_args(b)
-    b.add_argument("--scorer", choices=["pointwise", "qlm"], default="pointwise",
-                   help="pointwise: yes/no logits (RerankerConfig); qlm: log P(query | document) (QLMConfig)")
+    trainable = reranker_kinds.trainable()
+    b.add_argument("--kind", choices=trainable, default=reranker_kinds.DEFAULT_KIND,
+                   help="; ".join(f"{k}: {reranker_kinds.get(k).help}" for k in trainable))
     _config_args(b, ("train", "reranker"))
-    b = tsub.add_parser("blockrank", help="train BlockRank (LM loss on the answer id + attention InfoNCE, LoRA)")
-    _reranker_data_args(b)
-    _config_args(b, ("train", "blockrank"))
 
 
 def _run_folder_args(p) -> None:
@@ -273,8 +323,12 @@ def _run_folder_args(p) -> None:
 
 
 def _reranker_data_args(r) -> None:
-    r.add_argument("--data", required=True)
-    r.add_argument("--split", default="train")
+    r.add_argument("--data", required=True, nargs="+", help="BEIR folder(s) or dataset name(s); several train one "
+                   "reranker on their mixture (--mix)")
+    r.add_argument("--split", default=["train"], nargs="+", help="the training split, one for every --data or one each")
+    r.add_argument("--mix", choices=["proportional", "even"], default="proportional",
+                   help="several --data: every group once (a dataset weighs by its size), or as many groups from each "
+                   "dataset as from the largest (smaller ones repeated)")
     r.add_argument("--model", default="HuggingFaceTB/SmolLM2-135M-Instruct")
     r.add_argument("--out", required=True)
     r.add_argument("--first-stage", choices=["dense", "bm25"], default="dense", help="where hard negatives come from")
@@ -303,6 +357,14 @@ def _add_mine(sub) -> None:
     p.add_argument("--model", help="encoder for the queries (default: the index's model)")
     p.add_argument("--out", required=True)
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file (refused without it)")
+    p.add_argument("--teacher", metavar="SPEC", help="a reranker (spec as eval's --reranker) that scores every mined "
+                   "positive and negative: the scores go into the file (positive_scores, negative_scores) for "
+                   "train retriever --loss margin-mse | kl")
+    p.add_argument("--denoise", action="store_true", help="with --teacher: drop the negatives the teacher scores above "
+                   "every positive of their query (likely unjudged relevant documents); the count is printed")
+    p.add_argument("--teacher-cache", metavar="DIR", help="with --teacher: keep its scores on disk here, per query group, so an "
+                   "interrupted run resumes")
+    p.add_argument("--teacher-batch-size", type=positive_int, default=8, help="with --teacher: pairs scored per batch")
     _config_args(p, ("mine",))
 
 
@@ -386,13 +448,24 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         if args.rank_from >= args.rank_to:
             parser.error(f"--rank-from {args.rank_from} must be below --rank-to {args.rank_to}")
     elif args.command == "train" and args.train_command == "retriever":
-        if args.loss == "mw":
-            refuse(given("symmetric", "decoupled"), "with --loss mw (InfoNCE options)")
-        else:
+        if args.loss != "infonce":
+            refuse(given("symmetric", "decoupled"), f"with --loss {args.loss} (InfoNCE options)")
+        if args.loss != "mw":
             refuse(given("per_query"), f"with --loss {args.loss} (an MW option)")
-    elif args.command == "train" and args.train_command in ("reranker", "blockrank"):
+        if args.loss != "kl":
+            refuse(given("teacher_temperature"), f"with --loss {args.loss} (a kl option)")
+        if args.loss in DISTILL_LOSSES and not args.train_file:
+            parser.error(f"--loss {args.loss} distils teacher scores: train from a --train-file whose lines carry "
+                         "positive_scores and negative_scores")
+    elif args.command == "train" and args.train_command == "reranker":
         if args.first_stage == "bm25":
             refuse(given("index", "retriever_model"), "with --first-stage bm25 (dense first-stage flags)")
+        other = [name for name, by_kind in _kind_settings().items()
+                 if args.kind not in by_kind and getattr(args, name, None) is not None]
+        refuse(["--" + name.replace("_", "-") for name in other], f"by --kind {args.kind} (other kinds' settings)")
+        objectives = reranker_kinds.get(args.kind).objectives
+        if args.objective is not None and args.objective not in objectives:
+            parser.error(f"--objective {args.objective} does not fit --kind {args.kind}: use {' or '.join(objectives)}")
     elif args.command == "index" and args.index_command == "build":
         if (args.num_shards is None) != (args.shard_index is None):
             parser.error("--num-shards and --shard-index go together (or neither: torchrun's $WORLD_SIZE/$RANK, else 1 shard)")
@@ -492,14 +565,14 @@ def cmd_train(args) -> int:
                                       args.model, args.split, args.train_file, args.triples, args.unsupervised,
                                       args.resume, args.overwrite)
     else:
-        if args.train_command == "blockrank":
-            config, scorer = config_from_args(RerankTrainConfig, args, objective="blockrank"), BlockRankConfig
-        else:
-            config, scorer = config_from_args(RerankTrainConfig, args), QLMConfig if args.scorer == "qlm" else RerankerConfig
-        result = jobs.train_reranker(args.data, args.out, config, config_from_args(scorer, args), args.model, args.split,
+        kind = reranker_kinds.get(args.kind)
+        defaults = {k: v for k, v in kind.train_defaults.items() if getattr(args, k) is None}
+        options = config_from_args(kind.train_options, args) if kind.train_options else None
+        result = jobs.train_reranker(args.data, args.out, config_from_args(RerankTrainConfig, args, **defaults),
+                                     config_from_args(kind.config, args), args.model, args.split,
                                      args.first_stage, args.retriever_model, args.index, args.depth, args.max_queries,
                                      args.resume, args.overwrite, args.eval_split, args.eval_every, args.eval_queries,
-                                     args.eval_k)
+                                     args.eval_k, options, args.mix)
     if _main_process():
         _print_json(result)
     return 0
@@ -507,7 +580,8 @@ def cmd_train(args) -> int:
 
 def cmd_mine(args) -> int:
     _print_json(jobs.mine(args.data, args.out, config_from_args(MineConfig, args), args.split, args.index, args.model,
-                          args.overwrite, args.retriever, args.hybrid_weight, args.hybrid_norm))
+                          args.overwrite, args.retriever, args.hybrid_weight, args.hybrid_norm, args.teacher,
+                          args.denoise, args.teacher_cache, args.teacher_batch_size))
     return 0
 
 

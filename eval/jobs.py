@@ -128,9 +128,9 @@ def check_evaluate(data: str, split: str = "test", *, retriever: str | None = No
         _refuse_ignored({"rerank_mode": rerank_mode, "rerank_top_k": rerank_top_k, "rerank_batch_size": rerank_batch_size,
                          "fuse": fuse, "score_cache": score_cache}, "without --reranker")
     if score_cache:
-        if Path(score_cache).exists() and not Path(score_cache).is_dir():
-            raise DataError(f"--score-cache {score_cache}: a file is in the way of the score folder; give a folder")
-        check_writable(Path(score_cache) / "scores.jsonl")
+        from densekit.reranker.score_cache import check_cache_folder
+
+        check_cache_folder(score_cache)
     tuned = fuse == "auto" or hybrid_weight == "auto"
     if fuse is None:
         _refuse_ignored({"fuse_norm": fuse_norm}, "without --fuse")
@@ -533,17 +533,24 @@ def train_retriever(data: str, out: str, config: TrainConfig, model: str = DEFAU
     """Train a dual encoder into ``out`` on one data source: the JSONL ``train_file`` (query, positives and
     negatives as doc ids of ``data``'s corpus), the TSV ``triples`` (texts), ``unsupervised`` crop pairs of
     the corpus (no negatives), else the qrels of ``split``. The run folder is checked before any data is
-    loaded. Returns ``{"model", "examples", "loss"}``."""
+    loaded. A distillation loss (``margin-mse``, ``kl``) needs the ``train_file`` with teacher scores on every
+    line (``examples.read_jsonl_examples``): anything else is refused before the model loads. Returns
+    ``{"model", "examples", "loss"}``."""
     import random
     from dataclasses import replace
 
     from densekit.retriever import examples as ex
     from densekit.retriever.checkpoints import check_run_folder
+    from densekit.retriever.config import DISTILL_LOSSES
     from densekit.retriever.encoder import DualEncoder
     from densekit.retriever.train import train
 
     from .data import load_dataset, resolve_dataset
 
+    distill = config.loss in DISTILL_LOSSES
+    if distill and not train_file:
+        raise ValueError(f"--loss {config.loss} distils teacher scores, which only a --train-file carries "
+                         "('positive_scores' / 'negative_scores' on each line)")
     check_run_folder(out, resume, overwrite)  # before any data is loaded
     folder = resolve_dataset(data)
     if unsupervised:
@@ -562,75 +569,142 @@ def train_retriever(data: str, out: str, config: TrainConfig, model: str = DEFAU
                                               if (folder / "queries.jsonl").exists() else ds.queries, config.n_negatives)
         else:
             examples = ex.from_qrels(ds.corpus, ds.queries, ds.qrels, n_negatives=config.n_negatives)
+    if distill:
+        ex.require_teacher_scores(examples, config.loss)  # before the model loads
     encoder = DualEncoder.from_pretrained(model)
     train(encoder, examples, out, config, resume=resume, overwrite=overwrite)
     return {"model": str(Path(out) / "model"), "examples": len(examples), "loss": config.loss}
 
 
-def train_reranker(data: str, out: str, config, scorer, model: str = "HuggingFaceTB/SmolLM2-135M-Instruct",
-                   split: str = "train", first_stage: str = "dense", retriever_model: str | None = None,
+def train_reranker(data: str | list[str], out: str, config, scorer, model: str = "HuggingFaceTB/SmolLM2-135M-Instruct",
+                   split: str | list[str] = "train", first_stage: str = "dense", retriever_model: str | None = None,
                    index: str | None = None, depth: int = 30, max_queries: int | None = None, resume: bool = False,
                    overwrite: bool = False, eval_split: str | None = None, eval_every: int | None = None,
-                   eval_queries: int = 50, eval_k: int = 20) -> dict:
+                   eval_queries: int = 50, eval_k: int = 20, options=None, mix: str = "proportional") -> dict:
     """Train a reranker into ``out``: ``config`` a ``RerankTrainConfig``, ``scorer`` the reranker's config, which
-    picks its kind (the registered class whose ``config_class`` it is: ``RerankerConfig`` pointwise yes/no,
-    ``QLMConfig`` query likelihood, ``BlockRankConfig`` BlockRank) on base ``model``. Training groups: the judged
+    picks its kind (``reranker/kinds.py``: the kind whose ``config`` it is, e.g. ``RerankerConfig`` pointwise yes/no,
+    ``QLMConfig`` query likelihood, ``BlockRankConfig`` BlockRank, ``CrossEncoderConfig`` cross-encoder) on base
+    ``model``; ``options`` the kind's own training options (its ``train_options``, e.g. ``BlockRankTrainOptions``). Training groups: the judged
     queries of ``split`` (the first ``max_queries``), their positives, and negatives from the ``first_stage``
-    (dense or bm25) top ``depth``. With ``eval_split`` and ``eval_every``, the nDCG@10 of the reranked
+    (dense or bm25) top ``depth``. Several datasets (``data`` a list; ``split`` one for all or one per dataset) train
+    one reranker on their mixture (``retriever.examples.mix_sources``: ``mix`` proportional or even); a dense
+    ``index`` folder serves one corpus, so a mixture takes none. With ``eval_split`` and ``eval_every``, the nDCG@10 of the reranked
     first-stage top ``eval_k`` of that split's first ``eval_queries`` judged queries is logged every
-    ``eval_every`` steps (``eval_ndcg@10`` in ``train_log.jsonl``; never the training split). The run folder is
-    checked before any data is loaded. Returns ``{"model", "groups", "objective", "kind"}``."""
-    from densekit.reranker import blockrank, pointwise, qlm  # noqa: F401  (register the built-in kinds)
-    from densekit.reranker.base import REGISTRY, check_target
-    from densekit.reranker.train import train_reranker as train
+    ``eval_every`` steps (``eval_ndcg@10`` in ``train_log.jsonl``; never the training split; of the first dataset).
+    The run folder is checked before any data is loaded. Returns ``{"model", "groups", "objective", "kind", "sources"}``."""
+    from densekit.reranker import kinds
+    from densekit.reranker.base import check_target
+    from densekit.reranker.train import train_reranker as train, training_options
     from densekit.retriever.checkpoints import check_run_folder
 
     from .pipeline import RerankTask, first_stage_groups, rerank_metric
 
-    kinds = {cls.config_class: cls for cls in REGISTRY.values() if getattr(cls, "config_class", None) is not None}
-    if type(scorer) not in kinds:
-        raise TypeError(f"scorer must be one of {[c.__name__ for c in kinds]}, got {type(scorer).__name__}")
+    kind = kinds.by_config(scorer)
+    if kind is None:
+        raise TypeError(f"scorer must be one of {[k.config.__name__ for k in kinds.kinds().values() if k.config]}, "
+                        f"got {type(scorer).__name__}")
+    cls = kind.load_class()
+    training_options(cls, config, options)  # the objective and the kind's options, before anything loads
+    sources = training_sources(data, split)
+    if len(sources) > 1 and index is not None:
+        raise ValueError("--index holds one corpus's vectors: a mixture of datasets builds each dense first stage in "
+                         "memory (drop --index) or uses --first-stage bm25")
+    data, split = sources[0]
     if eval_split is not None and eval_split == split:
         raise ValueError(f"--eval-split {eval_split!r} is the training split: watch a split the model does not train on")
     if eval_every and eval_split is None:
         raise ValueError("--eval-every needs --eval-split NAME (a split with qrels the model does not train on)")
     check_run_folder(out, resume, overwrite)  # before any data is loaded or encoded
-    check_target(kinds[type(scorer)], model)  # e.g. a dual-encoder folder: refused before the first stage runs
-    if eval_split is not None:
-        from .data import load_split, resolve_dataset
+    check_target(cls, model)  # e.g. a dual-encoder folder: refused before the first stage runs
+    from .data import load_split, resolve_dataset
 
+    if eval_split is not None:
         load_split(resolve_dataset(data), eval_split)  # it exists and has judged queries, before any encoding
+    for name, part in sources:
+        load_split(resolve_dataset(name), part)  # every source's split exists, before any encoding
     if first_stage == "dense":
         check_index_folder(index)
     if getattr(config, "lower_cache_dir", None):
         check_writable(Path(config.lower_cache_dir) / "states")  # a file in the folder's place, or no write access
-    examples = first_stage_groups(data, split, depth, first_stage, retriever_model, index, max_queries)
+    from densekit.retriever.examples import mix_sources
+
+    examples = mix_sources([first_stage_groups(name, part, depth, first_stage, retriever_model, index, max_queries)
+                            for name, part in sources], mix, config.seed)
     evaluate = None
     if eval_every:
         task = RerankTask.load(data, eval_split, eval_k, eval_queries, eval_k, first_stage, retriever_model, index,
                                judged_only=True)
         evaluate = rerank_metric(task.first, task.dataset.corpus, task.queries, task.dataset.qrels, eval_k)
-    reranker = kinds[type(scorer)].from_pretrained(model, scorer)
-    train(reranker, examples, out, config, resume=resume, overwrite=overwrite, evaluate=evaluate, evaluate_every=eval_every)
-    return {"model": str(Path(out) / "model"), "groups": len(examples), "objective": config.objective,
-            "kind": reranker.kind}
+    reranker = cls.from_pretrained(model, scorer)
+    train(reranker, examples, out, config, resume=resume, overwrite=overwrite, evaluate=evaluate, evaluate_every=eval_every,
+          options=options)
+    return {"model": str(Path(out) / "model"), "groups": len(examples),
+            "objective": config.objective or reranker.objectives[0], "kind": reranker.kind,
+            "sources": [f"{name}:{part}" for name, part in sources]}
+
+
+def training_sources(data: str | list[str], split: str | list[str]) -> list[tuple[str, str]]:
+    """``[(dataset, split)]`` of a training run: one split for every dataset, or one split per dataset."""
+    names = [data] if isinstance(data, str) else list(data)
+    splits = [split] if isinstance(split, str) else list(split)
+    if not names:
+        raise ValueError("no training dataset given")
+    if len(splits) not in (1, len(names)):
+        raise ValueError(f"{len(splits)} splits for {len(names)} datasets: give one --split for all, or one per --data")
+    pairs = list(zip(names, splits * len(names) if len(splits) == 1 else splits))
+    if len(set(pairs)) < len(pairs):
+        raise ValueError(f"a dataset and split named twice in {', '.join(f'{n}:{s}' for n, s in pairs)}")
+    return pairs
 
 
 def mine(data: str, out: str, config: MineConfig, split: str = "train", index: str | None = None,
          model: str | None = None, overwrite: bool = False, retriever: str | None = None,
-         hybrid_weight: float | None = None, hybrid_norm: str | None = None) -> dict:
+         hybrid_weight: float | None = None, hybrid_norm: str | None = None, teacher: str | None = None,
+         denoise: bool = False, teacher_cache: str | None = None, teacher_batch_size: int = 8) -> dict:
     """Mine hard negatives of the judged queries of ``split`` (``densekit.retriever.mining.mine_negatives``: the dense
     ``index``, BM25, or ``retriever="hybrid"`` with the index) into the JSONL training file ``out`` (checked before any
-    work). Returns ``{"out", "queries", "negatives"}``."""
-    from densekit.retriever.mining import mine_negatives, write_mined
+    work). With ``teacher`` (a reranker spec, ``reranker.base.resolve_spec``: checked before any work), every mined
+    document gets the teacher's score (``reranker.teacher.teacher_scores``, written as ``positive_scores`` /
+    ``negative_scores``: the distillation losses' input), cached per query group in ``teacher_cache`` when given (a
+    rerun resumes); ``denoise`` then drops the negatives the teacher scores above every positive. Returns ``{"out",
+    "queries", "negatives"}`` (+ ``"teacher"``, ``"denoised"``: the count dropped)."""
+    from densekit.retriever.io import write_jsonl
+    from densekit.retriever.mining import mine_negatives, mined_rows
 
     from .data import load_dataset, resolve_dataset
 
     check_file_target(out, overwrite)  # the output-path rule, before any work
+    if denoise and not teacher:
+        raise ValueError("--denoise drops the negatives a teacher scores above the positives: give --teacher SPEC")
+    if teacher_cache and not teacher:
+        raise ValueError("--teacher-cache keeps a teacher's scores: give --teacher SPEC")
+    if teacher:
+        from densekit.reranker.base import resolve_spec
+
+        resolve_spec(teacher)  # an unknown kind or a model no reranker is built from: refused before any work
+        if teacher_cache:
+            from densekit.reranker.score_cache import check_cache_folder
+
+            check_cache_folder(teacher_cache, "--teacher-cache")
     ds = load_dataset(resolve_dataset(data), split)
     norm = hybrid_norm or "z"
     negatives = mine_negatives(ds.corpus, ds.queries, ds.qrels, config, index, model, retriever=retriever,
                                hybrid_weight=None if norm == "rrf" else (0.5 if hybrid_weight is None else hybrid_weight),
                                hybrid_norm=norm)
-    count = write_mined(out, ds.queries, ds.qrels, negatives, config.relevance_level, overwrite)
-    return {"out": out, "queries": count, "negatives": sum(map(len, negatives.values()))}
+    rows = mined_rows(ds.queries, ds.qrels, negatives, config.relevance_level)
+    result = {}
+    if teacher:
+        from densekit.reranker.base import load_reranker
+        from densekit.reranker.teacher import denoise as drop_false_negatives, teacher_scores
+
+        reranker = load_reranker(teacher)
+        if teacher_cache:
+            from densekit.reranker.score_cache import ScoreCache
+
+            reranker = ScoreCache(reranker, teacher_cache)
+        rows = teacher_scores(reranker, rows, ds.corpus, batch_size=teacher_batch_size)
+        result["teacher"] = teacher
+        if denoise:
+            rows, result["denoised"] = drop_false_negatives(rows)
+    write_jsonl(out, rows, overwrite)
+    return {"out": out, "queries": len(rows), "negatives": sum(len(r["negatives"]) for r in rows), **result}

@@ -1,16 +1,17 @@
-"""The reranker interface, its registry, and what every causal-LM reranker shares.
+"""The reranker interface and what every transformer reranker shares.
 
-A reranker kind is a class with a ``kind`` name, registered with ``@register``, that implements
-``score_groups(groups, batch_size, show_progress, mode) -> scores`` over ``(query, [doc texts])``
-groups (higher is better). Everything else is generic and written once here:
+A reranker kind (``reranker/kinds.py``: the registry) is a class with a ``kind`` name that implements
+``score_groups(groups, batch_size, show_progress, mode) -> scores`` over ``(query, [doc texts])`` groups
+(higher is better), and, when it trains, ``train_step`` and ``prepare_training``. Everything else is generic
+and written once here:
 
 - ``rerank(reranker, run, ...)`` re-scores each query's top ``k`` and keeps the rest below;
 - ``load_reranker(spec)`` turns a CLI spec into a reranker: ``<kind>:<folder or model>``, a folder
-  saved by densekit (its ``reranker.json`` names the kind), or a bare causal LM (zero-shot pointwise).
-
-Causal-LM rerankers share loading (packaged name, folder, hub id; optional LoRA adapter), saving
-(adapter or full model + ``reranker.json`` naming the kind, base model and config, written
-atomically), left-padded batching and the tokenizer's leading special tokens.
+  saved by densekit (its ``reranker.json`` names the kind), or a bare causal LM (zero-shot pointwise);
+- ``TransformerRanker``: loading (packaged name, folder, hub id; optional LoRA adapter) through the kind's
+  ``auto_model`` class, saving (adapter or full model + ``reranker.json`` naming the kind, base model and config,
+  written atomically), batching pairs by length, and LoRA or top-layer set-up for training;
+- ``CausalLMRanker``: left-padded batching, the tokenizer's leading special tokens, the frozen lower-layer cache.
 """
 from __future__ import annotations
 
@@ -28,14 +29,8 @@ from densekit.retriever.io import DataError, atomic_dir, verify_parts
 from densekit.retriever.runs import rank
 from densekit.retriever.text import doc_text
 
-REGISTRY: dict[str, type] = {}
-DEFAULT_KIND = "pointwise"
-
-
-def register(cls: type) -> type:
-    """Class decorator: make ``cls`` loadable as ``<cls.kind>:<folder or model>``."""
-    REGISTRY[cls.kind] = cls
-    return cls
+from . import kinds
+from .kinds import DEFAULT_KIND, register  # noqa: F401  (``register``: the decorator a kind's class carries)
 
 
 def leading_special_tokens(tokenizer) -> list[int]:
@@ -136,21 +131,20 @@ def _folder_kind(folder: Path) -> str | None:
 
 def resolve_spec(spec: str) -> tuple[type, str, bool]:
     """``(class, target, saved)`` of a reranker spec, checked without reading any weights: ``<kind>:<folder or
-    model>`` (kinds: ``REGISTRY``), a folder saved by densekit (``saved``: its ``reranker.json`` names the kind;
+    model>`` (``kinds.KINDS``), a folder saved by densekit (``saved``: its ``reranker.json`` names the kind;
     a different explicit kind is refused), or a bare causal LM name or folder (zero-shot ``pointwise``).
     Refused (DataError naming the spec): an empty spec, an unknown kind, a kind with no model after it, and
     whatever the kind's ``check_target`` refuses (causal-LM kinds: ``check_causal_lm``)."""
-    from . import blockrank, pointwise, qlm  # noqa: F401  (register the built-in kinds)
-
+    registry = kinds.kinds()
     if not isinstance(spec, str) or not spec.strip():
         raise DataError(f"reranker spec {spec!r} is empty: give <kind>:<model or folder>, a folder, or a causal LM name")
     kind, sep, rest = spec.partition(":")
-    if sep and kind in REGISTRY:
+    if sep and kind in registry:
         if not rest:
             raise DataError(f"reranker {spec!r} names no model after {kind + ':'!r}: give {kind}:<model name or folder>")
         explicit, target = kind, rest
     elif sep and not Path(spec).exists() and len(kind) > 1 and not any(c in kind for c in "/\\."):
-        raise DataError(f"reranker {spec!r}: unknown kind {kind!r}; known kinds: {', '.join(sorted(REGISTRY))} "
+        raise DataError(f"reranker {spec!r}: unknown kind {kind!r}; known kinds: {', '.join(sorted(registry))} "
                         f"(<kind>:<model or folder>), or a bare causal LM name or folder (zero-shot {DEFAULT_KIND})")
     else:
         explicit, target = None, spec
@@ -159,10 +153,10 @@ def resolve_spec(spec: str) -> tuple[type, str, bool]:
     if saved is not None:
         if explicit is not None and explicit != saved:
             raise DataError(f"{folder} holds a {saved!r} reranker, not {explicit!r}: use {saved}:{folder}")
-        if saved not in REGISTRY:
-            raise DataError(f"{folder}/reranker.json names an unknown kind {saved!r}; known: {', '.join(sorted(REGISTRY))}")
-        return REGISTRY[saved], target, True
-    cls = REGISTRY[explicit or DEFAULT_KIND]
+        if saved not in registry:
+            raise DataError(f"{folder}/reranker.json names an unknown kind {saved!r}; known: {', '.join(sorted(registry))}")
+        return registry[saved].load_class(), target, True
+    cls = registry[explicit or DEFAULT_KIND].load_class()
     check_target(cls, target)
     return cls, target, False
 
@@ -181,34 +175,47 @@ def load_reranker(spec: str):
     return cls.load(target) if saved else cls.from_pretrained(target)
 
 
-class CausalLMRanker(torch.nn.Module):
-    """Base class: ``model`` (a causal LM, possibly a peft model), ``tokenizer``, ``config`` (a
-    dataclass of class ``config_class``) and ``name`` (the base model's canonical name).
+class TransformerRanker(torch.nn.Module):
+    """Base class of rerankers over a transformers model: ``model`` (possibly a peft model), ``tokenizer``,
+    ``config`` (a dataclass of the kind's ``config_class``) and ``name`` (the base model's canonical name).
 
-    Subclasses implement ``score_groups``; ``modes`` lists the scoring modes they accept (the first
-    is the default)."""
+    A subclass sets ``auto_model`` (the ``transformers`` auto class it loads with), ``check_target`` (what it
+    refuses to be built from, before any weights are read), ``lora_task`` and ``lora_targets`` (peft's task type and
+    default adapted modules), and implements ``encode_pair`` and ``batch_scores`` (pairwise kinds; ``score_groups``
+    otherwise) and, to train, ``train_step``. ``modes``, ``objectives``, ``config_class`` and ``train_options`` come
+    from its line in ``reranker/kinds.py``."""
 
     kind = "base"
     config_class: type = object
     modes: tuple[str, ...] = ("score",)
-    check_target = staticmethod(check_causal_lm)  # what ``resolve_spec`` and ``from_pretrained`` refuse
-    lower_cache = None
+    objectives: tuple[str, ...] = ()
+    train_options: type | None = None
+    auto_model = "AutoModel"
+    lora_task = "FEATURE_EXTRACTION"
+    lora_targets: tuple[str, ...] = ()
+    lora_keep: tuple[str, ...] = ()  # modules trained in full beside the adapters (e.g. a new classification head)
+    check_target = staticmethod(lambda target: None)
 
     def __init__(self, model, tokenizer, config, name: str = ""):
         super().__init__()
         self.model, self.tokenizer, self.config, self.name = model, tokenizer, config, name
-        if tokenizer.pad_token_id is None:
-            tokenizer.pad_token = tokenizer.eos_token
+
+    @classmethod
+    def load_model(cls, path: str, dtype):
+        """The ``auto_model`` of folder ``path`` (a hook: a kind may build its model differently)."""
+        import transformers
+
+        return getattr(transformers, cls.auto_model).from_pretrained(path, dtype=dtype)
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, config=None, adapter: str | None = None, dtype=torch.float32):
-        """A base causal LM (packaged name, folder or hub id), optionally with a saved LoRA adapter folder."""
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        """A base model (packaged name, folder or hub id), optionally with a saved LoRA adapter folder."""
+        from transformers import AutoTokenizer
 
-        check_causal_lm(name_or_path)
+        cls.check_target(name_or_path)
         path = models.resolve(name_or_path)
         tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        model = cls.load_model(path, dtype)
         if adapter is not None:
             from peft import PeftModel
 
@@ -251,29 +258,34 @@ class CausalLMRanker(torch.nn.Module):
                                                            "config": asdict(self.config)}, indent=2))
         return Path(folder)
 
+    # ------------------------------------------------------------ training set-up (the engine runs the loop)
+    def lora_layers(self, config, options) -> list[int] | None:
+        """Layer indices LoRA adapts (None: every layer): the top ``config.train_layers``."""
+        return top_layer_names(self.model, config.train_layers)[0] if config.train_layers else None
+
+    def prepare_training(self, config, options) -> None:
+        """Make the model trainable as ``config`` says: LoRA adapters through peft (``lora_targets`` of the top
+        ``train_layers`` layers, with ``lora_keep`` trained in full), or full fine-tuning of the top ``train_layers``."""
+        if config.lora and not hasattr(self.model, "peft_config"):
+            from peft import LoraConfig, get_peft_model
+
+            self.model = get_peft_model(self.model, LoraConfig(
+                r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout, task_type=self.lora_task,
+                target_modules=config.lora_targets or list(self.lora_targets) or None, layers_to_transform=self.lora_layers(config, options),
+                modules_to_save=list(self.lora_keep) or None))
+        elif not config.lora and config.train_layers:
+            restrict_to_top_layers(self.model, config.train_layers)
+
+    def train_step(self, groups: list[tuple[str, list[str]]], config, options, step: int):
+        """``(loss, record)`` of one step's ``(query, [positive, negatives...])`` groups: the kind's own loss."""
+        raise NotImplementedError(f"the {self.kind} reranker does not train")
+
     # ------------------------------------------------------------ shared scoring plumbing
     def check_mode(self, mode: str | None) -> str:
         mode = mode or self.modes[0]
         if mode not in self.modes:
             raise ValueError(f"the {self.kind} reranker has no mode {mode!r}: use {' or '.join(self.modes)}")
         return mode
-
-    def forward_lm(self, batch: dict[str, torch.Tensor], **kwargs):
-        """The causal LM's output for a ``left_padded`` batch; with a ``lower_cache`` (``layer_cache.LowerLayerCache``,
-        set by ``train_reranker`` while training, or by a caller for scoring) the frozen lower layers run once per prompt."""
-        if self.lower_cache is not None:
-            return self.lower_cache(self.model, batch, **kwargs)
-        return self.model(**batch, **kwargs)
-
-    def left_padded(self, ids: Sequence[list[int]]) -> dict[str, torch.Tensor]:
-        """Left-pad rows so that every row ends in the last column; ``position_ids`` count real tokens only."""
-        width = max(len(x) for x in ids)
-        pad = self.tokenizer.pad_token_id
-        input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in ids])
-        mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids])
-        device = next(self.model.parameters()).device
-        positions = (mask.cumsum(1) - 1).clamp(min=0)
-        return {"input_ids": input_ids.to(device), "attention_mask": mask.to(device), "position_ids": positions.to(device)}
 
     @staticmethod
     def prompt_length(encoded) -> int:
@@ -318,3 +330,55 @@ class CausalLMRanker(torch.nn.Module):
                show_progress: bool = True, mode: str | None = None) -> dict[str, dict[str, float]]:
         """``rerank(self, ...)``: see the module function."""
         return rerank(self, run, corpus, queries, top_k, batch_size, show_progress, mode)
+
+
+def top_layer_names(model, layers: int) -> tuple[list[int], int]:
+    """Indices of the top ``layers`` transformer layers and the model's layer count."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    n = base.config.num_hidden_layers
+    if not 1 <= layers <= n:
+        raise ValueError(f"train_layers must be between 1 and the model's {n} layers, got {layers}")
+    return list(range(n - layers, n)), n
+
+
+def restrict_to_top_layers(model, layers: int) -> None:
+    """Full fine-tuning of the top ``layers`` layers only: every other parameter is frozen (embeddings, lower layers,
+    LM head; a classification head stays trainable), so no gradient flows below layer ``n - layers``."""
+    keep, _ = top_layer_names(model, layers)
+    prefixes = tuple(f"layers.{i}." for i in keep) + tuple(f"layer.{i}." for i in keep)
+    for name, param in model.named_parameters():
+        param.requires_grad_(any(p in name for p in prefixes) or name.endswith("model.norm.weight")
+                             or name.startswith(("classifier.", "score.")))
+
+
+class CausalLMRanker(TransformerRanker):
+    """A reranker over a causal LM: left-padded prompts, the frozen lower-layer cache (``lower_cache``)."""
+
+    auto_model = "AutoModelForCausalLM"
+    lora_task = "CAUSAL_LM"
+    lora_targets = ("q_proj", "k_proj", "v_proj", "o_proj")
+    check_target = staticmethod(check_causal_lm)  # what ``resolve_spec`` and ``from_pretrained`` refuse
+    supports_layer_cache = True  # its prompts recur in training, so ``--cache-lower-layers`` may pay
+    lower_cache = None
+
+    def __init__(self, model, tokenizer, config, name: str = ""):
+        super().__init__(model, tokenizer, config, name)
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+
+    def forward_lm(self, batch: dict[str, torch.Tensor], **kwargs):
+        """The causal LM's output for a ``left_padded`` batch; with a ``lower_cache`` (``layer_cache.LowerLayerCache``,
+        set by ``train_reranker`` while training, or by a caller for scoring) the frozen lower layers run once per prompt."""
+        if self.lower_cache is not None:
+            return self.lower_cache(self.model, batch, **kwargs)
+        return self.model(**batch, **kwargs)
+
+    def left_padded(self, ids: Sequence[list[int]]) -> dict[str, torch.Tensor]:
+        """Left-pad rows so that every row ends in the last column; ``position_ids`` count real tokens only."""
+        width = max(len(x) for x in ids)
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in ids])
+        mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids])
+        device = next(self.model.parameters()).device
+        positions = (mask.cumsum(1) - 1).clamp(min=0)
+        return {"input_ids": input_ids.to(device), "attention_mask": mask.to(device), "position_ids": positions.to(device)}

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from densekit.retriever.text import doc_text
 
 from .base import CausalLMRanker, leading_special_tokens, register
-from .config import BlockRankConfig
+from .config import BlockRankConfig, BlockRankTrainOptions
 
 ATTENTION_NAME = "densekit_blockrank"
 
@@ -229,8 +229,7 @@ PAPER = {"signal_tokens": 2, "doc_mass": "sum", "score_heads": None}
 @register
 class BlockRanker(CausalLMRanker):
     kind = "blockrank"
-    config_class = BlockRankConfig
-    modes = ("attention", "decode")
+    supports_layer_cache = False  # one prompt per group of 20 documents: its prompts rarely recur
 
     def __init__(self, model, tokenizer, config: BlockRankConfig | None = None, name: str = ""):
         from transformers import AttentionInterface
@@ -508,6 +507,28 @@ class BlockRanker(CausalLMRanker):
                 scores[chosen] = float(len(docs) + 1)
             out.append(scores)
         return out
+
+    def train_step(self, groups: list[tuple[str, list[str]]], config, options=None, step: int = 0):
+        """Mean BlockRank loss (LM + aux_weight * attention InfoNCE, ``options``: ``BlockRankTrainOptions``) over the
+        step's groups, each group one prompt with its documents shuffled by (seed, step); logs the LM and aux parts and
+        the attention hit rate."""
+        options = options or BlockRankTrainOptions()
+        losses, parts = [], []
+        for query, docs, answer in blockrank_groups(groups, config.seed, step):
+            loss, part = self.loss(self.build_prompt(query, docs, answer), answer, options.aux_weight, options.aux_temperature,
+                                   options.aux_only)
+            losses.append(loss)
+            parts.append(part)
+        record = {k: sum(p[k] for p in parts) / len(parts) for k in ("lm", "aux", "hit")}
+        return torch.stack(losses).mean(), record
+
+    def lora_layers(self, config, options) -> list[int] | None:
+        """With ``aux_only`` only the layers up to the scoring layer ever run: LoRA adapts the top ``train_layers`` of
+        those (all of them by default); otherwise the top ``train_layers`` of the model."""
+        if options is not None and options.aux_only:
+            top = self.score_layer
+            return list(range(max(0, top + 1 - (config.train_layers or top + 1)), top + 1))
+        return super().lora_layers(config, options)
 
 
 def blockrank_groups(groups: list[tuple[str, list[str]]], seed: int, step: int) -> list[tuple[str, list[str], int]]:

@@ -8,15 +8,13 @@ from dataclasses import dataclass
 
 from densekit.retriever.config import AT_LEAST_ONE, FRACTION, NON_NEGATIVE, POSITIVE, check_fields, setting
 
-OBJECTIVES = ("sft", "cl", "unified", "blockrank")
-
-
 @dataclass
 class RerankTrainConfig:
-    """Reranker training (``densekit.reranker.train.train_reranker``): one objective, LoRA (or full) tuning, the engine's loop."""
+    """Reranker training (``densekit.reranker.train.train_reranker``), what every kind shares: one objective, LoRA (or
+    full) tuning, the engine's loop. A kind's own training settings are its ``train_options`` (``reranker/kinds.py``)."""
 
-    objective: str = setting("sft", "sft | cl | unified (pointwise and qlm scorers) | blockrank (BlockRanker)",
-                             choices=OBJECTIVES)
+    objective: str | None = setting(None, "training objective, one the kind trains with (default: its first; "
+                                    "pointwise, qlm, cross: sft | cl | unified; blockrank: blockrank)")
     weight: str = setting("sft", "unified: where the per-example gradient weight comes from", choices=("sft", "cl"))
     direction: str = setting("sft", "unified: where the gradient direction comes from", choices=("sft", "cl"))
     temperature: float = setting(1.0, "CL softmax temperature on the yes logit", **POSITIVE)
@@ -35,10 +33,6 @@ class RerankTrainConfig:
     lora_dropout: float = setting(0.05, "LoRA dropout", **FRACTION)
     lora_targets: list[str] | None = setting(None, "module names LoRA adapts (default: q_proj k_proj v_proj o_proj)")
     checkpoint_every: int = setting(50, "optimizer steps between checkpoints", **AT_LEAST_ONE)
-    aux_weight: float = setting(0.1, "blockrank: total loss = LM loss + aux weight * attention InfoNCE", **NON_NEGATIVE)
-    aux_temperature: float = setting(0.05, "blockrank: tau of the attention InfoNCE", **POSITIVE)
-    aux_only: bool = setting(False, "blockrank: train the attention InfoNCE alone (no LM loss): LoRA and every forward "
-                             "stop at the scoring layer")
     train_layers: int | None = setting(None, "train only the top L decoder layers (lower ones get no gradient)",
                                        **AT_LEAST_ONE)
     micro_batch: int | None = setting(None, "groups per forward; gradients accumulate up to the batch size (default: "
@@ -58,6 +52,19 @@ class RerankTrainConfig:
             raise ValueError("--cache-lower-layers needs --train-layers L: only layers below the trained ones can be cached")
         if self.lower_cache_dir and not self.cache_lower_layers:
             raise ValueError("--lower-cache-dir needs --cache-lower-layers")
+
+
+@dataclass
+class BlockRankTrainOptions:
+    """BlockRank's own training settings (``BlockRanker.train_step``): the attention loss beside the LM loss."""
+
+    aux_weight: float = setting(0.1, "blockrank: total loss = LM loss + aux weight * attention InfoNCE", **NON_NEGATIVE)
+    aux_temperature: float = setting(0.05, "blockrank: tau of the attention InfoNCE", **POSITIVE)
+    aux_only: bool = setting(False, "blockrank: train the attention InfoNCE alone (no LM loss): LoRA and every forward "
+                             "stop at the scoring layer")
+
+    def __post_init__(self):
+        check_fields(self)
 
 
 @dataclass
@@ -117,3 +124,12 @@ class BlockRankConfig:
     score_heads: list[int] | None = setting(None, "attention heads averaged for the score (default: probed, else all)")
     doc_batch: int = setting(32, "doc blocks per forward of the efficient path (bounds activation memory)",
                              **AT_LEAST_ONE)
+
+
+@dataclass
+class CrossEncoderConfig:
+    """The cross-encoder's input (``densekit.reranker.cross.CrossEncoderRanker``): ``[CLS] query [SEP] document [SEP]``."""
+
+    query_max_tokens: int = setting(64, "query tokens kept", **AT_LEAST_ONE)
+    max_length: int = setting(256, "cross: tokens of the whole (query, document) input; the document is cut to fit",
+                              min=8, what="a length of at least 8 tokens")

@@ -9,17 +9,63 @@ Prompt: the tokenizer's chat template when it has one (user turn + generation pr
 plain text prompt ending in ``"Answer:"``. The document is tokenized on its own and cut to
 ``doc_max_tokens``; the query and the answer slot are never truncated. Prompts are built as token
 ids ``prefix + doc[:budget] + suffix`` so training and inference see identical inputs.
+
+Training (``LLMReranker.train_step``; a group is ``(query, [positive, negatives...])``), with ``s = logit(yes) -
+logit(no)`` and ``y = logit(yes)`` at the answer position:
+
+- ``sft``: binary cross-entropy over the two-way {yes, no} distribution of every pair,
+  ``L = mean_pairs BCE(sigmoid(s), label)`` (label 1 for the positive, 0 for negatives);
+- ``cl``: InfoNCE over each group on the yes logit, ``L = mean_groups -log softmax(y / tau)[positive]``;
+- ``unified`` (after "Supervised Fine-Tuning or Contrastive Learning?", arXiv 2510.14824) splits each
+  gradient into a per-example weight and a direction and recombines them: ``weight`` in {sft, cl}
+  (``|sigmoid(s) - label|`` or ``|softmax(y / tau) - onehot| / tau``) and ``direction`` in {sft, cl}
+  (``grad s`` or ``grad y``); the surrogate ``sum_i sign_i * stopgrad(w_i) * d_i`` (sign -1 for the
+  positive, +1 for negatives) has exactly that gradient. ``gradient_weights`` returns the weights for
+  the paper's probes.
 """
 from __future__ import annotations
 
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 
 from .base import CausalLMRanker, leading_special_tokens, register
-from .config import RerankerConfig
+from .config import RerankerConfig, RerankTrainConfig
 
 DOC_SLOT = "\x00DOC\x00"
+
+
+def group_losses(logits: torch.Tensor, group_size: int, config: RerankTrainConfig) -> torch.Tensor:
+    """Loss of ``[groups * group_size, 2]`` (yes, no) logits, each group's first row the positive."""
+    s = (logits[:, 0] - logits[:, 1]).view(-1, group_size)
+    y = logits[:, 0].view(-1, group_size)
+    labels = torch.zeros_like(s)
+    labels[:, 0] = 1.0
+    if config.objective == "sft":
+        return F.binary_cross_entropy_with_logits(s, labels)
+    if config.objective == "cl":
+        return F.cross_entropy(y / config.temperature, torch.zeros(len(y), dtype=torch.long, device=y.device))
+    if config.objective == "unified":
+        w = gradient_weights(logits.detach(), group_size, config.weight, config.temperature)
+        d = s if config.direction == "sft" else y
+        sign = 1.0 - 2.0 * labels  # -1 positive, +1 negatives
+        return (sign * w * d).sum() / len(s)
+    raise ValueError(f"unknown objective {config.objective!r}: use sft, cl or unified")
+
+
+def gradient_weights(logits: torch.Tensor, group_size: int, kind: str, temperature: float = 1.0) -> torch.Tensor:
+    """Per-example gradient magnitudes ``[groups, group_size]``: SFT ``|sigmoid(s) - label|`` or
+    CL ``|softmax(y / tau) - onehot| / tau`` (the factor multiplying the direction's gradient)."""
+    s = (logits[:, 0] - logits[:, 1]).view(-1, group_size)
+    y = logits[:, 0].view(-1, group_size)
+    labels = torch.zeros_like(s)
+    labels[:, 0] = 1.0
+    if kind == "sft":
+        return (torch.sigmoid(s) - labels).abs()
+    if kind == "cl":
+        return (torch.softmax(y / temperature, dim=1) - labels).abs() / temperature
+    raise ValueError(f"unknown weight kind {kind!r}: use sft or cl")
 
 
 class TokenError(ValueError):
@@ -39,7 +85,6 @@ def _single_token(tokenizer, word: str) -> int:
 @register
 class LLMReranker(CausalLMRanker):
     kind = "pointwise"
-    config_class = RerankerConfig
 
     def __init__(self, model, tokenizer, config: RerankerConfig | None = None, name: str = ""):
         super().__init__(model, tokenizer, config or RerankerConfig(), name)
@@ -80,3 +125,14 @@ class LLMReranker(CausalLMRanker):
         """``logit(yes) - logit(no)`` of each prompt."""
         logits = self.answer_logits(ids)
         return logits[:, 0] - logits[:, 1]
+
+    def train_step(self, groups: list[tuple[str, list[str]]], config, options=None, step: int = 0):
+        """Loss of one step of pointwise groups, and the mean SFT and CL gradient weights of positives/negatives."""
+        ids = [self.encode_pair(q, d) for q, docs in groups for d in docs]
+        logits = self.answer_logits(ids)
+        record = {}
+        for kind in ("sft", "cl"):
+            w = gradient_weights(logits.detach(), config.group_size, kind, config.temperature)
+            record[f"w_{kind}_pos"] = w[:, 0].mean().item()
+            record[f"w_{kind}_neg"] = w[:, 1:].mean().item()
+        return group_losses(logits, config.group_size, config), record

@@ -20,16 +20,50 @@ import logging
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 
 from .base import CausalLMRanker, leading_special_tokens, register
-from .config import QLMConfig
+from .config import QLMConfig, RerankTrainConfig
 
 log = logging.getLogger(__name__)
+
+
+def qlm_losses(scores: torch.Tensor, config: RerankTrainConfig) -> torch.Tensor:
+    """Loss of ``[groups, group_size]`` query-likelihood scores ``s`` (column 0 the positive):
+
+    - ``sft``: the generative loss, ``-mean_groups s_pos`` (with ``reduce="mean"``, the positive query's
+      mean token NLL given its document; the negatives play no part);
+    - ``cl``: InfoNCE over the group, ``mean_groups -log softmax(s / tau)[positive]``;
+    - ``unified``: ``sum sign_i * stopgrad(w_i) * s_i / groups`` with ``w`` from ``qlm_gradient_weights``
+      (``weight="sft"`` reproduces SFT's gradient, ``"cl"`` CL's). Both objectives move the same score
+      ``s``, so for this scorer there is one direction and ``direction`` is not used."""
+    if config.objective == "sft":
+        return -scores[:, 0].mean()
+    if config.objective == "cl":
+        return F.cross_entropy(scores / config.temperature, torch.zeros(len(scores), dtype=torch.long, device=scores.device))
+    if config.objective == "unified":
+        labels = torch.zeros_like(scores)
+        labels[:, 0] = 1.0
+        w = qlm_gradient_weights(scores.detach(), config.weight, config.temperature)
+        return ((1.0 - 2.0 * labels) * w * scores).sum() / len(scores)
+    raise ValueError(f"objective {config.objective!r} does not apply to the qlm reranker: use sft, cl or unified")
+
+
+def qlm_gradient_weights(scores: torch.Tensor, kind: str, temperature: float = 1.0) -> torch.Tensor:
+    """``|dL/ds|`` per example ``[groups, group_size]``: SFT 1 for the positive and 0 for negatives;
+    CL ``|softmax(s / tau) - onehot| / tau``."""
+    labels = torch.zeros_like(scores)
+    labels[:, 0] = 1.0
+    if kind == "sft":
+        return labels
+    if kind == "cl":
+        return (torch.softmax(scores / temperature, dim=1) - labels).abs() / temperature
+    raise ValueError(f"unknown weight kind {kind!r}: use sft or cl")
+
 
 @register
 class QLMReranker(CausalLMRanker):
     kind = "qlm"
-    config_class = QLMConfig
 
     def __init__(self, model, tokenizer, config: QLMConfig | None = None, name: str = ""):
         super().__init__(model, tokenizer, config or QLMConfig(), name)
@@ -92,3 +126,15 @@ class QLMReranker(CausalLMRanker):
         if self.cut_queries > before:
             log.warning("qlm: %d query(ies) cut to query_max_tokens=%d", self.cut_queries - before, self.config.query_max_tokens)
         return scores
+
+    def train_step(self, groups: list[tuple[str, list[str]]], config, options=None, step: int = 0):
+        """Loss of one step of query-likelihood groups. SFT forwards the positives only (its loss ignores
+        the negatives); CL and unified forward every (query, document) pair of the group."""
+        docs_used = 1 if config.objective == "sft" else config.group_size
+        encoded = [self.encode_pair(q, d) for q, docs in groups for d in docs[:docs_used]]
+        scores = self.batch_scores(encoded).view(len(groups), docs_used)
+        record = {"s_pos": scores[:, 0].mean().item()}
+        if docs_used > 1:
+            record["s_neg"] = scores[:, 1:].mean().item()
+            record["hit"] = (scores.argmax(1) == 0).float().mean().item()
+        return qlm_losses(scores, config), record

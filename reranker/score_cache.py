@@ -36,6 +36,15 @@ def reranker_identity(reranker) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def check_cache_folder(folder: str | os.PathLike, flag: str = "--score-cache") -> None:
+    """Refuse, before any work, a score folder densekit cannot keep scores in (a file in its place, no write access)."""
+    from densekit.retriever.io import DataError
+
+    if Path(folder).exists() and not Path(folder).is_dir():
+        raise DataError(f"{flag} {folder}: a file is in the way of the score folder; give a folder")
+    check_writable(Path(folder) / "scores.jsonl")
+
+
 def group_key(query: str, docs: Sequence[str], mode: str | None) -> str:
     h = hashlib.sha256(f"{mode}\0{query}".encode())
     for doc in docs:

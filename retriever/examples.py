@@ -4,7 +4,9 @@ An example is ``{"query": str, "positives": [str, ...], "negatives": [str, ...]}
 
 - BEIR train qrels + corpus (``from_qrels``): positives are the docs with grade >= 1;
 - a JSONL file (``read_jsonl_examples``), one ``{"query" | "query_id", "positives", "negatives"}`` a
-  line, entries being doc ids when a corpus is given (``densekit mine`` writes this), texts otherwise;
+  line, entries being doc ids when a corpus is given (``densekit mine`` writes this), texts otherwise,
+  optionally with teacher scores ``"positive_scores"`` / ``"negative_scores"`` aligned with the lists (an
+  example then carries the same two keys; the distillation losses train on them);
 - MS MARCO-style triples, ``query<TAB>positive<TAB>negative`` a line (``read_triples``);
 - no labels at all (``crop_pairs``, after Contriever): two independent random crops of one document;
 - a first-stage run (``training_groups``): qrels positives + the run's top ``depth`` minus positives.
@@ -14,6 +16,7 @@ the same order, so a resumed run sees exactly the data it would have seen.
 """
 from __future__ import annotations
 
+import math
 import random
 import warnings
 from dataclasses import dataclass
@@ -29,13 +32,20 @@ class Batch:
     queries: list[str]
     positives: list[str]
     negatives: list[list[str]]  # [B][n]
+    positive_scores: list[float] | None = None  # [B] teacher scores of the chosen positives (when examples carry them)
+    negative_scores: list[list[float]] | None = None  # [B][n] of the chosen negatives
 
     def __len__(self) -> int:
         return len(self.queries)
 
     def __getitem__(self, rows: slice) -> "Batch":
         """The batch's rows ``rows`` (a slice): a process's share of a global batch."""
-        return Batch(self.queries[rows], self.positives[rows], self.negatives[rows])
+        scored = self.positive_scores is not None
+        return Batch(self.queries[rows], self.positives[rows], self.negatives[rows],
+                     self.positive_scores[rows] if scored else None, self.negative_scores[rows] if scored else None)
+
+
+SCORE_KEYS = ("positive_scores", "negative_scores")  # teacher scores, aligned with "positives" / "negatives"
 
 
 class TrainDataError(DataError):
@@ -77,7 +87,17 @@ def from_qrels(corpus: dict, queries: dict[str, str], qrels: dict, negatives: di
 
 def read_jsonl_examples(path: str | Path, corpus: dict | None = None, queries: dict[str, str] | None = None,
                         n_negatives: int = 0) -> list[dict]:
-    """Read the JSONL training format; with ``corpus``, list entries are doc ids (absent ones skipped and counted)."""
+    """Read the JSONL training format; with ``corpus``, list entries are doc ids (absent ones skipped and counted).
+
+    A line: ``{"query": text | "query_id": id, "positives": [...], "negatives": [...]}``, optionally with teacher
+    scores (for ``--loss margin-mse`` / ``kl``; ignored by the other losses): ``"positive_scores"`` and
+    ``"negative_scores"``, lists of finite numbers aligned with ``positives`` / ``negatives`` (the teacher's score
+    of ``(query, positives[k])`` is ``positive_scores[k]``), both or neither, e.g.
+    ``{"query_id": "q1", "positives": ["d1"], "negatives": ["d7", "d9"], "positive_scores": [9.1],
+    "negative_scores": [2.3, -0.4]}``. A score goes with its document (dropped with it when the document is
+    absent from the corpus). A length that differs from its list's, a score that is not a finite number, or
+    one of the two keys without the other is a ``TrainDataError`` naming the file and line.
+    """
     path = Path(path)
     examples, missing = [], 0
     for number, obj in read_jsonl(path, required=("positives",)):
@@ -87,19 +107,51 @@ def read_jsonl_examples(path: str | Path, corpus: dict | None = None, queries: d
             query = queries[str(obj["query_id"])]
         else:
             raise TrainDataError(f"{path}:{number}: needs 'query' text (or a 'query_id' known to the queries)")
-        lists = {}
-        for key in ("positives", "negatives"):
+        scored = [key in obj for key in SCORE_KEYS]
+        if any(scored) and not all(scored):
+            given, absent = SCORE_KEYS if scored[0] else SCORE_KEYS[::-1]
+            raise TrainDataError(f"{path}:{number}: {given!r} without {absent!r}: teacher scores need both")
+        example = {"query": query}
+        for key, score_key in zip(("positives", "negatives"), SCORE_KEYS):
             entries = obj.get(key) or []
             if not isinstance(entries, list):
                 raise TrainDataError(f"{path}:{number}: {key!r} must be a list")
+            scores = _teacher_scores(obj[score_key], len(entries), key, score_key, f"{path}:{number}") if all(scored) \
+                else None
             if corpus is not None:
                 missing += sum(1 for d in entries if str(d) not in corpus)
-                entries = [doc_text(corpus[str(d)]) for d in entries if str(d) in corpus]
-            lists[key] = [str(e) for e in entries]
-        examples.append({"query": query, **lists})
+                kept = [i for i, d in enumerate(entries) if str(d) in corpus]
+                entries = [doc_text(corpus[str(entries[i])]) for i in kept]
+                scores = [scores[i] for i in kept] if scores is not None else None
+            example[key] = [str(e) for e in entries]
+            if scores is not None:
+                example[score_key] = scores
+        examples.append(example)
     if missing:
         warnings.warn(f"{path}: skipped {missing} doc id(s) absent from the corpus", stacklevel=2)
     return _clean(examples, str(path), n_negatives)
+
+
+def _teacher_scores(values, count: int, key: str, score_key: str, where: str) -> list[float]:
+    """``values`` as floats, checked: a list of ``count`` finite numbers (``TrainDataError`` at ``where`` otherwise)."""
+    if not isinstance(values, list):
+        raise TrainDataError(f"{where}: {score_key!r} must be a list of numbers aligned with {key!r}")
+    if len(values) != count:
+        raise TrainDataError(f"{where}: {len(values)} {score_key!r} for {count} {key!r}: one teacher score per document")
+    for value in values:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise TrainDataError(f"{where}: {score_key!r} holds {value!r}: teacher scores must be finite numbers")
+    return [float(v) for v in values]
+
+
+def require_teacher_scores(examples: list[dict], loss: str) -> None:
+    """``TrainDataError`` unless every example carries teacher scores (``positive_scores`` / ``negative_scores``),
+    which ``loss`` (a distillation loss) trains on; meant to run before any model loads."""
+    bare = sum(1 for e in examples if not all(key in e for key in SCORE_KEYS))
+    if bare:
+        raise TrainDataError(f"--loss {loss} distils teacher scores, but {bare} of {len(examples)} training example(s) "
+                             f"carry none: give a training JSONL whose every line has 'positive_scores' and "
+                             f"'negative_scores' (aligned with 'positives' / 'negatives')")
 
 
 def read_triples(path: str | Path) -> list[dict]:
@@ -143,25 +195,33 @@ def crop_pairs(corpus: dict, rng: random.Random, min_ratio: float = 0.1, max_rat
 def batches(examples: list[dict], batch_size: int, n_negatives: int, seed: int, epoch: int) -> list[Batch]:
     """One epoch's batches: examples shuffled by ``(seed, epoch)``, one positive and ``n_negatives``
     negatives drawn per example (with replacement only when an example has fewer). The last partial
-    batch is dropped, so every step sees ``batch_size`` queries."""
+    batch is dropped, so every step sees ``batch_size`` queries. Teacher scores (when every example of the
+    batch has them) follow their documents into ``Batch.positive_scores`` / ``negative_scores``."""
     rng = random.Random(seed * 1_000_003 + epoch)
     order = list(range(len(examples)))
     rng.shuffle(order)
     out = []
     for start in range(0, len(order) - batch_size + 1, batch_size):
         chosen = [examples[i] for i in order[start:start + batch_size]]
+        pos = [rng.choice(range(len(e["positives"]))) for e in chosen]  # draws as rng.choice(e["positives"])
+        neg = [_draw(len(e["negatives"]), n_negatives, rng) for e in chosen]
+        scored = all(key in e for e in chosen for key in SCORE_KEYS)
         out.append(Batch(
             queries=[e["query"] for e in chosen],
-            positives=[rng.choice(e["positives"]) for e in chosen],
-            negatives=[_draw(e["negatives"], n_negatives, rng) for e in chosen],
+            positives=[e["positives"][i] for e, i in zip(chosen, pos)],
+            negatives=[[e["negatives"][j] for j in js] for e, js in zip(chosen, neg)],
+            positive_scores=[e["positive_scores"][i] for e, i in zip(chosen, pos)] if scored else None,
+            negative_scores=[[e["negative_scores"][j] for j in js] for e, js in zip(chosen, neg)] if scored else None,
         ))
     return out
 
 
-def _draw(pool: list[str], n: int, rng: random.Random) -> list[str]:
+def _draw(size: int, n: int, rng: random.Random) -> list[int]:
+    """``n`` indices into a pool of ``size``: without replacement when it has enough, else with."""
     if n == 0:
         return []
-    return rng.sample(pool, n) if len(pool) >= n else [rng.choice(pool) for _ in range(n)]
+    pool = range(size)
+    return rng.sample(pool, n) if size >= n else [rng.choice(pool) for _ in range(n)]
 
 
 def training_groups(corpus, queries: Queries, qrels: Qrels, first_stage_run: Run, depth: int = 30,
@@ -171,3 +231,21 @@ def training_groups(corpus, queries: Queries, qrels: Qrels, first_stage_run: Run
 
     negatives = select_negatives(first_stage_run, qrels, 0, depth)
     return from_qrels(corpus, queries, qrels, negatives, n_negatives=min_negatives)
+
+
+def mix_sources(sources: list[list[dict]], mix: str = "proportional", seed: int = 0) -> list[dict]:
+    """One training set from several datasets' examples. ``proportional``: every example once (a dataset weighs by
+    its size); ``even``: every dataset contributes as many examples as the largest one, a smaller one repeated whole
+    as often as fits and topped up by a seeded sample of itself, so each dataset weighs the same."""
+    if mix not in ("proportional", "even"):
+        raise ValueError(f"unknown mix {mix!r}: use proportional or even")
+    if mix == "proportional" or len(sources) == 1:
+        return [e for source in sources for e in source]
+    largest = max(map(len, sources))
+    out = []
+    for i, source in enumerate(sources):
+        if not source:
+            continue
+        whole, rest = divmod(largest, len(source))
+        out += source * whole + random.Random(seed * 7919 + i).sample(source, rest)
+    return out

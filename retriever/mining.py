@@ -51,13 +51,19 @@ def dense_positive_scores(index: Index, query_ids: list[str], query_vectors: np.
     return out
 
 
-def write_mined(path: str | Path, queries: dict[str, str], qrels: dict[str, dict[str, int]],
-                negatives: dict[str, list[str]], relevance_level: int = 1, overwrite: bool = False) -> int:
-    """Write ``{"query_id", "query", "positives": [ids], "negatives": [ids]}`` lines (atomically; an existing
-    file is replaced only with ``overwrite``); returns the count."""
-    rows = [{"query_id": qid, "query": queries[qid],
+def mined_rows(queries: dict[str, str], qrels: dict[str, dict[str, int]], negatives: dict[str, list[str]],
+               relevance_level: int = 1) -> list[dict]:
+    """``{"query_id", "query", "positives": [ids], "negatives": [ids]}`` per mined query (sorted ids)."""
+    return [{"query_id": qid, "query": queries[qid],
              "positives": [d for d, g in qrels[qid].items() if g >= relevance_level], "negatives": negs}
             for qid, negs in sorted(negatives.items()) if qid in queries]
+
+
+def write_mined(path: str | Path, queries: dict[str, str], qrels: dict[str, dict[str, int]],
+                negatives: dict[str, list[str]], relevance_level: int = 1, overwrite: bool = False) -> int:
+    """Write ``mined_rows`` as JSONL lines (atomically; an existing file is replaced only with ``overwrite``);
+    returns the count."""
+    rows = mined_rows(queries, qrels, negatives, relevance_level)
     write_jsonl(path, rows, overwrite)
     return len(rows)
 

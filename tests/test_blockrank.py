@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from densekit.reranker.blockrank import BlockPrompt, BlockRanker, blockrank_groups, dense_mask, doc_masks
-from densekit.reranker.config import BlockRankConfig, RerankTrainConfig
+from densekit.reranker.config import BlockRankConfig, BlockRankTrainOptions, RerankTrainConfig
 from densekit.reranker.train import train_reranker
 
 DOCS = ["cats are small animals that purr and sleep most of the day", "dogs bark",
@@ -161,8 +161,9 @@ def test_training_lowers_loss_and_saved_adapter_reproduces_scores(tiny_causal_lm
     examples = [{"query": f"topic {i} question", "positives": [f"topic {i} answer text"],
                  "negatives": [f"unrelated {j} words" for j in range(5)]} for i in range(4)]
     config = RerankTrainConfig(objective="blockrank", group_size=4, batch_size=2, lr=5e-3, epochs=8, lora=True,
-                               lora_r=8, checkpoint_every=100, aux_weight=1.0)
-    model = train_reranker(r, examples, tmp_path / "br", config, show_progress=False)
+                               lora_r=8, checkpoint_every=100)
+    options = BlockRankTrainOptions(aux_weight=1.0)
+    model = train_reranker(r, examples, tmp_path / "br", config, show_progress=False, options=options)
     log = [json.loads(line) for line in (tmp_path / "br" / "train_log.jsonl").read_text().splitlines()]
     assert {"lm", "aux", "hit"} <= set(log[0])
     first, last = sum(x["loss"] for x in log[:3]) / 3, sum(x["loss"] for x in log[-3:]) / 3
@@ -250,7 +251,7 @@ def test_paths_agree_on_smollm2():
 def test_cli_train_blockrank_then_eval_both_modes(tiny_beir, tiny_bert, tiny_causal_lm, tmp_path, capsys):
     from densekit.eval.cli import main
 
-    assert main(["train", "blockrank", "--data", str(tiny_beir), "--split", "test", "--model", str(tiny_causal_lm),
+    assert main(["train", "reranker", "--kind", "blockrank", "--data", str(tiny_beir), "--split", "test", "--model", str(tiny_causal_lm),
                  "--retriever-model", str(tiny_bert), "--group-size", "3", "--batch-size", "1", "--epochs", "1",
                  "--score-layer", "1", "--doc-max-tokens", "16", "--out", str(tmp_path / "br")]) == 0
     assert json.loads(capsys.readouterr().out)["objective"] == "blockrank"
@@ -353,8 +354,9 @@ def test_aux_only_training_never_runs_or_changes_layers_above_the_scoring_layer(
     examples = [{"query": f"topic {i} question", "positives": [f"topic {i} answer text"],
                  "negatives": [f"unrelated {j} words" for j in range(5)]} for i in range(4)]
     config = RerankTrainConfig(objective="blockrank", group_size=4, batch_size=2, lr=5e-3, epochs=6, lora_r=8,
-                               checkpoint_every=100, aux_only=True)
-    trained = train_reranker(r, examples, tmp_path / "br", config, show_progress=False)
+                               checkpoint_every=100)
+    options = BlockRankTrainOptions(aux_only=True)
+    trained = train_reranker(r, examples, tmp_path / "br", config, show_progress=False, options=options)
     for h in hooks:
         h.remove()
     assert ran and set(ran) == {0, 1}

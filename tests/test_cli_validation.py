@@ -82,7 +82,7 @@ def test_relevance_level_zero_is_refused(tiny_beir, capsys):
     (["train", "retriever", "--data", "d", "--out", "o", "--n-negatives", "-1"], "--n-negatives"),
     (["train", "reranker", "--data", "d", "--out", "o", "--group-size", "1"], "--group-size"),
     (["train", "reranker", "--data", "d", "--out", "o", "--max-queries", "0"], "--max-queries"),
-    (["train", "blockrank", "--data", "d", "--out", "o", "--score-layer", "-1"], "--score-layer"),
+    (["train", "reranker", "--kind", "blockrank", "--data", "d", "--out", "o", "--score-layer", "-1"], "--score-layer"),
     (["mine", "--data", "d", "--out", "o", "--rank-from", "-1"], "--rank-from"),
     (["mine", "--data", "d", "--out", "o", "--index", "i", "--max-ratio", "0"], "--max-ratio"),
 ])
@@ -186,11 +186,11 @@ class StubReranker:
 
 def stub_kind(monkeypatch, cls=StubReranker, modes=("score",)):
     """Register ``cls`` (with ``modes``) as the reranker kind ``stub`` for one test; returns its one instance."""
-    from densekit.reranker.base import REGISTRY
+    from densekit.reranker import kinds
 
     instance = cls()
-    kind = type("Stub", (cls,), {"modes": modes, "from_pretrained": classmethod(lambda c, target: instance)})
-    monkeypatch.setitem(REGISTRY, "stub", kind)
+    kind = type("Stub", (cls,), {"kind": "stub", "modes": modes, "from_pretrained": classmethod(lambda c, target: instance)})
+    monkeypatch.setitem(kinds.KINDS, "stub", kinds.Kind("stub", modes=modes, cls=kind))
     instance.__class__ = kind
     return instance
 

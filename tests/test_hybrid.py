@@ -133,7 +133,7 @@ def test_mine_hybrid_takes_negatives_from_the_fused_run(tiny_beir, tiny_bert, tm
 def test_fuse_auto_tunes_over_the_evaluated_hybrid_first_stage(tiny_beir, tiny_bert, capsys, monkeypatch):
     """--fuse auto on a hybrid first stage: the tuning split's first stage is the same hybrid (weight, norm, depth),
     not a default one."""
-    from densekit.reranker.base import REGISTRY
+    from densekit.reranker import kinds
     from densekit.retriever import search
 
     class Stub:
@@ -146,7 +146,7 @@ def test_fuse_auto_tunes_over_the_evaluated_hybrid_first_stage(tiny_beir, tiny_b
         def rerank(self, run, corpus, queries, top_k=20, batch_size=8, show_progress=True, mode=None):
             return {q: {d: -float(i) for i, d in enumerate(sorted(docs))} for q, docs in run.items()}
 
-    monkeypatch.setitem(REGISTRY, "stub", Stub)
+    monkeypatch.setitem(kinds.KINDS, "stub", kinds.Kind("stub", cls=Stub))
     calls, real = [], search.first_stage
     monkeypatch.setattr(search, "first_stage", lambda *a, **k: calls.append((a[0], a[3], k)) or real(*a, **k))
     row, _ = _eval(["eval", "--data", str(tiny_beir), "--retriever", "hybrid", "--model", str(tiny_bert), "--top-k", "5",

@@ -62,9 +62,9 @@ def _recipes(d, run, bert, causal, new):
         (("train", "reranker"), "index"): ["train", "reranker", *rerank, "--out", str(new), "--index", "{}"],
         (("train", "reranker"), "lower_cache_dir"): ["train", "reranker", *rerank, "--first-stage", "bm25", "--out", str(new),
                                                      "--train-layers", "1", "--cache-lower-layers", "--lower-cache-dir", "{}"],
-        (("train", "blockrank"), "out"): ["train", "blockrank", *rerank, "--first-stage", "bm25", "--out", "{}"],
-        (("train", "blockrank"), "index"): ["train", "blockrank", *rerank, "--out", str(new), "--index", "{}"],
         (("mine",), "out"): ["mine", "--data", str(d), "--split", "test", "--out", "{}"],
+        (("mine",), "teacher_cache"): ["mine", "--data", str(d), "--split", "test", "--out", str(new / "m.jsonl"),
+                                       "--teacher", f"qlm:{causal}", "--teacher-cache", "{}"],
         (("benchmark",), "out"): ["benchmark", str(suite), "--out", "{}"],
         (("benchmark",), "indexes"): ["benchmark", str(dense_suite), "--out", str(new), "--indexes", "{}"],
     }

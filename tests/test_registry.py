@@ -1,9 +1,10 @@
-"""The reranker interface: one generic rerank(), a {kind: class} registry, specs and folder kinds."""
+"""The reranker interface: one generic rerank(), the kinds registry (reranker/kinds.py), specs and folder kinds."""
 import json
 
 import pytest
 
-from densekit.reranker.base import REGISTRY, load_reranker, register, rerank
+from densekit.reranker import kinds
+from densekit.reranker.base import load_reranker, register, rerank
 from densekit.reranker.blockrank import BlockRanker
 from densekit.reranker.pointwise import LLMReranker
 from densekit.reranker.qlm import QLMReranker
@@ -60,7 +61,7 @@ def test_generic_rerank_keeps_tail_and_skips_missing_ids():
 def test_a_new_kind_runs_through_the_cli_with_no_change_to_eval(tiny_beir, capsys):
     from densekit.eval.cli import main
 
-    assert "shortest-first-test" in REGISTRY
+    assert "shortest-first-test" in kinds.KINDS
     base = ["eval", "--data", str(tiny_beir), "--retriever", "bm25", "--top-k", "6", "--json", "--save-run"]
     assert main(base + [str(tiny_beir / "plain.trec")]) == 0
     assert main(base + [str(tiny_beir / "short.trec"), "--reranker", "shortest-first-test:anything",

@@ -7,7 +7,8 @@ import torch
 
 from densekit.reranker.config import QLMConfig, RerankTrainConfig
 from densekit.reranker.qlm import QLMReranker
-from densekit.reranker.train import accumulate, make_groups, qlm_gradient_weights, qlm_losses, qlm_step, train_reranker
+from densekit.reranker.qlm import qlm_gradient_weights, qlm_losses
+from densekit.reranker.train import accumulate, make_groups, train_reranker
 
 SCORES = torch.tensor([[-1.0, -2.0, -3.0], [-0.5, -0.2, -1.0]])  # 2 groups of 3, column 0 the positive
 
@@ -36,7 +37,7 @@ def test_qlm_unified_reproduces_each_gradient(objective):
 def test_generative_sft_equals_positive_query_nll(tiny_causal_lm):
     rr = QLMReranker.from_pretrained(str(tiny_causal_lm))
     groups = make_groups(toy_groups(), 3, 0, 0)[:2]
-    loss, _ = qlm_step(rr, groups, RerankTrainConfig(objective="sft", group_size=3), 0)
+    loss, _ = rr.train_step(groups, RerankTrainConfig(objective="sft", group_size=3), None, 0)
     nll = []
     for query, docs in groups:
         ids, m = rr.encode_pair(query, docs[0])
@@ -52,7 +53,7 @@ def test_micro_batches_accumulate_to_the_full_batch_gradient(tiny_causal_lm):
     for micro in (None, 1):
         rr = QLMReranker.from_pretrained(str(tiny_causal_lm))
         config = RerankTrainConfig(objective="cl", group_size=3, batch_size=4, micro_batch=micro)
-        loss, _ = accumulate(qlm_step, rr, groups, config, 0, lambda l: l.backward(), lambda v: None)
+        loss, _ = accumulate(rr, groups, config, 0, lambda l: l.backward(), lambda v: None)
         grads.append((loss, [p.grad.clone() for p in rr.model.parameters()]))
     assert grads[0][0] == pytest.approx(grads[1][0], abs=1e-5)
     for g1, g2 in zip(grads[0][1], grads[1][1]):
@@ -85,10 +86,10 @@ def test_qlm_training_lowers_its_loss(tiny_causal_lm, tmp_path):
                                warmup_ratio=0.0, checkpoint_every=100)
     groups = make_groups(toy_groups(), 3, 0, 0)
     with torch.no_grad():
-        before = qlm_step(rr, groups, config, 0)[0].item()
+        before = rr.train_step(groups, config, None, 0)[0].item()
     trained = train_reranker(rr, toy_groups(), tmp_path / "out", config, show_progress=False)
     with torch.no_grad():
-        after = qlm_step(trained, groups, config, 0)[0].item()
+        after = trained.train_step(groups, config, None, 0)[0].item()
     assert after < before
     log = [json.loads(l) for l in (tmp_path / "out" / "train_log.jsonl").read_text().splitlines()]
     assert {"s_pos", "s_neg", "hit"} <= set(log[0])
@@ -105,7 +106,7 @@ def test_cli_trains_a_qlm_reranker_on_top_layers_and_evaluates_it(tiny_beir, tin
     from densekit.eval.cli import main
 
     assert main(["train", "reranker", "--data", str(tiny_beir), "--split", "test", "--model", str(tiny_causal_lm),
-                 "--retriever-model", str(tiny_bert), "--scorer", "qlm", "--objective", "cl", "--group-size", "2", "--batch-size", "2",
+                 "--retriever-model", str(tiny_bert), "--kind", "qlm", "--objective", "cl", "--group-size", "2", "--batch-size", "2",
                  "--micro-batch", "1", "--train-layers", "1", "--epochs", "2", "--out", str(tmp_path / "rr")]) == 0
     assert json.loads(capsys.readouterr().out)["kind"] == "qlm"
     saved = json.loads((tmp_path / "rr" / "model" / "reranker.json").read_text())
@@ -229,7 +230,7 @@ def test_cli_watches_an_eval_split_while_training(tiny_beir, tiny_bert, tiny_cau
     from densekit.eval.cli import main
 
     base = ["train", "reranker", "--data", str(tiny_beir), "--split", "test", "--model", str(tiny_causal_lm),
-            "--retriever-model", str(tiny_bert), "--scorer", "qlm", "--objective", "cl", "--group-size", "2",
+            "--retriever-model", str(tiny_bert), "--kind", "qlm", "--objective", "cl", "--group-size", "2",
             "--batch-size", "2", "--epochs", "3", "--max-steps", "3"]
     assert main(base + ["--eval-split", "train", "--eval-every", "2", "--eval-k", "4", "--out", str(tmp_path / "rr")]) == 0
     log = [json.loads(l) for l in (tmp_path / "rr" / "train_log.jsonl").read_text().splitlines()]

@@ -7,7 +7,8 @@ import torch
 from densekit.reranker.base import register, rerank
 from densekit.reranker.config import RerankerConfig, RerankTrainConfig
 from densekit.reranker.pointwise import LLMReranker, TokenError
-from densekit.reranker.train import gradient_weights, group_losses, make_groups, train_reranker
+from densekit.reranker.pointwise import gradient_weights, group_losses
+from densekit.reranker.train import make_groups, train_reranker
 
 DOCS = ["cats purr when they are happy", "", "dogs bark " * 300, "fish swim"]
 

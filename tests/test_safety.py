@@ -183,7 +183,7 @@ def test_fresh_run_in_an_old_out_is_refused_and_overwrite_keeps_its_own_checkpoi
 
 def test_resumed_reranker_log_does_not_repeat_steps(tiny_causal_lm, tmp_path):
     from densekit.reranker.pointwise import LLMReranker
-    from densekit.reranker.config import RerankTrainConfig
+    from densekit.reranker.config import BlockRankTrainOptions, RerankTrainConfig
     from densekit.reranker.train import train_reranker
 
     groups = [{"query": f"q{t}", "positives": [f"{t} {t} {t}"], "negatives": [f"{o} {o}" for o in "abcde" if o != t]}
@@ -204,15 +204,17 @@ def test_resumed_reranker_log_does_not_repeat_steps(tiny_causal_lm, tmp_path):
 
 # ---------------------------------------------------------------- 3. finite checks
 def test_configs_refuse_out_of_range_values():
-    from densekit.reranker.config import RerankTrainConfig
+    from densekit.reranker.config import BlockRankTrainOptions, RerankTrainConfig
 
     for bad in ({"temperature": 0}, {"temperature": -1}, {"lr": 0}, {"batch_size": 0}, {"max_steps": 0},
                 {"warmup_ratio": 2}, {"loss": "nope"}, {"lr": float("nan")}):
         with pytest.raises(ValueError, match=next(iter(bad)).replace("_", "-")):
             TrainConfig(**bad)
-    for bad in ({"temperature": 0}, {"group_size": 1}, {"batch_size": 0}, {"objective": "x"}, {"aux_temperature": 0}):
+    for bad in ({"temperature": 0}, {"group_size": 1}, {"batch_size": 0}):
         with pytest.raises(ValueError, match=next(iter(bad)).replace("_", "-")):
             RerankTrainConfig(**bad)
+    with pytest.raises(ValueError, match="aux-temperature"):
+        BlockRankTrainOptions(aux_temperature=0)
 
 
 def test_nonfinite_loss_stops_training_before_anything_is_saved(tiny_beir, tiny_bert, tmp_path, capsys):

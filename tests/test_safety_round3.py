@@ -274,12 +274,12 @@ def test_11_reranker_specs_that_name_no_model(tiny_beir, tiny_bert, tmp_path, ca
             "not a packaged model", "Hugging Face cache", "offline", "did you mean 'HuggingFaceTB/SmolLM2-135M-Instruct'")
 
 
-@pytest.mark.parametrize("command", ["reranker", "blockrank"])
-def test_11_train_refuses_a_dual_encoder_before_the_first_stage(tiny_beir, tiny_bert, tmp_path, capsys, command,
+@pytest.mark.parametrize("kind", ["pointwise", "blockrank", "qlm"])
+def test_11_train_refuses_a_dual_encoder_before_the_first_stage(tiny_beir, tiny_bert, tmp_path, capsys, kind,
                                                                 guard_model_loads):
     DualEncoder.from_pretrained(str(tiny_bert)).save(tmp_path / "encoder")  # loads before the guard goes up
     guard_model_loads()
-    refused(["train", command, "--data", str(tiny_beir), "--split", "train", "--model", str(tmp_path / "encoder"),
+    refused(["train", "reranker", "--kind", kind, "--data", str(tiny_beir), "--split", "train", "--model", str(tmp_path / "encoder"),
              "--out", str(tmp_path / "rr"), "--first-stage", "bm25"], capsys, "holds a dual encoder")
     assert not (tmp_path / "rr").exists()
 
