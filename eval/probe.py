@@ -14,6 +14,11 @@ Every (layer, choice) ranks the candidates by a mass and is scored by nDCG@10 ag
 ``probe`` returns one row per (layer, choice) with its mean nDCG@10 over the queries, plus the random-order
 figure; ``best_setting`` turns the best row into ``BlockRankConfig`` fields (heads then chosen on every
 tuning query).
+
+Across datasets (``pooled_rows``, ``best_pooled_setting``): the probe runs on each tuning dataset, and a row's pooled
+figure is the mean of the datasets' figures, each dataset weighted equally whatever its query count; the best pooled
+row gives the setting (best heads then chosen on every tuning query of every dataset, again each dataset weighted
+equally), and each dataset's own best row is reported beside it.
 """
 from __future__ import annotations
 
@@ -35,11 +40,20 @@ def per_query_ndcg(scores: dict[str, np.ndarray], docs: dict[str, list[str]], qr
     return {q: v[METRIC] for q, v in compute({q: qrels.get(q, {}) for q in run}, run, [METRIC]).items()}
 
 
+def _head_means(masses: dict[str, np.ndarray], docs, qrels, queries: list[str]) -> np.ndarray:
+    """Per head, the mean nDCG@10 over ``queries`` of the head's own ranking (``masses[q]``: ``[heads, N]``)."""
+    heads = next(iter(masses.values())).shape[0]
+    return np.array([np.mean(list(per_query_ndcg({q: masses[q][h] for q in queries}, docs, qrels).values()))
+                     for h in range(heads)])
+
+
+def _top(means: np.ndarray, k: int) -> list[int]:
+    return sorted(int(h) for h in np.argsort(means, kind="stable")[::-1][:k])
+
+
 def _best_heads(masses: dict[str, np.ndarray], docs, qrels, queries: list[str], k: int) -> list[int]:
     """The ``k`` heads whose own ranking has the best mean nDCG@10 over ``queries`` (``masses[q]``: ``[heads, N]``)."""
-    heads = next(iter(masses.values())).shape[0]
-    means = [np.mean(list(per_query_ndcg({q: masses[q][h] for q in queries}, docs, qrels).values())) for h in range(heads)]
-    return sorted(int(h) for h in np.argsort(means)[::-1][:k])
+    return _top(_head_means(masses, docs, qrels, queries), k)
 
 
 def probe(masses: dict[str, np.ndarray], docs: dict[str, list[str]], qrels: Qrels, k: int = 4) -> list[dict]:
@@ -74,6 +88,38 @@ def best_setting(rows: list[dict], masses: dict[str, np.ndarray], docs, qrels: Q
         si, ri = list(SIGNALS).index(best["signal"]), REDUCES.index(best["doc_mass"])
         cut = {q: m[best["layer"], si, ri] for q, m in masses.items()}
         setting["score_heads"] = _best_heads(cut, docs, qrels, sorted(masses), k)
+    return setting
+
+
+def _key(row: dict) -> tuple:
+    return row["layer"], row["signal"], row["doc_mass"], row["heads"]
+
+
+def pooled_rows(rows_by_dataset: dict[str, list[dict]]) -> list[dict]:
+    """``probe`` rows of several datasets as one: per (layer, signal, doc_mass, heads), ``ndcg@10`` = the mean of the
+    datasets' figures (each dataset weighted equally) and ``by_dataset`` = each dataset's own figure."""
+    names = list(rows_by_dataset)
+    tables = {name: {_key(r): r[METRIC] for r in rows} for name, rows in rows_by_dataset.items()}
+    out = []
+    for row in rows_by_dataset[names[0]]:
+        key = _key(row)
+        by = {name: tables[name][key] for name in names}
+        out.append({"layer": row["layer"], "signal": row["signal"], "doc_mass": row["doc_mass"], "heads": row["heads"],
+                    METRIC: float(np.mean(list(by.values()))), "by_dataset": by})
+    return out
+
+
+def best_pooled_setting(rows: list[dict], data: dict[str, tuple[dict, dict, Qrels]], k: int = 4) -> dict:
+    """``BlockRankConfig`` fields of the best ``pooled_rows`` row; ``data[name] = (masses, docs, qrels)`` of each tuning
+    dataset. Best heads: the ``k`` with the best mean over the datasets of their mean nDCG@10 on every tuning query."""
+    best = max(rows, key=lambda r: r[METRIC])
+    setting = {"score_layer": best["layer"], "signal_tokens": SIGNALS[best["signal"]], "doc_mass": best["doc_mass"],
+               "score_heads": None}
+    if best["heads"] != "all":
+        si, ri = list(SIGNALS).index(best["signal"]), REDUCES.index(best["doc_mass"])
+        means = np.mean([_head_means({q: m[best["layer"], si, ri] for q, m in masses.items()}, docs, qrels, sorted(masses))
+                         for masses, docs, qrels in data.values()], axis=0)
+        setting["score_heads"] = _top(means, k)
     return setting
 
 

@@ -335,6 +335,42 @@ def test_probe_finds_the_planted_signal():
                                                              "score_heads": [1]}
 
 
+def _planted(seed: int, layer: int, head: int, n_queries: int, strength: float = 1.0):
+    """Synthetic masses ``[3 layers, 2 signals, 2 reduces, 4 heads, 6 docs]`` whose (layer, last 2, sum, head) cell
+    puts ``strength`` on each query's relevant document; everything else is noise in [0, 1)."""
+    rng = np.random.default_rng(seed)
+    queries = [f"s{seed}q{i}" for i in range(n_queries)]
+    docs = {q: [f"{q}-d{j}" for j in range(6)] for q in queries}
+    qrels = {q: {docs[q][i % 6]: 1} for i, q in enumerate(queries)}
+    masses = {}
+    for i, q in enumerate(queries):
+        m = rng.random((3, 2, 2, 4, 6))
+        m[layer, 0, 0, head] = 0.0
+        m[layer, 0, 0, head, i % 6] = strength
+        masses[q] = m
+    return masses, docs, qrels
+
+
+def test_pooled_probe_weighs_datasets_equally_and_keeps_each_ones_figure():
+    """Guards pooling that weighs datasets by their query count (the 40-query dataset would win) or loses the
+    per-dataset optimum: dataset A (40 queries) plants layer 0 / head 2, B and C (8 queries each) plant layer 2 /
+    head 1; the equal-weight pool picks B and C's cell, and each row keeps every dataset's own figure."""
+    from densekit.eval.probe import best_pooled_setting, pooled_rows, probe
+
+    data = {"A": _planted(1, 0, 2, 40), "B": _planted(2, 2, 1, 8), "C": _planted(3, 2, 1, 8)}
+    rows_by = {name: probe(*d, k=1) for name, d in data.items()}
+    rows = pooled_rows(rows_by)
+    best = max(rows, key=lambda r: r["ndcg@10"])
+    assert (best["layer"], best["signal"], best["doc_mass"], best["heads"]) == (2, "last 2", "sum", "best 1")
+    for name, own in rows_by.items():
+        mine = next(r for r in own if (r["layer"], r["signal"], r["doc_mass"], r["heads"]) == (2, "last 2", "sum", "best 1"))
+        assert best["by_dataset"][name] == mine["ndcg@10"]
+    assert best["ndcg@10"] == pytest.approx(np.mean(list(best["by_dataset"].values())))
+    assert max(rows_by["A"], key=lambda r: r["ndcg@10"])["layer"] == 0  # A alone would choose otherwise
+    assert best_pooled_setting(rows, data, k=1) == {"score_layer": 2, "signal_tokens": 2, "doc_mass": "sum",
+                                                     "score_heads": [1]}
+
+
 def test_aux_only_training_never_runs_or_changes_layers_above_the_scoring_layer(tmp_path):
     """4 layers, scoring layer 1: aux-only LoRA lands on layers 0-1 only, layers 2-3 never run in training (a
     forward hook would see them), their weights stay bit-identical, and the attention loss falls."""
