@@ -93,8 +93,8 @@ class TrainConfig:
     loss: str = setting("infonce", "training loss: InfoNCE, MW (Mann-Whitney U, AUC), or distillation of the training "
                         "file's teacher scores: margin-mse (Margin-MSE) or kl (listwise KL)",
                         choices=("infonce", "mw") + DISTILL_LOSSES)
-    temperature: float = setting(0.05, "score temperature tau (scores = q.d / tau; InfoNCE, MW, the student's in kl; "
-                                 "margin-mse uses raw scores)", **POSITIVE)
+    temperature: float = setting(0.05, "score temperature tau (scores = q.d / tau; InfoNCE, MW, and the student's "
+                                 "in margin-mse and kl)", **POSITIVE)
     teacher_temperature: float = setting(1.0, "kl: the teacher's score temperature (its softmax of t / tau_t)", **POSITIVE)
     symmetric: bool = setting(False, "InfoNCE: add the doc->query term")
     decoupled: bool = setting(False, "InfoNCE: DEXML decoupled softmax")
@@ -140,7 +140,7 @@ class TrainConfig:
         if self.loss == "infonce":
             return InfoNCELoss(self.temperature, symmetric=self.symmetric, decoupled=self.decoupled, gather=self.gather_negatives)
         if self.loss == "margin-mse":
-            return MarginMSELoss(gather=self.gather_negatives)
+            return MarginMSELoss(self.temperature, gather=self.gather_negatives)
         if self.loss == "kl":
             return ListwiseKLLoss(self.temperature, self.teacher_temperature, gather=self.gather_negatives)
         return MWLoss(self.temperature, per_query=self.per_query, gather=self.gather_negatives)

@@ -297,22 +297,24 @@ class MarginMSELoss(torch.nn.Module):
 
         ``L = mean_{(i, k)} ( (s(q_i, d+_i) - s(q_i, d-_ik)) - (t(q_i, d+_i) - t(q_i, d-_ik)) )^2``
 
-    over the ``B * n`` (query, hard negative) pairs, ``s = q . d`` the encoder's own score (cosine when it
-    normalises) and ``t`` the teacher's score (``teacher[i, 0]`` the positive's, ``teacher[i, 1 + k]`` the
-    k-th negative's). Only margins are matched, so the teacher's scores may be on any offset, but on the
-    student's scale (with normalised embeddings a student margin lies in [-2, 2]). ``exclude`` / ``keys``
-    are accepted for the common call and unused: a negative equal to the positive has its teacher margin.
+    over the ``B * n`` (query, hard negative) pairs, ``s = q . d / tau`` the encoder's own score (cosine / tau when
+    it normalises; ``tau`` = ``temperature``, as InfoNCE's, so that a normalised student's margins, at most 2 / tau,
+    can reach a cross-encoder's logit margins) and ``t`` the teacher's score (``teacher[i, 0]`` the positive's,
+    ``teacher[i, 1 + k]`` the k-th negative's). Only margins are matched, so the teacher's scores may be on any
+    offset. ``exclude`` / ``keys`` are accepted for the common call and unused: a negative equal to the positive
+    has its teacher margin.
     """
 
     uses_teacher = True
 
-    def __init__(self, gather: bool = False):
+    def __init__(self, temperature: float = 1.0, gather: bool = False):
         super().__init__()
-        self.gather = gather
+        self.temperature, self.gather = temperature, gather
 
     def forward(self, q, d_pos, d_neg=None, exclude: torch.Tensor | None = None, keys: torch.Tensor | None = None,
                 teacher: torch.Tensor | None = None) -> torch.Tensor:
         s, t = _group_scores(q, d_pos, d_neg, teacher, "margin-mse")
+        s = s / self.temperature
         terms = ((s[:, :1] - s[:, 1:]) - (t[:, :1] - t[:, 1:])) ** 2
         world = dist_info()[1] if self.gather else 1
         return _scaled_mean(terms.sum(), torch.tensor(float(terms.numel()), device=q.device), world)

@@ -59,6 +59,9 @@ def test_margin_mse_hand_computed():
         pytest.approx(MARGIN_MSE, abs=1e-5)
     # query 0's loss alone is its own two terms: the other query's documents are not in its group
     assert MarginMSELoss()(Q[:1], POS[:1], NEG[:1], teacher=TEACHER[:1]).item() == pytest.approx(1.01 / 2, abs=1e-6)
+    # the student's scores are q.d / tau: at tau = 0.5 query 0's margins (1, 0.4) become (2, 0.8) against (2, 0.5)
+    assert MarginMSELoss(0.5)(Q[:1], POS[:1], NEG[:1], teacher=TEACHER[:1]).item() == \
+        pytest.approx(((2 - 2) ** 2 + (0.8 - 0.5) ** 2) / 2, abs=1e-6)
 
 
 def test_listwise_kl_hand_computed():
