@@ -466,9 +466,32 @@ def _log_invocation(out: Path, row: dict) -> None:
     atomic_write_text(path, old + json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **row}) + "\n")
 
 
+def first_stage_system(suite: Suite, system: SystemSpec) -> str | None:
+    """The name of the suite's system that is ``system``'s first stage alone (same first stage, hybrid settings and
+    depth, no reranker), None when ``system`` reranks nothing or the suite has no such row."""
+    if system.reranker is None:
+        return None
+    same = lambda s: (s.first_stage, s.hybrid_weight, s.hybrid_norm, s.top_k) == \
+        (system.first_stage, system.hybrid_weight, system.hybrid_norm, system.top_k)
+    return next((s.name for s in suite.systems if s.reranker is None and same(s)), None)
+
+
+def _paired(a: list[float], b: list[float], permutations: int, seed: int) -> dict:
+    """Pooled paired comparison of per-query values ``a`` against ``b`` (``report``'s tests)."""
+    import numpy as np
+
+    from . import report
+
+    t, p = report.ttest(a, b)
+    return {"queries": len(a), "diff": float(np.mean(a) - np.mean(b)), "p_ttest": p,
+            "p_random": report.randomisation_test(a, b, permutations, seed), **report.win_tie_loss(a, b)}
+
+
 def make_table(suite: Suite, out: Path, permutations: int = 10_000, seed: int = 0) -> dict:
     """The BEIR table of the finished cells: ``report.compare`` per dataset (its per-query values, paired tests
-    and win/tie/loss), Holm over every (system, dataset) cell, macro means, and a pooled held-out test."""
+    and win/tie/loss), Holm over every (system, dataset) cell, macro means, a pooled held-out test against the
+    baseline and, for a reranking system, against its own first stage (``first_stage_system``): pooled over the
+    held-out datasets and per held-out dataset (``heldout_vs_first_stage``)."""
     import numpy as np
 
     from . import report
@@ -477,6 +500,7 @@ def make_table(suite: Suite, out: Path, permutations: int = 10_000, seed: int = 
 
     systems = [s.name for s in suite.systems]
     cells, pooled_values = {}, {name: [] for name in systems}
+    by_dataset: dict[str, dict[str, list[float]]] = {}
     for d in suite.datasets:
         ds = load_dataset(resolve_dataset(d.data or d.name), d.split, check_ids=False)
         runs = {s.name: read_run(_cell_dir(out, d, s) / "run.trec.gz") for s in suite.systems}
@@ -492,6 +516,7 @@ def make_table(suite: Suite, out: Path, permutations: int = 10_000, seed: int = 
             cells[(name, d.name)] = cell
             if d.role == "heldout":
                 pooled_values[name] += result["per_query"][name][suite.metric]
+                by_dataset.setdefault(d.name, {})[name] = result["per_query"][name][suite.metric]
     for test in ("p_ttest", "p_random"):
         adjusted = report.holm({f"{s}\0{d}": c[test] for (s, d), c in cells.items() if test in c})
         for key, value in adjusted.items():
@@ -504,11 +529,13 @@ def make_table(suite: Suite, out: Path, permutations: int = 10_000, seed: int = 
         row = {"mean_all": float(np.mean(means)),
                "mean_heldout": float(np.mean([cells[(name, d)]["mean"] for d in heldout])) if heldout else None}
         if heldout and name != suite.baseline:
-            a, b = pooled_values[name], pooled_values[suite.baseline]
-            t, p = report.ttest(a, b)
-            row["heldout_pooled"] = {"queries": len(a), "diff": float(np.mean(a) - np.mean(b)), "p_ttest": p,
-                                     "p_random": report.randomisation_test(a, b, permutations, seed),
-                                     **report.win_tie_loss(a, b)}
+            row["heldout_pooled"] = _paired(pooled_values[name], pooled_values[suite.baseline], permutations, seed)
+        first = first_stage_system(suite, next(s for s in suite.systems if s.name == name))
+        if heldout and first is not None:
+            row["first_stage"] = first
+            row["heldout_vs_first_stage"] = {
+                "pooled": _paired(pooled_values[name], pooled_values[first], permutations, seed),
+                "by_dataset": {d: float(np.mean(by_dataset[d][name]) - np.mean(by_dataset[d][first])) for d in heldout}}
         rows[name] = row
     return {"suite": suite.name, "metric": suite.metric, "baseline": suite.baseline,
             "datasets": [{"name": d.name, "split": d.split, "role": d.role,

@@ -261,3 +261,57 @@ def test_a_saved_bm25_run_stands_for_the_bm25_first_stage(two_datasets, tiny_ber
     (Path(a) / "bm25.trec").write_text("q1 Q0 d1 1 2.0 x\nq2 Q0 d5 1 1.0 x\n")
     code, _, err = bench([suite, "--out", out], capsys)
     assert code == 0 and "a x bm25: its definition changed" in err and "b x bm25: done before" in err
+
+
+class _LengthFirst:
+    """A test reranker kind: longer documents first."""
+
+    kind = "length-first-test"
+
+    @classmethod
+    def from_pretrained(cls, target):
+        return cls()
+
+    def score_groups(self, groups, batch_size=8, show_progress=False, mode=None):
+        return [[float(len(d)) for d in docs] for _, docs in groups]
+
+    def rerank(self, *args, **kwargs):
+        from densekit.reranker.base import rerank
+
+        return rerank(self, *args, **kwargs)
+
+
+def test_a_reranking_row_is_compared_with_its_own_first_stage(two_datasets, tiny_bert, tmp_path, capsys, monkeypatch):
+    """Guards the README's claim "which rerankers gain over their first stage" being read against BM25 (the
+    baseline) for a reranker over the dense first stage: each reranking row names the row of its own first stage,
+    and the held-out difference is the difference of those two rows' cells."""
+    from densekit.reranker import kinds
+
+    monkeypatch.setattr(kinds, "KINDS", dict(kinds.KINDS))
+    kinds.register(_LengthFirst)
+    a, b = two_datasets
+    suite = write_suite(tmp_path / "suite.toml", a, b, tiny_bert)
+    suite.write_text(suite.read_text() + f'''
+[[system]]
+name = "dense+len"
+first_stage = "dense:{tiny_bert}"
+reranker = "length-first-test:x"
+depth = 3
+
+[[system]]
+name = "bm25+len"
+reranker = "length-first-test:x"
+depth = 3
+''')
+    code, _, err = bench([suite, "--out", tmp_path / "out"], capsys)
+    assert code == 0, err
+    table = json.loads((tmp_path / "out" / "table.json").read_text())
+    rows, cells = table["rows"], table["cells"]
+    assert rows["dense+len"]["first_stage"] == "dense" and rows["bm25+len"]["first_stage"] == "bm25"
+    assert "first_stage" not in rows["hybrid"] and "heldout_vs_first_stage" not in rows["dense"]
+    for name, first in (("dense+len", "dense"), ("bm25+len", "bm25")):
+        versus = rows[name]["heldout_vs_first_stage"]
+        expected = cells[f"{name}|b"]["mean"] - cells[f"{first}|b"]["mean"]
+        assert versus["by_dataset"]["b"] == pytest.approx(expected, abs=1e-12)
+        assert versus["pooled"]["diff"] == pytest.approx(expected, abs=1e-12)  # one held-out dataset: the same queries
+        assert versus["pooled"]["queries"] == cells[f"{name}|b"]["queries"]
