@@ -1,11 +1,12 @@
-"""Write the README's generated result sections from bench/results (no figure in them is typed by hand).
+"""Write the generated result sections of README.md, docs/results/*.md and bench/README.md from bench/results.
 
-    python bench/readme_results.py            # rewrite README.md in place
-    python bench/readme_results.py --check    # exit 1 when README.md differs from what the results say
+    python bench/readme_results.py            # rewrite every page's generated sections in place
+    python bench/readme_results.py --check    # exit 1 when a page differs from what the results say
 
-A section lies between ``<!-- generated: NAME -->`` and ``<!-- end: NAME -->``; each NAME is rendered below from
-its results file: ``beir`` (``densekit benchmark bench/beir.toml``: bench/results/beir/table.json) and
-``hybrid-scifact`` (``densekit compare``: bench/results/hybrid-scifact.json).
+A section lies between ``<!-- generated: NAME -->`` and ``<!-- end: NAME -->``; each NAME is rendered below
+(``SECTIONS``) from its results file, and ``PAGES`` says which page must hold which sections (a page may hold
+the same section as another, e.g. ``beir`` in README.md and docs/results/index.md). No figure in a generated
+section is typed by hand; tests/test_docs.py checks that the results pages hold no figure outside them.
 """
 from __future__ import annotations
 
@@ -18,12 +19,31 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 
+MARKER = re.compile(r"<!-- generated: ([A-Za-z0-9_-]+) -->\n")
+
+
+def _jsonl(name: str) -> list[dict]:
+    return [json.loads(line) for line in (RESULTS / name).read_text().splitlines() if line.strip()]
+
+
+def _p(value: float) -> str:
+    """A p-value as the pages print it: 2 significant digits."""
+    return f"{value:.2g}"
+
+
+def _table(head: list[str], rows: list[list], align: str = "---") -> str:
+    lines = ["| " + " | ".join(head) + " |", "|" + f" {align} |" * len(head)]
+    lines += ["| " + " | ".join("" if v is None else str(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- the BEIR table (densekit benchmark)
 
 def beir() -> str:
     from densekit.eval.benchmark import to_markdown
 
     table = json.loads((RESULTS / "beir" / "table.json").read_text())
-    lines = [to_markdown(table).rstrip()]
+    lines = [to_markdown(table).rstrip(), ""]
     base = table["baseline"]
     for name in table["systems"]:
         pooled = table["rows"][name].get("heldout_pooled")
@@ -62,31 +82,314 @@ def hybrid_scifact() -> str:
     return to_markdown(json.loads((RESULTS / "hybrid-scifact.json").read_text())).rstrip() + "\n"
 
 
-SECTIONS = {"beir": beir, "hybrid-scifact": hybrid_scifact}
+# ---------------------------------------------------------------- first stage, encoder, index, training
+
+def first_stage() -> str:
+    """scifact test, all queries: BM25 and dense from the hybrid comparison, AUC and the peer check from encode /
+    train_scifact."""
+    cmp = json.loads((RESULTS / "hybrid-scifact.json").read_text())
+    metrics = cmp["metrics"]
+    rows = [[name, len(cmp["queries"])] + [f"{values['means'][m]:.4f}" for m in metrics]
+            for name, values in cmp["systems"].items()]
+    zero = next(r for r in _jsonl("train_scifact.jsonl") if r.get("model") == "zero-shot")
+    lines = [_table(["system (scifact test)", "queries"] + metrics, rows), "",
+             f"- dense all-MiniLM-L6-v2 AUC@100 (global ROC-AUC over every query's top 100): {zero['auc@100']:.4f}"]
+    return "\n".join(lines) + "\n"
 
 
-def render(text: str) -> str:
-    for name, make in SECTIONS.items():
+def encode() -> str:
+    rows = []
+    for r in _jsonl("encode.jsonl"):
+        rows.append([r["dataset"], r["docs"], r["threads"], r["densekit_docs_per_s"], r["st_docs_per_s"],
+                     f"**{r['ratio_densekit_over_st']:.3f}**", f"{r['ndcg@10_densekit']:.4f} / {r['ndcg@10_st_faiss']:.4f}",
+                     f"{r['recall@100_densekit']:.4f} / {r['recall@100_st_faiss']:.4f}", f"{r['min_cosine']:.7f}",
+                     r.get("note", "")])
+    return _table(["dataset", "docs", "threads", "densekit docs/s", "sentence-transformers docs/s", "ratio",
+                   "nDCG@10 densekit / ST + FAISS", "Recall@100 densekit / ST + FAISS", "min cosine", "note"], rows) + "\n"
+
+
+def _qps(value: float) -> str:
+    return f"{value:.0f}" if value >= 100 else f"{value:.1f}"
+
+
+def search() -> str:
+    rows = []
+    for r in _jsonl("search.jsonl"):
+        knob = f" (nprobe {r['nprobe']})" if "nprobe" in r else f" (efSearch {r['ef_search']})" if "ef_search" in r else ""
+        rows.append([f"{r['vectors']}, {r['n']:,} x {r['dim']}, {r['queries']} queries", r["factory"] + knob,
+                     f"{r['build_s']} s", r["recall@10_vs_exact"], f"{_qps(r['qps_densekit'])} / {_qps(r['qps_raw_faiss'])}",
+                     f"{r['overhead_pct_median_pair']:+.1f} %"])
+    return _table(["vectors", "factory (knob)", "build", "recall@10 vs exact", "QPS densekit / raw FAISS",
+                   "overhead (median pair)"], rows) + "\n"
+
+
+def merge_memory() -> str:
+    rows = [[r["merge"], r["factory"], f"{r['docs']:,} x {r['dim']}", r["shards"], f"{r['vectors_gb']} GB",
+             f"{r['peak_rss_gb']} GB", f"**{r['ratio']:.2f}x**", f"{r['merge_s']} s"] for r in _jsonl("merge_memory.jsonl")]
+    return _table(["merge", "factory", "vectors", "shards", "vectors size", "peak RSS", "peak / vectors", "time"],
+                  rows) + "\n"
+
+
+def train_scifact() -> str:
+    rows, speed = [], []
+    for r in _jsonl("train_scifact.jsonl"):
+        if r["bench"] == "train_scifact":
+            name = {"zero-shot": "zero-shot all-MiniLM-L6-v2", "infonce": "+ InfoNCE", "mw": "+ MW (AUC) loss"}.get(r["model"], r["model"])
+            rows.append([name, f"{r['ndcg@10']:.4f}", f"{r['recall@100']:.4f}", f"{r['auc@100']:.4f}",
+                         f"{r['train_seconds']:.0f} s" if "train_seconds" in r else "—",
+                         r.get("steps", ""), r.get("examples", "")])
+        else:
+            speed.append(r)
+    lines = [_table(["model", "nDCG@10", "Recall@100", "AUC@100", "train time", "steps", "examples"], rows), ""]
+    runs = [r for r in _jsonl("train_scifact.jsonl") if r["bench"] == "train_scifact"]
+    names = {"zero-shot": "the base model", "infonce": "InfoNCE", "mw": "MW"}
+    for metric, label in (("ndcg@10", "nDCG@10"), ("recall@100", "Recall@100"), ("auc@100", "AUC@100")):
+        best = max(runs, key=lambda r: r[metric])
+        lines.append(f"- best {label}: {names.get(best['model'], best['model'])} ({best[metric]:.4f})")
+    for r in speed:
+        lines.append(f"- training throughput, batch {r['batch_size']}, {r['steps']} alternating steps: densekit "
+                     f"{r['densekit_samples_per_s']} vs sentence-transformers MultipleNegativesRankingLoss "
+                     f"{r['st_mnrl_samples_per_s']} samples/s, ratio **{r['ratio_densekit_over_st']:.3f}**"
+                     + (f" ({r['note']})" if r.get("note") else ""))
+    return "\n".join(lines) + "\n"
+
+
+def cli_startup() -> str:
+    r = _jsonl("cli_help.jsonl")[-1]
+    return (f"- `densekit --help`: {r['help_s']} s, {r['help_ratio']}x a bare `python -c \"import argparse\"` "
+            f"({r['peer_s']} s) in the same run\n"
+            f"- `densekit train retriever --help`: {r['train_retriever_help_s']} s, {r['train_retriever_help_ratio']}x\n"
+            f"- median of {r['repeats']} fresh processes, Python {r['python']}, {r['cpu_count']} cores\n")
+
+
+# ---------------------------------------------------------------- reranking
+
+KIND_LABEL = {"qlm": "query likelihood", "pointwise": "yes/no prompt", "blockrank": "BlockRank attention",
+              "cross": "cross-encoder"}
+SYSTEM = re.compile(r"^(?P<kind>[a-z]+):(?P<model>\S+)(?: (?P<trained>[a-z-]+-trained) \((?P<how>[^)]*)\))?"
+                    r"(?: fused \((?P<norm>[^,]+), w=(?P<w>[0-9.]+) tuned on (?P<tuned>[^)]+)\))?$")
+
+
+def _label(system: str) -> str:
+    m = SYSTEM.match(system)
+    if m is None:
+        return system
+    model = m["model"].split("/")[-1].replace("-Instruct", "")
+    label = f"{KIND_LABEL.get(m['kind'], m['kind'])}, {model}, " + (f"{m['trained']} ({m['how']})" if m["trained"] else "zero-shot")
+    if m["w"]:
+        label += f", fused (w = {float(m['w']):g}, tuned on {m['tuned']})"
+    return label
+
+
+def rerank() -> str:
+    rows = [r for r in _jsonl("rerank.jsonl") if not r.get("comparison")]
+    lines = []
+    for task in dict.fromkeys(r["task"] for r in rows):
+        mine = [r for r in rows if r["task"] == task]
+        random = next((r["ndcg@10"] for r in mine if r["system"].startswith("random order")), None)
+        table = []
+        for r in mine:
+            vs = r.get("vs_zero_shot")
+            pointwise_trained = r["system"].startswith("pointwise:") and "-trained" in r["system"] and "fused" not in r["system"]
+            docs = f"{r['docs_per_s']}{'*' if pointwise_trained else ''}" if "docs_per_s" in r else ""
+            first = r["delta"] == 0.0 and r["system"].startswith("first stage")
+            table.append([_label(r["system"]), f"{r['ndcg@10']:.4f}",
+                          "—" if first else f"{r['delta']:+.4f}", "—" if first else _p(r["p_ttest"]),
+                          "—" if first else _p(r["p_randomisation"]),
+                          f"{r['ndcg@10'] / random:.1f}x" if random else "",
+                          f"{vs['delta']:+.4f} ({_p(vs['p_ttest'])})" if vs else "",
+                          f"{r['groups_seen']:,}" if "groups_seen" in r else "",
+                          f"{r['train_minutes']:.0f}" if "train_minutes" in r else "", docs])
+        counts = sorted({r["queries"] for r in mine})
+        lines += [f"**{task}** ({' / '.join(map(str, counts))} queries)", "",
+                  _table(["system", "nDCG@10", "Δ first stage", "p (t)", "p (rand.)", "x random order",
+                          "Δ vs its zero-shot (p)", "groups seen", "train min", "docs/s"], table), ""]
+    lines.append("\\* scored from the stored lower-layer states (`--lower-cache`): only the trained top layers ran, "
+                 "so these docs/s are not comparable with the other rows.")
+    return "\n".join(lines) + "\n"
+
+
+def rerank_pairs() -> str:
+    lines = []
+    for r in _jsonl("rerank.jsonl"):
+        if r.get("comparison"):
+            lines.append(f"- {r['task']}: {_label(r['a'])} minus {_label(r['b'])}: {r['delta']:+.4f} (paired t p = "
+                         f"{_p(r['p_ttest'])}, randomisation p = {_p(r['p_randomisation'])})")
+    return "\n".join(lines) + "\n"
+
+
+def rerank_train_speed() -> str:
+    rows = []
+    for r in _jsonl("rerank_train_speed.jsonl"):
+        full = r["pairs_per_s full-depth LoRA"]
+        for key, value in r.items():
+            if key.startswith("pairs_per_s "):
+                rows.append([f"{r['scorer']} {r['objective']}, {r['steps']} steps of {r['pairs_per_step']} pairs",
+                             key[len("pairs_per_s "):], value, f"**{value / full:.2f}x**"])
+    return _table(["run", "side", "pairs/s", "vs full depth"], rows) + "\n"
+
+
+# ---------------------------------------------------------------- BlockRank
+
+def blockrank_scaling() -> str:
+    rows, ratios = [], []
+    for r in _jsonl("blockrank_scaling.jsonl"):
+        if "blockrank_time_500_over_100" in r:
+            ratios.append(f"- {r['model']}: BlockRank time at N = 500 / N = 100: **{r['blockrank_time_500_over_100']}**")
+            continue
+        full = "full_s" in r
+        rows.append([f"{r['model']} ({r['layers_run']} of {r['layers_total']} layers)", r["n"], r["prompt_tokens"],
+                     f"{r['blockrank_s']} s, {r['blockrank_mib']} MiB",
+                     f"{r['full_s']} s, {r['full_mib']} MiB" if full else "—",
+                     f"{r['full_all_s']} s" if full else "—", f"{r['pointwise_s']} s" if full else "—",
+                     f"{r['speedup_vs_full']}x / {r['speedup_vs_full_all']}x / {r['speedup_vs_pointwise']}x" if full else ""])
+    return _table(["model", "N", "prompt tokens", "BlockRank", "full, same layers", "full, all layers",
+                   "pointwise (N passes)", "speed-up vs full same / all / pointwise"], rows) + "\n\n" + "\n".join(ratios) + "\n"
+
+
+SIGNAL = {"all query": "every query-block token", "last 2": "last 2 query-block tokens"}
+
+
+def blockrank_probe() -> str:
+    rows = _jsonl("blockrank_probe.jsonl")
+    lines = []
+    for summary in (r for r in rows if r.get("summary")):
+        model = summary["model"]
+        cells = [r for r in rows if r.get("model") == model and not r.get("summary")]
+        table = []
+        paper = summary["paper_choice"]
+        table.append([f"paper: {SIGNAL.get(paper['signal'], paper['signal'])}, {paper['doc_mass']} mass, {paper['heads']} heads "
+                      f"(its layer, 60 % depth)", paper["layer"], f"{paper['ndcg@10']:.3f}"])
+        for key in dict.fromkeys((c["signal"], c["doc_mass"], c["heads"]) for c in cells):
+            best = max((c for c in cells if (c["signal"], c["doc_mass"], c["heads"]) == key), key=lambda c: c["ndcg@10"])
+            chosen = best is not None and (best["layer"], *key) == (summary["best"]["layer"], summary["best"]["signal"],
+                                                                    summary["best"]["doc_mass"], summary["best"]["heads"])
+            label = f"{SIGNAL.get(key[0], key[0])}, {key[1]} mass, {key[2]} heads" + (" (the chosen default)" if chosen else "")
+            value = f"**{best['ndcg@10']:.3f}**" if chosen else f"{best['ndcg@10']:.3f}"
+            table.append([label, f"**{best['layer']}**" if chosen else best["layer"], value])
+        layers = max(c["layer"] for c in cells) + 1
+        best = summary["best"]
+        curve = {c["layer"]: c["ndcg@10"] for c in cells
+                 if (c["signal"], c["doc_mass"], c["heads"]) == (best["signal"], best["doc_mass"], best["heads"])}
+        lines += [f"**{model}** ({layers} layers; {summary['queries']} queries of {summary['split']}, their dense top "
+                  f"{summary['depth']}; random order {summary['random_order']:.3f}; default set: `{json.dumps(summary['setting'])}`)",
+                  "", _table(["choice", "best layer", "nDCG@10"], table), "",
+                  f"nDCG@10 of the chosen signal ({SIGNAL.get(best['signal'], best['signal'])}, {best['doc_mass']} mass, "
+                  f"{best['heads']} heads) at each layer: "
+                  + " · ".join(f"{layer}: {curve[layer]:.2f}" for layer in sorted(curve)), ""]
+    return "\n".join(lines)
+
+
+def blockrank_train_curve() -> str:
+    curve = _jsonl("blockrank_train_curve.jsonl")
+    fused = next(r for r in _jsonl("rerank.jsonl")
+                 if r.get("system", "").startswith("blockrank:HuggingFaceTB/SmolLM2-135M-Instruct fused"))
+    tuning = fused["tuning_curve"]
+    head = ["groups seen", "0 (zero-shot)"] + [str(r["groups_seen"]) for r in curve]
+    row = ["nDCG@10, tuning queries", f"{tuning['1.0']:.4f}"] + [f"{r['eval_ndcg@10']:.4f}" for r in curve]
+    return (_table(head, [row]) + "\n\n"
+            f"- the dense first stage on the same queries: {tuning['0.0']:.4f} (the zero-shot and first-stage values are "
+            "the ends, w = 1 and w = 0, of the zero-shot fusion's tuning curve in `rerank.jsonl`)\n")
+
+
+def blockrank_train_speed() -> str:
+    r = _jsonl("blockrank_train_speed.jsonl")[-1]
+    return (f"- {r['model']}, one {r['group_size']}-document group a step, {r['doc_max_tokens']}-token documents, "
+            f"scoring layer {r['score_layer']}, {r['steps']} steps: LM + aux loss through all layers "
+            f"{r['s_per_step LM + aux, all layers (today)']} s a step, `--aux-only` (layers up to the scoring layer) "
+            f"{r['s_per_step aux-only, layers <= scoring layer']} s, **{r['speed-up']}x**\n")
+
+
+# ---------------------------------------------------------------- superseded runs (bench/README.md)
+
+def history_rerank_scifact() -> str:
+    rows = []
+    runs = _jsonl("rerank_scifact.jsonl")
+    for r in runs[:1] + _jsonl("rerank_scifact_baselines.jsonl")[1:] + runs[1:]:
+        spread = f" ({r['ndcg@10_min']:.2f}–{r['ndcg@10_max']:.2f})" if "ndcg@10_min" in r else ""
+        rows.append([r["system"], r["queries"], f"{r['ndcg@10']:.4f}{spread}", r.get("recall@20", "—"),
+                     f"{r['train_seconds']:.0f} s" if "train_seconds" in r else "—", r.get("docs_per_s", "—")])
+    return _table(["system", "queries", "nDCG@10", "Recall@20", "train time", "docs/s"], rows) + "\n"
+
+
+def history_blockrank_scifact() -> str:
+    rows = [[r["system"], r["queries"], f"{r['ndcg@10']:.4f}", r["recall@20"],
+             f"{r['train_seconds']:.0f} s" if "train_seconds" in r else "—", r.get("score_layer", "—"),
+             r.get("queries_per_s", "—")] for r in _jsonl("blockrank_scifact.jsonl")]
+    return _table(["system", "queries", "nDCG@10", "Recall@20", "train time", "scoring layer", "queries/s"], rows) + "\n"
+
+
+SECTIONS = {
+    "beir": beir,
+    "hybrid-scifact": hybrid_scifact,
+    "first-stage": first_stage,
+    "encode": encode,
+    "search": search,
+    "merge-memory": merge_memory,
+    "train-scifact": train_scifact,
+    "cli-startup": cli_startup,
+    "rerank": rerank,
+    "rerank-pairs": rerank_pairs,
+    "rerank-train-speed": rerank_train_speed,
+    "blockrank-scaling": blockrank_scaling,
+    "blockrank-probe": blockrank_probe,
+    "blockrank-train-curve": blockrank_train_curve,
+    "blockrank-train-speed": blockrank_train_speed,
+    "history-rerank-scifact": history_rerank_scifact,
+    "history-blockrank-scifact": history_blockrank_scifact,
+}
+
+# Every page and the sections it must hold (a page may hold no others).
+PAGES = {
+    "README.md": ("beir",),
+    "docs/results/index.md": ("beir", "hybrid-scifact"),
+    "docs/results/retrieval.md": ("first-stage", "encode", "search", "merge-memory", "train-scifact", "cli-startup"),
+    "docs/results/reranking.md": ("rerank", "rerank-pairs", "rerank-train-speed"),
+    "docs/results/blockrank.md": ("blockrank-scaling", "blockrank-probe", "blockrank-train-curve", "blockrank-train-speed"),
+    "bench/README.md": ("history-rerank-scifact", "history-blockrank-scifact"),
+}
+
+
+def render(text: str, page: str = "README.md", cache: dict | None = None) -> str:
+    """``text`` (the page ``page``) with every generated section rewritten from the results files."""
+    cache = {} if cache is None else cache
+    found = MARKER.findall(text)
+    unknown = sorted(set(found) - set(SECTIONS))
+    if unknown:
+        raise SystemExit(f"{page}: unknown generated section(s) {', '.join(unknown)}; known: {', '.join(SECTIONS)}")
+    missing = [name for name in PAGES.get(page, ()) if name not in found]
+    if missing:
+        raise SystemExit(f"{page} has no section {missing[0]!r} (<!-- generated: {missing[0]} --> ... "
+                         f"<!-- end: {missing[0]} -->)")
+    for name in dict.fromkeys(found):
         pattern = re.compile(rf"(<!-- generated: {re.escape(name)} -->\n).*?(<!-- end: {re.escape(name)} -->)", re.S)
         if not pattern.search(text):
-            raise SystemExit(f"README.md has no section {name!r} (<!-- generated: {name} --> ... <!-- end: {name} -->)")
-        text = pattern.sub(lambda m: m.group(1) + make() + m.group(2), text)
+            raise SystemExit(f"{page}: section {name!r} has no end marker (<!-- end: {name} -->)")
+        if name not in cache:
+            cache[name] = SECTIONS[name]()
+        text = pattern.sub(lambda m: m.group(1) + cache[name] + m.group(2), text)
     return text
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="only check that README.md is up to date")
+    parser.add_argument("--check", action="store_true", help="only check that every page is up to date")
     args = parser.parse_args()
-    readme = ROOT / "README.md"
-    text = readme.read_text()
-    new = render(text)
-    if args.check:
+    cache: dict[str, str] = {}
+    stale = []
+    for page in PAGES:
+        path = ROOT / page
+        if not path.exists():
+            raise SystemExit(f"{page}: missing (it must hold the sections {', '.join(PAGES[page])})")
+        text = path.read_text()
+        new = render(text, page, cache)
         if new != text:
-            print("README.md is out of date: run python bench/readme_results.py", file=sys.stderr)
-            return 1
-        return 0
-    readme.write_text(new)
+            stale.append(page)
+            if not args.check:
+                path.write_text(new)
+    if args.check and stale:
+        print(f"{', '.join(stale)} out of date: run python bench/readme_results.py", file=sys.stderr)
+        return 1
     return 0
 
 
