@@ -343,9 +343,10 @@ def top_layer_names(model, layers: int) -> tuple[list[int], int]:
 
 def restrict_to_top_layers(model, layers: int) -> None:
     """Full fine-tuning of the top ``layers`` layers only: every other parameter is frozen (embeddings, lower layers,
-    LM head; a classification head stays trainable), so no gradient flows below layer ``n - layers``."""
+    LM head; a classification head and the pooler under it stay trainable), so no gradient flows below layer
+    ``n - layers``."""
     keep, _ = top_layer_names(model, layers)
-    prefixes = tuple(f"layers.{i}." for i in keep) + tuple(f"layer.{i}." for i in keep)
+    prefixes = tuple(f"layers.{i}." for i in keep) + tuple(f"layer.{i}." for i in keep) + (".pooler.",)
     for name, param in model.named_parameters():
         param.requires_grad_(any(p in name for p in prefixes) or name.endswith("model.norm.weight")
                              or name.startswith(("classifier.", "score.")))

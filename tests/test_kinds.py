@@ -221,3 +221,16 @@ def test_cross_encoder_refuses_what_it_cannot_load(tiny_beir, tmp_path, target, 
     code = main(["eval", "--data", str(tiny_beir), "--retriever", "bm25", "--reranker", f"cross:{target.format(tmp=tmp_path)}"])
     err = capsys.readouterr().err
     assert code == 2 and "densekit: error:" in err and message in err
+
+
+def test_cross_encoder_top_layer_training_keeps_the_head_and_pooler_trainable(tiny_bert):
+    """Guards --train-layers on a cross-encoder freezing its new head or the pooler under it (the head would stay
+    random: the model could only learn the label prior) or leaving lower BERT layers trainable."""
+    from densekit.reranker.base import restrict_to_top_layers
+
+    ranker = CrossEncoderRanker.from_pretrained(str(tiny_bert))
+    restrict_to_top_layers(ranker.model, 1)
+    trainable = {n for n, p in ranker.model.named_parameters() if p.requires_grad}
+    assert any(n.startswith("classifier.") for n in trainable) and any(".pooler." in n for n in trainable)
+    assert all(".layer.0." not in n and "embeddings" not in n for n in trainable)
+    assert any(".layer.1." in n for n in trainable)
