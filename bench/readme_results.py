@@ -53,6 +53,23 @@ def beir() -> str:
         lines.append(f"- {name} {verdict} {base} on the held-out datasets pooled: {pooled['diff']:+.4f} over "
                      f"{pooled['queries']} queries (paired t p = {pooled['p_ttest']:.2g}, randomisation p = "
                      f"{pooled['p_random']:.2g}; {pooled['win']} wins, {pooled['loss']} losses)")
+    gain, lose = [], []
+    for name in table["systems"]:
+        versus = table["rows"][name].get("heldout_vs_first_stage")
+        if not versus:
+            continue
+        first, pooled = table["rows"][name]["first_stage"], versus["pooled"]
+        (gain if pooled["diff"] > 0 else lose).append(name)
+        worst = min(versus["by_dataset"], key=versus["by_dataset"].get)
+        lines.append(f"- {name} against its own first stage ({first}), held-out datasets pooled: {pooled['diff']:+.4f} over "
+                     f"{pooled['queries']} queries (paired t p = {pooled['p_ttest']:.2g}, randomisation p = "
+                     f"{pooled['p_random']:.2g}); per held-out dataset "
+                     + ", ".join(f"{d} {v:+.4f}" for d, v in versus["by_dataset"].items())
+                     + f" (worst: {worst})")
+    if gain or lose:
+        lines.append(f"- **Over their own first stage on the held-out mean, {', '.join(gain) or 'no reranking system'} "
+                     f"gain{'s' if len(gain) == 1 else ''} and {', '.join(lose) or 'none'} "
+                     f"lose{'s' if len(lose) == 1 else ''}.**")
     for name in table["systems"]:
         used = []
         for d in table["datasets"]:
