@@ -94,7 +94,6 @@ OUTPUTS = {
 
 # Config fields a subcommand deliberately offers no flag for, and why.
 NOT_FLAGS = {
-    ("train", "retriever"): {"extra": "a free-form dict for library callers; no flag can express it"},
 }
 
 # Where a subcommand's flag differs from its field's generated one (argparse keywords), and why.

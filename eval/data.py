@@ -1,6 +1,6 @@
 """Data in: BEIR folders, MS MARCO-style TSV files, a dataset resolver and an online downloader.
 
-Everything returns the BEIR dict formats (see DESIGN.md):
+Everything returns the BEIR dict formats:
 
 - corpus:  ``dict[doc_id, {"title": str, "text": str}]``
 - queries: ``dict[query_id, str]``

@@ -131,8 +131,8 @@ def start_run(out: str | os.PathLike, identity: dict, config: dict, resume: bool
         checkpoints = list_checkpoints(out)
         if resume:
             if saved is None:
-                raise OutputExistsError(f"{out}: its checkpoints were written by an older densekit without a run identity and "
-                                        "cannot be checked against this run; start over with --overwrite or use another --out")
+                raise OutputExistsError(f"{out}: its manifest records no run identity, so it cannot be checked against "
+                                        "this run; start over with --overwrite or use another --out")
             diff = identity_differences(saved, identity)
             if diff:
                 raise OutputExistsError(f"{out}: --resume refused: this is not the run saved there; it differs in "

@@ -126,7 +126,6 @@ class TrainConfig:
     gather_negatives: bool = setting(True, "several processes: every process's documents are negatives for all queries, "
                                      "as one process with the same batch size (off: each process's queries see only "
                                      "its own documents)")
-    extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
         check_fields(self)

@@ -5,8 +5,7 @@ metric is always inner product (cosine for normalised vectors). FAISS holds int6
 index keeps ``ids[row]``. A saved index is a folder::
 
     index.faiss   the FAISS index
-    ids.npy       row -> doc id, one fixed-width UTF-8 byte array (``DocIds``; memory-mapped on load;
-                  folders from densekit < 0.2 hold ``ids.json``, a JSON list, and still load)
+    ids.npy       row -> doc id, one fixed-width UTF-8 byte array (``DocIds``; memory-mapped on load)
     meta.json     dim, factory, model, pooling, normalize, corpus fingerprint, ntotal ... (written last)
     lists.ivfdata IVF lists of an on-disk index (``index merge --on-disk``; memory-mapped when searching)
 
@@ -316,7 +315,7 @@ class Index:
         meta_path = folder / "meta.json"
         if not folder.is_dir():
             raise BadIndexError(f"{folder}: no such index folder")
-        if not meta_path.exists() or not (folder / "index.faiss").exists() or not _ids_file(folder).exists():
+        if not meta_path.exists() or not (folder / "index.faiss").exists() or not (folder / "ids.npy").exists():
             raise BadIndexError(f"{folder}: incomplete index folder (index.faiss, ids.npy and meta.json are all needed)")
         meta = _read_json(meta_path, dict)
         missing = [k for k in ("dim", "factory", "ntotal") if k not in meta]
@@ -351,18 +350,15 @@ class Index:
             raise BadIndexError(f"{folder / 'index.faiss'}: unreadable FAISS index (truncated or corrupt: "
                                 f"{str(err).strip().splitlines()[-1] if str(err).strip() else 'read failed'}); "
                                 "rebuild it with `densekit index build --overwrite`") from None
-        ids_file = _ids_file(folder)
-        if ids_file.suffix == ".npy":
-            try:
-                ids = DocIds(np.load(ids_file, mmap_mode="r", allow_pickle=False))
-            except (OSError, ValueError) as err:
-                raise BadIndexError(f"{ids_file}: corrupt index file ({err}); rebuild the index with "
-                                    "`densekit index build --overwrite`") from None
-            if ids.array.dtype.kind != "S" or ids.array.ndim != 1:
-                raise BadIndexError(f"{ids_file}: corrupt index file (expected a 1-d byte-string array, got "
-                                    f"{ids.array.dtype} of shape {ids.array.shape})")
-        else:
-            ids = _read_json(ids_file, list)
+        ids_file = folder / "ids.npy"
+        try:
+            ids = DocIds(np.load(ids_file, mmap_mode="r", allow_pickle=False))
+        except (OSError, ValueError) as err:
+            raise BadIndexError(f"{ids_file}: corrupt index file ({err}); rebuild the index with "
+                                "`densekit index build --overwrite`") from None
+        if ids.array.dtype.kind != "S" or ids.array.ndim != 1:
+            raise BadIndexError(f"{ids_file}: corrupt index file (expected a 1-d byte-string array, got "
+                                f"{ids.array.dtype} of shape {ids.array.shape})")
         if int(faiss_index.ntotal) != len(ids) or int(faiss_index.ntotal) != meta["ntotal"]:
             raise BadIndexError(f"{folder}: corrupt index ({int(faiss_index.ntotal)} vectors, {len(ids)} ids, meta says {meta['ntotal']})")
         if int(faiss_index.d) != int(meta["dim"]):
@@ -373,11 +369,6 @@ class Index:
         except BadIndexError as err:
             raise BadIndexError(f"{folder}: corrupt index ({err})") from None
         return index
-
-
-def _ids_file(folder: Path) -> Path:
-    """``ids.npy``, or ``ids.json`` in a folder written by densekit < 0.2."""
-    return folder / "ids.npy" if (folder / "ids.npy").exists() or not (folder / "ids.json").exists() else folder / "ids.json"
 
 
 def _read_json(path: Path, expected: type):

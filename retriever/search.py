@@ -15,7 +15,6 @@ name, with a warning.
 from __future__ import annotations
 
 import shutil
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +22,6 @@ import numpy as np
 from .encoder import DualEncoder
 from .index import BadIndexError, Index, check_factory, corpus_fingerprint
 from .io import check_target
-from .models import same_model_name
 from .shards import CorpusRows, encode_shard, merge_shards, wait_for_shards
 from .config import DEFAULT_ENCODER
 from .types import Queries, Run
@@ -38,22 +36,18 @@ def index_meta(encoder: DualEncoder, corpus) -> dict:
 
 def check_encoder(index: Index, encoder: DualEncoder, folder) -> None:
     """Refuse an index built with another encoder: its ``model_hash`` (content of weights + config) must
-    equal ``encoder.content_hash()``; old indexes without one are checked by model name, with a warning."""
+    equal ``encoder.content_hash()``."""
     if index.dim != encoder.dim:
         raise BadIndexError(f"{folder}: index dimension {index.dim} does not match the encoder's {encoder.dim}")
     stored = index.meta.get("model_hash")
-    if stored is not None:
-        if stored != encoder.content_hash():
-            raise BadIndexError(
-                f"{folder}: index was built with another encoder than {encoder.name} (its weights or pooling "
-                f"config differ: index {stored[:12]}, model {encoder.content_hash()[:12]}; was the model retrained "
-                f"at the same path?); rebuild it with `densekit index build --overwrite` or use its model")
-        return
-    warnings.warn(f"{folder}: index has no encoder content hash (built by an older densekit); checking the "
-                  "model name only: rebuild it to have stale vectors detected", stacklevel=2)
-    built = index.meta.get("model")
-    if built is not None and not same_model_name(built, encoder.name):
-        raise BadIndexError(f"{folder}: index was built with model {built!r}, not {encoder.name!r}")
+    if stored is None:
+        raise BadIndexError(f"{folder}: index meta has no encoder content hash (model_hash), so its vectors cannot be "
+                            "matched to an encoder; rebuild it with `densekit index build --overwrite`")
+    if stored != encoder.content_hash():
+        raise BadIndexError(
+            f"{folder}: index was built with another encoder than {encoder.name} (its weights or pooling "
+            f"config differ: index {stored[:12]}, model {encoder.content_hash()[:12]}; was the model retrained "
+            f"at the same path?); rebuild it with `densekit index build --overwrite` or use its model")
 
 
 def build_index(corpus, encoder: DualEncoder, out: str | Path | None = None, factory: str = "Flat",

@@ -45,7 +45,6 @@ from .text import doc_text
 SHARD_FORMAT = 1
 _SHARD_RE = re.compile(r"^shard-(\d{5,})-of-(\d{5,})(\.partial)?$")
 _PIECE_RE = re.compile(r"^\.?vectors-\d{5,}\.npy(\.partial)?$")
-_LEGACY_RE = re.compile(r"^\.?shard-\d{5}\.npy(\.partial)?$")  # densekit <= issue 11: one flat folder of pieces
 
 
 # ---------------------------------------------------------------- corpus access (dict or Arrow dataset)
@@ -112,7 +111,7 @@ def _read_json(path: Path):
 
 def _is_ours(entry: Path) -> bool:
     """An entry of a work folder that densekit wrote (and so may delete)."""
-    if entry.name == "manifest.json" or _LEGACY_RE.match(entry.name):
+    if entry.name == "manifest.json":
         return True
     if not _SHARD_RE.match(entry.name) or entry.is_symlink():
         return False
@@ -125,7 +124,7 @@ def _is_ours(entry: Path) -> bool:
 
 def prepare_work(work: Path, num_shards: int) -> None:
     """Create the work folder, or check that an existing one holds only densekit shards of this split
-    (``num_shards``). Old single-folder pieces (``shard-00000.npy``, older densekit) are removed."""
+    (``num_shards``); a stale ``manifest.json`` is removed."""
     if work.exists() or work.is_symlink():
         if not work.is_dir() or work.is_symlink() or not all(_is_ours(e) for e in work.iterdir()):
             raise BadIndexError(f"{work}: is in the way of index build's shard folder and was not written by densekit; "
@@ -136,7 +135,7 @@ def prepare_work(work: Path, num_shards: int) -> None:
                                 f"--num-shards {other[0]} (the shard count cannot change mid-build), or delete {work} "
                                 "to start over")
         for entry in work.iterdir():
-            if entry.name == "manifest.json" or _LEGACY_RE.match(entry.name):
+            if entry.name == "manifest.json":
                 entry.unlink(missing_ok=True)
         return
     work.parent.mkdir(parents=True, exist_ok=True)

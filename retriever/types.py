@@ -1,4 +1,4 @@
-"""The plain data every densekit module passes around: the BEIR dict formats (see DESIGN.md).
+"""The plain data every densekit module passes around: the BEIR dict formats.
 
 Ids are strings. A corpus bigger than RAM may instead be a memory-mapped ``datasets.Dataset`` with
 columns ``_id``, ``title``, ``text`` (``densekit.eval.data.load_corpus_arrow``); functions that accept one say so.

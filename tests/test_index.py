@@ -118,10 +118,8 @@ def test_constructor_wraps_a_faiss_index_and_reconstruct_uses_one_cached_map(vec
         Index(8, faiss_index=flat, ids=ids[:5])
 
 
-def test_ids_are_stored_compactly_and_old_folders_still_load(tmp_path):
-    """ids.npy holds one fixed-width UTF-8 byte array (memory-mapped on load); a folder with the old ids.json loads."""
-    import json
-
+def test_ids_are_stored_compactly(tmp_path):
+    """ids.npy holds one fixed-width UTF-8 byte array (memory-mapped on load)."""
     from densekit.retriever.index import DocIds
 
     ids = ["d1", "doc-2", "naïve-3", "4"]
@@ -136,12 +134,6 @@ def test_ids_are_stored_compactly_and_old_folders_still_load(tmp_path):
     assert "naïve-3" in back and "d9" not in back
     np.testing.assert_allclose(back.reconstruct(["naïve-3"]), x[2:3], atol=1e-6)
     assert back.search(x[2:3], 1)[0] == [["naïve-3"]]
-    old = tmp_path / "old"
-    old.mkdir()
-    for name in ("index.faiss", "meta.json"):
-        (old / name).write_bytes((tmp_path / "new" / name).read_bytes())
-    (old / "ids.json").write_text(json.dumps(ids))
-    assert Index.load(old).ids == ids
     back.add(x[:1] * 2, ["d5"])  # adding to a loaded index
     assert list(back.ids) == ids + ["d5"] and back.search(x[:1] * 2, 1)[0] == [["d5"]]
 

@@ -270,15 +270,15 @@ def test_index_knows_its_encoder_by_content_not_path(tiny_beir, tiny_bert, tmp_p
                  dense, ["mine", "--data", str(tiny_beir), "--split", "test", "--index", "idx", "--out", "neg.jsonl"]):
         assert main(args) == 2, args
         assert "index was built with another encoder" in capsys.readouterr().err
-    # an index from before the hash: the model name is checked, with a warning
+    # an index whose meta lost its hash cannot be matched to an encoder: refused, not guessed from the model name
     meta = json.loads(Path("idx/meta.json").read_text())
     del meta["model_hash"]
     Path("idx/meta.json").write_text(json.dumps(meta))
     manifest = json.loads(Path("idx/densekit.json").read_text())
-    del manifest["parts"]  # (such an index is also from before densekit.json recorded its parts)
+    del manifest["parts"]  # (the edited meta.json would otherwise be caught as a damaged part first)
     Path("idx/densekit.json").write_text(json.dumps(manifest))
-    with pytest.warns(UserWarning, match="no encoder content hash"):
-        assert main(["search", "--index", "idx", "--query", "cats", "--model", "./runs/x"]) == 0
+    assert main(["search", "--index", "idx", "--query", "cats", "--model", "./runs/x"]) == 2
+    assert "no encoder content hash" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------- 5. index load errors, factory, nprobe
