@@ -6,7 +6,7 @@ Groups: scifact train queries (809) minus the 40 that ``bench/rerank.py`` tunes 
 on queries it never saw; 1 qrels positive + 7 negatives drawn from the dense (all-MiniLM-L6-v2) top 30
 minus positives; documents cut to ``--doc-max-tokens``.
 
-``speed``: the same model and the same groups, steps alternating between (a) today's loop, LoRA on
+``speed``: the same model and the same groups, three runs through the engine (``train_reranker``): (a) LoRA on
 every layer (gradients flow through the whole depth), (b) LoRA on the top ``--train-layers``
 layers only (the lower layers run without autograd) and (c) as (b) for groups seen in an earlier epoch,
 whose lower layers' output is kept (``densekit.reranker.layer_cache``); prints pairs/s of each and the ratios to (a).
@@ -36,9 +36,8 @@ import torch
 from densekit.eval.data import load_dataset, resolve_dataset, select_queries
 from densekit.retriever.examples import training_groups
 from densekit.reranker.base import load_reranker
-from densekit.reranker.layer_cache import LowerLayerCache
 from densekit.reranker.config import BlockRankTrainOptions, RerankTrainConfig
-from densekit.reranker.train import accumulate, make_groups, train_reranker
+from densekit.reranker.train import train_reranker
 
 LLM = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
@@ -87,46 +86,46 @@ def make_reranker(scorer: str, doc_max_tokens: int):
     return reranker
 
 
-def speed(args) -> None:
-    from peft import LoraConfig, get_peft_model
+def step_seconds(reranker, examples: list[dict], config: RerankTrainConfig, options=None) -> list[float]:
+    """Seconds of each optimizer step of a run of ``densekit.reranker.train.train_reranker`` (the engine ``densekit
+    train reranker`` runs) on ``examples``, read from the run's own ``train_log.jsonl``."""
+    import shutil
+    import tempfile
 
+    work = Path(tempfile.mkdtemp(prefix="rerank-speed-"))
+    try:
+        train_reranker(reranker, examples, work / "run", config, show_progress=False, options=options)
+        return [json.loads(line)["seconds"] for line in (work / "run" / "train_log.jsonl").read_text().splitlines()]
+    finally:
+        shutil.rmtree(work)
+
+
+def speed(args) -> None:
+    """Three runs through the engine, the same groups and steps: LoRA on every layer; LoRA on the top
+    ``--train-layers`` (the lower layers run without autograd); and as the second with the lower-layer cache over
+    two epochs of fixed groups, timed on the second epoch (every prompt seen before). ``--rounds`` repeats them."""
     torch.manual_seed(0)
-    examples = scifact_groups(Path(args.out))
-    groups = make_groups(examples, 8, 0, 0)
-    objective = "cl"
-    sides = {}
+    examples = scifact_groups(Path(args.out))[: args.steps * args.batch_size]
+    base = dict(objective="cl", group_size=8, batch_size=args.batch_size, warmup_ratio=0.0, checkpoint_every=10 ** 6,
+                fixed_negatives=True)
     top = f"top-{args.train_layers} LoRA"
     cached = f"{top}, lower layers cached (a group seen before)"
-    for name, layers in (("full-depth LoRA", None), (top, args.train_layers), (cached, args.train_layers)):
-        rr = make_reranker(args.scorer, args.doc_max_tokens)
-        n = rr.model.config.num_hidden_layers
-        rr.model = get_peft_model(rr.model, LoraConfig(r=8, lora_alpha=16, task_type="CAUSAL_LM",
-                                                       target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
-                                                       layers_to_transform=None if layers is None else list(range(n - layers, n))))
-        rr.model.train()
-        if name == cached:
-            rr.lower_cache = LowerLayerCache(rr.model, layers)
-        sides[name] = (rr, torch.optim.AdamW([p for p in rr.model.parameters() if p.requires_grad], lr=1e-4), [])
-    config = RerankTrainConfig(objective=objective, group_size=8, batch_size=args.batch_size)
-    for step in range(args.steps):
-        chunk = groups[step * args.batch_size:(step + 1) * args.batch_size]
-        for name, (rr, opt, times) in sides.items():   # alternate sides within a step: shared load hits both
-            if rr.lower_cache is not None:  # the epoch before: this chunk's prompts went through the lower layers
-                with torch.no_grad():
-                    step_fn(rr, chunk, config, step)
-            t0 = time.perf_counter()
-            accumulate(rr, chunk, config, step, lambda loss: loss.backward(), lambda v: None)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            times.append(time.perf_counter() - t0)
-            print(f"step {step} {name}: {times[-1]:.1f} s", flush=True)
+    sides = {"full-depth LoRA": RerankTrainConfig(**base, epochs=1),
+             top: RerankTrainConfig(**base, epochs=1, train_layers=args.train_layers),
+             cached: RerankTrainConfig(**base, epochs=2, train_layers=args.train_layers, cache_lower_layers=True)}
+    times = {name: [] for name in sides}
+    for _ in range(args.rounds):
+        for name, config in sides.items():
+            seconds = step_seconds(make_reranker(args.scorer, args.doc_max_tokens), examples, config)
+            times[name] += seconds[args.steps + 1:] if config.epochs == 2 else seconds[1:]  # drop warm-up / first epoch
+            print(f"{name}: {[round(x, 1) for x in seconds]} s a step", flush=True)
     pairs = args.batch_size * 8
-    rows = {name: pairs / statistics.median(times[1:]) for name, (_, _, times) in sides.items()}  # step 0: warm-up
+    rows = {name: pairs / statistics.median(t) for name, t in times.items()}
     full = rows["full-depth LoRA"]
-    print(json.dumps({"bench": "rerank_train_speed", "scorer": args.scorer, "objective": objective, "model": LLM,
-                      "doc_max_tokens": args.doc_max_tokens, "pairs_per_step": pairs, "steps": args.steps,
-                      **{f"pairs_per_s {k}": round(v, 3) for k, v in rows.items()}, "ratio": round(rows[top] / full, 3),
-                      "ratio cached": round(rows[cached] / full, 3)}))
+    print(json.dumps({"bench": "rerank_train_speed", "through": "engine (train_reranker)", "scorer": args.scorer,
+                      "objective": "cl", "model": LLM, "doc_max_tokens": args.doc_max_tokens, "pairs_per_step": pairs,
+                      "steps": args.steps, "rounds": args.rounds, **{f"pairs_per_s {k}": round(v, 3) for k, v in rows.items()},
+                      "ratio": round(rows[top] / full, 3), "ratio cached": round(rows[cached] / full, 3)}))
 
 
 def train(args) -> None:
@@ -174,6 +173,7 @@ def main() -> None:
         s.add_argument("--batch-size", type=int, default=4, help="groups per optimizer step")
     speed_p, train_p = sub.choices["speed"], sub.choices["train"]
     speed_p.add_argument("--steps", type=int, default=6)
+    speed_p.add_argument("--rounds", type=int, default=1, help="repeat the three runs, interleaved")
     speed_p.add_argument("--out", default="runs/bench-rerank")
     train_p.add_argument("--objective", choices=["sft", "cl", "unified"], help="(blockrank: its own objective)")
     train_p.add_argument("--group-size", type=int, default=8, help="documents per group: 1 positive + negatives")

@@ -54,25 +54,6 @@ def cut_documents(examples: list[dict], tokenizer, max_tokens: int) -> list[dict
             for e in examples]
 
 
-def accumulate(model, chunk, config: RerankTrainConfig, step: int, backward, check, options=None) -> tuple[float, dict]:
-    """(A single-process helper for benchmarks and tests; training runs through ``densekit.retriever.engine``,
-    which accumulates the same way.) Forward/backward ``chunk`` in micro-batches of ``config.micro_batch`` groups, each loss scaled by
-    its share of the step (the sum of gradients equals one pass over the whole chunk); returns the
-    step's loss and its records averaged the same way."""
-    size = config.micro_batch or len(chunk)
-    total, record = 0.0, {}
-    for start in range(0, len(chunk), size):
-        part = chunk[start:start + size]
-        loss, rec = model.train_step(part, config, options, step)
-        check(loss.item())
-        share = len(part) / len(chunk)
-        backward(loss * share)
-        total += loss.item() * share
-        for key, value in rec.items():
-            record[key] = record.get(key, 0.0) + value * share
-    return total, record
-
-
 class RerankerStep(TrainStep):
     """A reranker's step for the engine: ``forward(groups, step)`` = the kind's ``train_step``."""
 

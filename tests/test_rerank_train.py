@@ -8,7 +8,7 @@ import torch
 from densekit.reranker.config import QLMConfig, RerankTrainConfig
 from densekit.reranker.qlm import QLMReranker
 from densekit.reranker.qlm import qlm_gradient_weights, qlm_losses
-from densekit.reranker.train import accumulate, make_groups, train_reranker
+from densekit.reranker.train import make_groups, train_reranker
 
 SCORES = torch.tensor([[-1.0, -2.0, -3.0], [-0.5, -0.2, -1.0]])  # 2 groups of 3, column 0 the positive
 
@@ -47,16 +47,31 @@ def test_generative_sft_equals_positive_query_nll(tiny_causal_lm):
     assert loss.item() == pytest.approx(sum(nll) / 2, abs=1e-4)
 
 
-def test_micro_batches_accumulate_to_the_full_batch_gradient(tiny_causal_lm):
-    groups = make_groups(toy_groups(), 3, 0, 0)[:4]
-    grads = []
+def test_micro_batches_accumulate_to_the_full_batch_gradient(tiny_causal_lm, tmp_path, monkeypatch):
+    """Guards the engine's accumulation over --micro-batch (a loss not scaled by its share, a micro-batch dropped):
+    the gradient the optimizer steps with, and the logged loss, equal one pass over the whole batch."""
+    from densekit.retriever import engine
+
+    seen = []
+
+    class Recording(torch.optim.AdamW):
+        def step(self, closure=None):
+            seen[-1].append([p.grad.clone() for group in self.param_groups for p in group["params"]])
+            return super().step(closure)
+
+    monkeypatch.setattr(engine.torch.optim, "AdamW", Recording)
+    losses = []
     for micro in (None, 1):
+        seen.append([])
         rr = QLMReranker.from_pretrained(str(tiny_causal_lm))
-        config = RerankTrainConfig(objective="cl", group_size=3, batch_size=4, micro_batch=micro)
-        loss, _ = accumulate(rr, groups, config, 0, lambda l: l.backward(), lambda v: None)
-        grads.append((loss, [p.grad.clone() for p in rr.model.parameters()]))
-    assert grads[0][0] == pytest.approx(grads[1][0], abs=1e-5)
-    for g1, g2 in zip(grads[0][1], grads[1][1]):
+        config = RerankTrainConfig(objective="cl", group_size=3, batch_size=4, micro_batch=micro, max_steps=1,
+                                   lora=False, warmup_ratio=0.0, checkpoint_every=100)
+        train_reranker(rr, toy_groups() * 2, tmp_path / f"micro-{micro}", config, show_progress=False)
+        losses.append(json.loads((tmp_path / f"micro-{micro}" / "train_log.jsonl").read_text().splitlines()[0])["loss"])
+    assert losses[0] == pytest.approx(losses[1], abs=1e-5)
+    (full,), (split,) = seen
+    assert len(full) == len(split) and any(g.abs().sum() > 0 for g in full)
+    for g1, g2 in zip(full, split):
         torch.testing.assert_close(g1, g2, atol=1e-5, rtol=1e-4)
 
 
