@@ -24,11 +24,11 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 
 from densekit.retriever import models
 from densekit.retriever.io import DataError
 
+from . import objectives
 from .base import TransformerRanker, register
 from .config import CrossEncoderConfig
 
@@ -55,26 +55,21 @@ def check_cross_target(target: str) -> None:
 
 def pair_losses(scores: torch.Tensor, config) -> torch.Tensor:
     """Loss of ``[groups, group_size]`` scores, column 0 the positive (module doc)."""
-    labels = torch.zeros_like(scores)
-    labels[:, 0] = 1.0
     if config.objective == "sft":
-        return F.binary_cross_entropy_with_logits(scores, labels)
+        return objectives.bce(scores)
     if config.objective == "cl":
-        return F.cross_entropy(scores / config.temperature, torch.zeros(len(scores), dtype=torch.long, device=scores.device))
+        return objectives.infonce(scores, config.temperature)
     if config.objective == "unified":
-        w = pair_gradient_weights(scores.detach(), config.weight, config.temperature)
-        return ((1.0 - 2.0 * labels) * w * scores).sum() / len(scores)
+        return objectives.surrogate(pair_gradient_weights(scores.detach(), config.weight, config.temperature), scores)
     raise ValueError(f"objective {config.objective!r} does not apply to the cross-encoder: use sft, cl or unified")
 
 
 def pair_gradient_weights(scores: torch.Tensor, kind: str, temperature: float = 1.0) -> torch.Tensor:
     """``|dL/ds|`` per example up to the loss's constant scale: SFT ``|sigmoid(s) - y|``, CL ``|softmax(s / tau) - y| / tau``."""
-    labels = torch.zeros_like(scores)
-    labels[:, 0] = 1.0
     if kind == "sft":
-        return (torch.sigmoid(scores) - labels).abs()
+        return objectives.sft_weights(scores)
     if kind == "cl":
-        return (torch.softmax(scores / temperature, dim=1) - labels).abs() / temperature
+        return objectives.cl_weights(scores, temperature)
     raise ValueError(f"unknown weight kind {kind!r}: use sft or cl")
 
 

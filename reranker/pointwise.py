@@ -28,8 +28,8 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 
+from . import objectives
 from .base import CausalLMRanker, leading_special_tokens, register
 from .config import RerankerConfig, RerankTrainConfig
 
@@ -40,17 +40,13 @@ def group_losses(logits: torch.Tensor, group_size: int, config: RerankTrainConfi
     """Loss of ``[groups * group_size, 2]`` (yes, no) logits, each group's first row the positive."""
     s = (logits[:, 0] - logits[:, 1]).view(-1, group_size)
     y = logits[:, 0].view(-1, group_size)
-    labels = torch.zeros_like(s)
-    labels[:, 0] = 1.0
     if config.objective == "sft":
-        return F.binary_cross_entropy_with_logits(s, labels)
+        return objectives.bce(s)
     if config.objective == "cl":
-        return F.cross_entropy(y / config.temperature, torch.zeros(len(y), dtype=torch.long, device=y.device))
+        return objectives.infonce(y, config.temperature)
     if config.objective == "unified":
         w = gradient_weights(logits.detach(), group_size, config.weight, config.temperature)
-        d = s if config.direction == "sft" else y
-        sign = 1.0 - 2.0 * labels  # -1 positive, +1 negatives
-        return (sign * w * d).sum() / len(s)
+        return objectives.surrogate(w, s if config.direction == "sft" else y)
     raise ValueError(f"unknown objective {config.objective!r}: use sft, cl or unified")
 
 
@@ -59,12 +55,10 @@ def gradient_weights(logits: torch.Tensor, group_size: int, kind: str, temperatu
     CL ``|softmax(y / tau) - onehot| / tau`` (the factor multiplying the direction's gradient)."""
     s = (logits[:, 0] - logits[:, 1]).view(-1, group_size)
     y = logits[:, 0].view(-1, group_size)
-    labels = torch.zeros_like(s)
-    labels[:, 0] = 1.0
     if kind == "sft":
-        return (torch.sigmoid(s) - labels).abs()
+        return objectives.sft_weights(s)
     if kind == "cl":
-        return (torch.softmax(y / temperature, dim=1) - labels).abs() / temperature
+        return objectives.cl_weights(y, temperature)
     raise ValueError(f"unknown weight kind {kind!r}: use sft or cl")
 
 

@@ -20,8 +20,8 @@ import logging
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 
+from . import objectives
 from .base import CausalLMRanker, leading_special_tokens, register
 from .config import QLMConfig, RerankTrainConfig
 
@@ -40,24 +40,19 @@ def qlm_losses(scores: torch.Tensor, config: RerankTrainConfig) -> torch.Tensor:
     if config.objective == "sft":
         return -scores[:, 0].mean()
     if config.objective == "cl":
-        return F.cross_entropy(scores / config.temperature, torch.zeros(len(scores), dtype=torch.long, device=scores.device))
+        return objectives.infonce(scores, config.temperature)
     if config.objective == "unified":
-        labels = torch.zeros_like(scores)
-        labels[:, 0] = 1.0
-        w = qlm_gradient_weights(scores.detach(), config.weight, config.temperature)
-        return ((1.0 - 2.0 * labels) * w * scores).sum() / len(scores)
+        return objectives.surrogate(qlm_gradient_weights(scores.detach(), config.weight, config.temperature), scores)
     raise ValueError(f"objective {config.objective!r} does not apply to the qlm reranker: use sft, cl or unified")
 
 
 def qlm_gradient_weights(scores: torch.Tensor, kind: str, temperature: float = 1.0) -> torch.Tensor:
     """``|dL/ds|`` per example ``[groups, group_size]``: SFT 1 for the positive and 0 for negatives;
     CL ``|softmax(s / tau) - onehot| / tau``."""
-    labels = torch.zeros_like(scores)
-    labels[:, 0] = 1.0
     if kind == "sft":
-        return labels
+        return objectives.positive_labels(scores)
     if kind == "cl":
-        return (torch.softmax(scores / temperature, dim=1) - labels).abs() / temperature
+        return objectives.cl_weights(scores, temperature)
     raise ValueError(f"unknown weight kind {kind!r}: use sft or cl")
 
 
