@@ -248,8 +248,14 @@ def rerank_train_speed() -> str:
         for key, value in r.items():
             if key.startswith("pairs_per_s "):
                 rows.append([f"{r['scorer']} {r['objective']}, {r['steps']} steps of {r['pairs_per_step']} pairs",
-                             key[len("pairs_per_s "):], value, f"**{value / full:.2f}x**"])
-    return _table(["run", "side", "pairs/s", "vs full depth"], rows) + "\n"
+                             key[len("pairs_per_s "):], value, f"**{value / full:.2f}x**", _loop(r)])
+    return _table(["run", "side", "pairs/s", "vs full depth", "measured through"], rows) + "\n"
+
+
+def _loop(row: dict) -> str:
+    """What a training-speed row timed: the engine (``through``), or, for rows from before the benches ran through
+    it, a hand-written step loop that production does not run (rerun the bench's command to re-measure)."""
+    return row.get("through", "a hand-written step loop (before the engine; not re-measured)")
 
 
 # ---------------------------------------------------------------- BlockRank
@@ -317,10 +323,11 @@ def blockrank_train_curve() -> str:
 
 def blockrank_train_speed() -> str:
     r = _jsonl("blockrank_train_speed.jsonl")[-1]
+    full, aux = [v for k, v in r.items() if k.startswith("s_per_step ")]  # LM + aux through all layers, then aux-only
     return (f"- {r['model']}, one {r['group_size']}-document group a step, {r['doc_max_tokens']}-token documents, "
             f"scoring layer {r['score_layer']}, {r['steps']} steps: LM + aux loss through all layers "
-            f"{r['s_per_step LM + aux, all layers (today)']} s a step, `--aux-only` (layers up to the scoring layer) "
-            f"{r['s_per_step aux-only, layers <= scoring layer']} s, **{r['speed-up']}x**\n")
+            f"{full} s a step, `--aux-only` (layers up to the scoring layer) {aux} s, **{r['speed-up']}x** "
+            f"(measured through {_loop(r)})\n")
 
 
 # ---------------------------------------------------------------- superseded runs (bench/README.md)

@@ -21,6 +21,7 @@ import pytest
 import torch
 
 from densekit.retriever.losses import ListwiseKLLoss, MarginMSELoss
+from test_distributed import encoder  # the tiny BERT without dropout (tests/ is on the path here and under torchrun)
 
 HERE = Path(__file__).resolve()
 
@@ -199,17 +200,6 @@ def distill_configs():
         "kl": TrainConfig(loss="kl", batch_size=4, n_negatives=3, lr=1e-3, epochs=1, warmup_ratio=0.5, temperature=0.1,
                           teacher_temperature=0.5, checkpoint_every=100),
     }
-
-
-def encoder(path):
-    """The tiny BERT without dropout, so that runs compare exactly."""
-    from densekit.retriever.encoder import DualEncoder
-
-    enc = DualEncoder.from_pretrained(str(path))
-    for module in enc.model.modules():
-        if isinstance(module, torch.nn.Dropout):
-            module.p = 0.0
-    return enc
 
 
 def test_margin_mse_training_runs_and_changes_weights(tiny_bert, tmp_path):
