@@ -99,10 +99,19 @@ def beir() -> str:
     return "\n".join(lines) + "\n"
 
 
-def hybrid_scifact() -> str:
+def _compare(name: str) -> str:
+    """A ``densekit compare --json`` result file as its own Markdown (table and paired tests)."""
     from densekit.eval.report import to_markdown
 
-    return to_markdown(json.loads((RESULTS / "hybrid-scifact.json").read_text())).rstrip() + "\n"
+    return to_markdown(json.loads((RESULTS / name).read_text())).rstrip() + "\n"
+
+
+def hybrid_scifact() -> str:
+    return _compare("hybrid-scifact.json")
+
+
+def qlm_fused_scifact() -> str:
+    return _compare("qlm-fused-scifact.json")
 
 
 # ---------------------------------------------------------------- first stage, encoder, index, training
@@ -401,6 +410,7 @@ def mw_claim() -> str:
 SECTIONS = {
     "beir": beir,
     "hybrid-scifact": hybrid_scifact,
+    "qlm-fused-scifact": qlm_fused_scifact,
     "first-stage": first_stage,
     "encode": encode,
     "search": search,
@@ -425,7 +435,7 @@ PAGES = {
     "README.md": ("beir", "mw-claim"),
     "docs/results/index.md": ("beir", "mw-claim", "paired", "hybrid-scifact"),
     "docs/results/retrieval.md": ("first-stage", "encode", "search", "merge-memory", "train-scifact", "cli-startup"),
-    "docs/results/reranking.md": ("rerank", "rerank-pairs", "rerank-train-speed"),
+    "docs/results/reranking.md": ("qlm-fused-scifact", "rerank", "rerank-pairs", "rerank-train-speed"),
     "docs/results/blockrank.md": ("blockrank-scaling", "blockrank-probe", "blockrank-train-curve", "blockrank-train-speed"),
     "bench/README.md": ("history-rerank-scifact", "history-blockrank-scifact"),
 }
