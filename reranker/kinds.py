@@ -103,6 +103,7 @@ def kinds() -> dict[str, Kind]:
 
 
 def get(name: str) -> Kind | None:
+    """The kind called ``name``, or None."""
     return kinds().get(name)
 
 
@@ -117,6 +118,7 @@ def all_modes() -> list[str]:
 
 
 def trainable() -> list[str]:
+    """The kinds ``densekit train reranker --kind`` accepts: those with at least one objective."""
     return [name for name, k in kinds().items() if k.objectives]
 
 

@@ -88,6 +88,12 @@ def test_site_builds_strict(tmp_path):
                     "densekit train reranker", "densekit mine", "densekit benchmark", "densekit compare"):
         assert f"<code>{command}</code>" in cli, f"the CLI reference lacks {command}"
     assert "<!-- cli-reference -->" not in cli  # the marker was replaced
+    import densekit
+
+    python = (site / "reference" / "python.html").read_text()
+    for name in densekit.__all__:  # fails if a front-door object is added without reaching the reference
+        assert f"<code>densekit.{name}</code>" in python, f"the Python reference lacks densekit.{name}"
+    assert "<!-- python-reference -->" not in python
     for plot in generated_plots():
         assert (site / plot).exists(), plot
 
