@@ -2,7 +2,7 @@
 heads of a causal LM's attention rank documents, measured on tuning splits, never on test or held-out data.
 
 Tuning splits (``--tune``, default: scifact train, nfcorpus dev, TREC DL20), the first 40 judged queries of each in
-sorted id order, each with its first-stage top 20 (BM25, as the BEIR table's rerankers) in a seeded random order;
+sorted id order (less those with no first-stage candidate, named in the log), each with its first-stage top 20 (BM25, as the BEIR table's rerankers) in a seeded random order;
 documents cut to 128 tokens. One forward per query through every layer; per-query masses are cached in ``--out``
 (an interrupted run resumes). Every (layer, choice) is scored on each dataset; the pooled figure is their mean, each
 dataset weighted equally (``probe.pooled_rows``), and the pooled best row gives the shipped default
@@ -40,6 +40,11 @@ def dataset_masses(ranker, name: str, split: str, args) -> tuple[dict, dict, dic
     queries = select_queries({q: t for q, t in ds.queries.items() if q in ds.qrels}, args.queries)
     index = None if args.first_stage == "bm25" else str(Path(args.out) / f"index-{name}")
     run = first_stage(args.first_stage, ds.corpus, queries, args.depth, index_dir=index)
+    empty = sorted(q for q in queries if not run.get(q))  # no first-stage candidate: nothing to rank by attention
+    if empty:
+        print(f"{name} {split}: {len(empty)} of {len(queries)} queries have no first-stage candidate and are left out: "
+              f"{', '.join(empty)}", flush=True)
+    queries = {q: t for q, t in queries.items() if q not in empty}
     docs = {q: shuffled(sorted(run[q], key=lambda d: -run[q][d]), q) for q in queries}
     cache = Path(args.out) / args.model.replace("/", "--") / f"{name}-{split}-{args.first_stage}"
     cache.mkdir(parents=True, exist_ok=True)
