@@ -29,7 +29,7 @@ from densekit.eval.plots import plot_heatmap
 from densekit.eval.probe import (METRIC, REDUCES, SIGNALS, best_pooled_setting, best_setting, pooled_rows, probe,
                                  random_order_ndcg)
 from densekit.eval.report import shuffled
-from densekit.retriever.search import first_stage
+from densekit.retriever.first_stage import first_stage
 
 TUNE = ["scifact:train", "nfcorpus:dev", "msmarco-trecdl-rerank:dl20"]
 

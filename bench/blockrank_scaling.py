@@ -110,7 +110,7 @@ def load(which: str) -> BlockRanker:
         return BlockRanker.from_pretrained(SMOLLM2, BlockRankConfig())
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from densekit.retriever.models import resolve
+    from densekit.core.models import resolve
 
     tok = AutoTokenizer.from_pretrained(resolve(SMOLLM2))
     torch.manual_seed(0)

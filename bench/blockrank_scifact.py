@@ -15,11 +15,11 @@ import json
 import time
 from pathlib import Path
 
-from densekit.eval.pipeline import RerankTask, first_stage_groups
+from densekit.eval.reranking import RerankTask, first_stage_groups
 from densekit.reranker.blockrank import BlockRanker
 from densekit.reranker.config import BlockRankConfig, BlockRankTrainOptions, RerankTrainConfig
 from densekit.reranker.train import train_reranker
-from densekit.retriever.checkpoints import read_train_log
+from densekit.core.checkpoints import read_train_log
 
 LLM = "HuggingFaceTB/SmolLM2-135M-Instruct"
 INDEX = "runs/bench-rerank/index-scifact-minilm"  # the dense index bench/rerank_scifact.py and bench/rerank.py use

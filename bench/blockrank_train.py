@@ -18,7 +18,7 @@ from densekit.eval.data import load_dataset, resolve_dataset
 from densekit.reranker.blockrank import BlockRanker
 from densekit.reranker.config import BlockRankConfig, BlockRankTrainOptions, RerankTrainConfig
 from densekit.retriever.examples import training_groups
-from densekit.retriever.search import first_stage
+from densekit.retriever.first_stage import first_stage
 
 
 def main() -> None:

@@ -17,11 +17,11 @@ import numpy as np
 import torch
 
 from densekit.eval.data import load_dataset, resolve_dataset
-from densekit.eval.pipeline import evaluate
+from densekit.eval.metrics import evaluate
 from densekit.retriever.encoder import DualEncoder
 from densekit.retriever.index import Index
-from densekit.retriever.models import cache_dir, resolve
-from densekit.retriever.text import doc_text
+from densekit.core.models import cache_dir, resolve
+from densekit.core.text import doc_text
 
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 

@@ -21,7 +21,7 @@ import numpy as np
 from densekit.eval.benchmark import _cell_dir, load_suite
 from densekit.eval.data import load_dataset, resolve_dataset, select_queries
 from densekit.eval.metrics import compute, roc_auc, roc_auc_per_query
-from densekit.eval.pipeline import read_run
+from densekit.eval.runfile import read_run
 from densekit.eval.report import randomisation_test, ttest, win_tie_loss
 
 POOL = ("vaswani", "cranfield", "cisi", "dbpedia-entity-sample", "dl19")

@@ -35,10 +35,11 @@ from pathlib import Path
 
 from densekit.eval.data import load_dataset, resolve_dataset, select_queries
 from densekit.eval.fusion import fuse, tune_weight
-from densekit.eval.pipeline import evaluate, read_run, write_run
+from densekit.eval.metrics import evaluate
+from densekit.eval.runfile import read_run, write_run
 from densekit.eval.report import random_order
-from densekit.retriever.checkpoints import read_train_log
-from densekit.retriever.runs import top_k
+from densekit.core.checkpoints import read_train_log
+from densekit.core.runs import top_k
 
 METRIC = "ndcg@10"
 

@@ -20,13 +20,13 @@ from pathlib import Path
 
 import numpy as np
 
-from densekit.eval.pipeline import RerankTask, first_stage_groups
+from densekit.eval.reranking import RerankTask, first_stage_groups
 from densekit.eval.plots import plot_gradient_weights
 from densekit.eval.report import random_order
 from densekit.reranker.config import RerankerConfig, RerankTrainConfig
 from densekit.reranker.pointwise import LLMReranker
 from densekit.reranker.train import train_reranker
-from densekit.retriever.checkpoints import read_train_log
+from densekit.core.checkpoints import read_train_log
 
 LLM = "HuggingFaceTB/SmolLM2-135M-Instruct"
 INDEX = "runs/bench-rerank/index-scifact-minilm"  # all-MiniLM-L6-v2 Flat index of the scifact corpus (bench/rerank.py's)

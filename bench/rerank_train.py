@@ -71,7 +71,7 @@ def held_out(examples: list[dict]) -> list[dict]:
 def tuning_metric(out: Path, k: int = 20):
     """``evaluate(reranker)``: nDCG@10 of the reranked dense top ``k`` of the held-out tuning queries (the
     ones ``bench/rerank.py``'s scifact-train-dense task scores), for the training curve."""
-    from densekit.eval.pipeline import rerank_metric
+    from densekit.eval.reranking import rerank_metric
     from densekit.retriever.search import dense_search
 
     ds = load_dataset(resolve_dataset("scifact"), "train")
@@ -151,7 +151,7 @@ def train(args) -> None:
 
 def curve(args) -> None:
     """The tuning-split values a run logged while training (``--eval-every``), one JSON line each."""
-    from densekit.retriever.checkpoints import read_train_log
+    from densekit.core.checkpoints import read_train_log
 
     run = read_train_log(args.out)
     per_step = run["config"]["batch_size"]

@@ -19,8 +19,8 @@ import numpy as np
 from densekit.eval.data import load_dataset, resolve_dataset
 from densekit.retriever.encoder import DualEncoder
 from densekit.retriever.index import Index
-from densekit.retriever.models import cache_dir
-from densekit.retriever.text import doc_text
+from densekit.core.models import cache_dir
+from densekit.core.text import doc_text
 
 FACTORIES = {  # factory -> search knobs
     "Flat": {},

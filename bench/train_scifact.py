@@ -18,11 +18,11 @@ import numpy as np
 import torch
 
 from densekit.eval.data import load_dataset, resolve_dataset
-from densekit.eval.pipeline import evaluate
+from densekit.eval.metrics import evaluate
 from densekit.retriever import examples as ex
 from densekit.retriever.encoder import DualEncoder
 from densekit.retriever.index import Index
-from densekit.retriever.models import cache_dir
+from densekit.core.models import cache_dir
 from densekit.retriever.mining import dense_positive_scores, select_negatives
 from densekit.retriever.search import build_index
 from densekit.retriever.config import TrainConfig
@@ -49,7 +49,7 @@ def throughput(batch_size: int, examples: list[dict], steps: int) -> dict:
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.losses import MultipleNegativesRankingLoss
 
-    from densekit.retriever.models import resolve
+    from densekit.core.models import resolve
 
     data = ex.batches(examples, batch_size, 1, seed=0, epoch=0)[:steps + 1]
     enc = DualEncoder.from_pretrained(MODEL)

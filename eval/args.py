@@ -13,7 +13,7 @@ import argparse
 import math
 from dataclasses import MISSING, fields
 
-from densekit.retriever.config import field_type
+from densekit.core.settings import field_type
 
 
 def int_at_least(minimum: int, what: str):

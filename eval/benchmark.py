@@ -53,7 +53,7 @@ import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from densekit.retriever.io import (DataError, atomic_write_text, check_target, check_writable, folder_lock,
+from densekit.core.io import (DataError, atomic_write_text, check_target, check_writable, folder_lock,
                                   read_manifest)
 
 ROLES = ("tune", "heldout")
@@ -217,7 +217,7 @@ def check_suite(suite: Suite) -> None:
     dataset or system."""
     from densekit.reranker.base import resolve_spec
 
-    from . import pipeline
+    from .reranking import tuning_split
     from .data import load_split, resolve_dataset
 
     check_definitions(suite)
@@ -237,7 +237,7 @@ def check_suite(suite: Suite) -> None:
     for d in tunes if tuned else []:
         folder = resolve_dataset(d.data or d.name)
         try:
-            tune = pipeline.tuning_split(folder, d.split)
+            tune = tuning_split(folder, d.split)
         except ValueError:
             raise DataError(f"system {tuned[0]!r} chooses a weight on tuning data ('auto'), but the tune dataset "
                             f"{d.name!r} has no tuning split (dev, train, or dl20 for dl19): give it one, make it "
@@ -339,7 +339,7 @@ def build_indexes(suite: Suite, indexes: Path, world: int = 1, rank: int = 0, pr
     """Build every dense index the suite needs that does not exist yet (index ``i`` on rank ``i % world``, through
     ``jobs.build_index``), then wait until all exist: no two processes ever encode one corpus. Returns the seconds
     each index built here took."""
-    from densekit.retriever.io import artefact_kind
+    from densekit.core.io import artefact_kind
 
     from . import jobs
     from .data import resolve_dataset
@@ -496,7 +496,7 @@ def make_table(suite: Suite, out: Path, permutations: int = 10_000, seed: int = 
 
     from . import report
     from .data import load_dataset, resolve_dataset, select_queries
-    from .pipeline import read_run
+    from densekit.eval.runfile import read_run
 
     systems = [s.name for s in suite.systems]
     cells, pooled_values = {}, {name: [] for name in systems}

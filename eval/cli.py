@@ -8,10 +8,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from densekit.retriever.config import DISTILL_LOSSES, MineConfig, TrainConfig
-from densekit.retriever.models import ModelNotAvailable
+from densekit.core.models import ModelNotAvailable
 from densekit.reranker import kinds as reranker_kinds
 from densekit.reranker.config import RerankTrainConfig
 
@@ -77,7 +76,7 @@ CONFIGS = {
 }
 
 # Every flag naming a place densekit writes, by subcommand, and what it writes there. One output rule holds for all
-# (densekit.retriever.io): something that exists and is not densekit's own output of that kind is refused, densekit's
+# (densekit.core.io): something that exists and is not densekit's own output of that kind is refused, densekit's
 # own is replaced only with --overwrite, and the check runs before any model loads; tests/test_output_rule.py walks
 # every subcommand's flags and holds the parser to this table.
 OUTPUTS = {
@@ -495,7 +494,7 @@ def cmd_eval(args) -> int:
         for result in results.values():
             _print_json({**result["system"], **result["metrics"]})
     else:
-        from .pipeline import format_table
+        from densekit.eval.report import format_table
 
         print(format_table({label: result["metrics"] for label, result in results.items()}))
     return 0

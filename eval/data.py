@@ -24,9 +24,9 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from densekit.retriever.io import DataError, atomic_write_text, lines as _lines, read_jsonl, write_jsonl  # noqa: F401
+from densekit.core.io import DataError, atomic_write_text, lines as _lines, read_jsonl, write_jsonl  # noqa: F401
 
-from densekit.retriever.types import Corpus, Qrels, Queries
+from densekit.core.types import Corpus, Qrels, Queries
 
 BEIR_URL = "https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets/{name}.zip"
 # md5 of each official BEIR zip, as published in the BEIR README.
@@ -292,7 +292,7 @@ def load_corpus_arrow(folder: str | Path, cache_dir: str | Path | None = None):
     keyed by the file's path, size and modification time; later opens map the cached Arrow file and cost
     no RAM beyond the pages read. Encoding and the sharded build read it in slices (``Dataset.shard``)."""
     import datasets
-    from densekit.retriever.models import cache_dir as densekit_cache
+    from densekit.core.models import cache_dir as densekit_cache
 
     path = _corpus_file(Path(folder))
     stat = path.stat()
@@ -369,7 +369,7 @@ def download(name: str, out: str | Path, url: str | None = None, md5: str | None
     """
     from tqdm.auto import tqdm
 
-    from densekit.retriever.io import check_writable
+    from densekit.core.io import check_writable
 
     out = Path(out)
     target = out / name
@@ -385,7 +385,7 @@ def download(name: str, out: str | Path, url: str | None = None, md5: str | None
         if name not in BEIR_MD5:
             raise DataError(f"unknown BEIR dataset {name!r}; known: {', '.join(sorted(BEIR_MD5))}")
         url, md5 = BEIR_URL.format(name=name), BEIR_MD5[name]
-    from densekit.retriever.models import offline
+    from densekit.core.models import offline
 
     if offline():
         raise DataError(f"offline mode (DENSEKIT_OFFLINE/HF_HUB_OFFLINE set): cannot download {url}")
@@ -419,10 +419,10 @@ def download(name: str, out: str | Path, url: str | None = None, md5: str | None
 def write_beir(folder: str | Path, corpus: Corpus, queries: Queries, qrels: dict[str, Qrels],
                overwrite: bool = False) -> Path:
     """Write a BEIR folder (``qrels`` maps split name to qrels) as one whole: the output-path rule of
-    ``densekit.retriever.io.atomic_dir`` (kind ``dataset``), so a folder that exists is replaced, whole,
+    ``densekit.core.io.atomic_dir`` (kind ``dataset``), so a folder that exists is replaced, whole,
     only when densekit wrote it and ``overwrite`` is true; no file of an older dataset survives beside
     the new one. Used by tests and converters."""
-    from densekit.retriever.io import atomic_dir
+    from densekit.core.io import atomic_dir
 
     with atomic_dir(folder, "dataset", overwrite) as tmp:
         write_jsonl(tmp / "corpus.jsonl", ({"_id": k, "title": v.get("title", ""), "text": v["text"]}

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from densekit.retriever.runs import NORMS, normalise, rank  # noqa: F401  (re-exported)
+from densekit.core.runs import normalise, rank
 
 GRID = tuple(round(i / 20, 2) for i in range(21))
 
@@ -50,7 +50,7 @@ def choose_weight(fused_run, qrels: dict, metric: str = "ndcg@10", grid: Sequenc
                   relevance_level: int = 1) -> tuple[float, dict[float, float]]:
     """The ``w`` of ``grid`` whose run ``fused_run(w)`` has the best mean ``metric`` on ``qrels`` (ties: the
     smaller ``w``), and the whole curve ``{w: metric}``. Only ``qrels`` (a tuning split's) is read."""
-    from .pipeline import evaluate
+    from densekit.eval.metrics import evaluate
 
     if not qrels:
         raise ValueError("weight tuning needs judged queries; the tuning split has none")

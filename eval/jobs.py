@@ -1,7 +1,7 @@
 """What each ``densekit`` subcommand does, as library functions: plain arguments and config objects in,
 plain data (what the command prints) out. ``eval/cli.py`` only parses arguments and calls one of these.
 
-Every job checks its output path (``densekit.retriever.io``) before it loads data or a model, so a refused
+Every job checks its output path (``densekit.core.io``) before it loads data or a model, so a refused
 output costs nothing. Notes for the user (skipped queries, a tuned fusion weight ...) go to the
 ``note`` callback (default: ``warnings.warn``). Importing this module imports neither torch nor
 transformers nor faiss; each job imports what it needs.
@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from densekit.retriever.config import DEFAULT_ENCODER, MineConfig, TrainConfig
-from densekit.retriever.io import check_file_target, check_target, check_writable, folder_lock
+from densekit.core.io import check_file_target, check_target, check_writable, folder_lock
 
 from .data import DataError
 
@@ -96,9 +96,10 @@ def check_evaluate(data: str, split: str = "test", *, retriever: str | None = No
     read), the tuning split and tuning run of ``fuse="auto"``, the dense models and index folder. Raises
     ValueError / DataError / ModelNotAvailable; the CLI prints them as ``densekit: error: ...``."""
     from densekit.eval.metrics import check_relevance_level
-    from densekit.retriever.models import check_available
+    from densekit.core.models import check_available
 
-    from . import pipeline
+    from .reranking import check_tune_run, tuning_split
+    from .runfile import read_run
     from .data import load_split, resolve_dataset
 
     if run and retriever:
@@ -183,10 +184,10 @@ def check_evaluate(data: str, split: str = "test", *, retriever: str | None = No
             raise ValueError(f"--rerank-mode {rerank_mode}: the {getattr(plan.reranker[0], 'kind', '?')} reranker has "
                              f"no modes (BlockRank has attention and decode); drop --rerank-mode")
     if tuned:
-        plan.tune_split = pipeline.tuning_split(folder, split, tune_split)
+        plan.tune_split = tuning_split(folder, split, tune_split)
         tune_texts, tune_qrels = load_split(folder, plan.tune_split)
         if tune_run:
-            pipeline.check_tune_run(pipeline.read_run(tune_run), tune_run, tune_texts, plan.tune_split)
+            check_tune_run(read_run(tune_run), tune_run, tune_texts, plan.tune_split)
     if retriever in ("dense", "hybrid"):
         for model in models:
             check_available(model)
@@ -197,7 +198,7 @@ def check_evaluate(data: str, split: str = "test", *, retriever: str | None = No
 def check_index_folder(index: str | None) -> None:
     """An ``--index`` folder that is reused when it holds an index and built when absent: refuse (DataError) a
     file there, or a non-empty folder that holds no densekit index (densekit never writes into it)."""
-    from densekit.retriever.io import artefact_kind
+    from densekit.core.io import artefact_kind
 
     if not index:
         return
@@ -237,9 +238,14 @@ def evaluate(data: str, split: str = "test", *, retriever: str | None = None, ru
     ``save_run`` (a ``.N`` suffix per model when there are several) and ``roc`` (a PNG of every system's ROC
     curve) are replaced only with ``overwrite``. With ``score_cache`` (a folder) the reranker's scores are kept and
     reused there (``reranker.score_cache.ScoreCache``), also by ``fuse="auto"``'s tuning."""
-    from densekit.retriever.search import first_stage
+    from densekit.retriever.first_stage import first_stage
 
-    from . import pipeline
+    from densekit.core.runs import drop_unknown_docs
+
+    from .fusion import fuse as fuse_scores
+    from .metrics import DEFAULT_METRICS, drop_identical_ids, evaluate
+    from .reranking import rerank_stage
+    from .runfile import check_trec_id, read_run, write_run
     from .data import load_dataset, select_queries
 
     start = time.perf_counter()
@@ -252,14 +258,14 @@ def evaluate(data: str, split: str = "test", *, retriever: str | None = None, ru
                           rerank_batch_size=rerank_batch_size, fuse=fuse, fuse_norm=fuse_norm, tune_split=tune_split,
                           tune_run=tune_run, tune_queries=tune_queries, roc=roc, score_cache=score_cache)
     retriever, models, depth, mode = plan.retriever, plan.models, plan.depth, plan.mode
-    saved_run = pipeline.read_run(run) if run else None
+    saved_run = read_run(run) if run else None
     ds = load_dataset(plan.folder, split)
     queries = select_queries(ds.queries, max_queries)
     if save_run:  # refuse ids a TREC file cannot hold before any work
         for qid in queries:
-            pipeline.check_trec_id(qid, "query id")
+            check_trec_id(qid, "query id")
         for doc in ds.corpus:
-            pipeline.check_trec_id(doc, "doc id")
+            check_trec_id(doc, "doc id")
     if saved_run is not None:
         saved_run = _saved_run_for(saved_run, run, queries, ds, split, note)
     identical = 0 if keep_identical_ids else sum(
@@ -277,7 +283,7 @@ def evaluate(data: str, split: str = "test", *, retriever: str | None = None, ru
             from densekit.reranker.score_cache import ScoreCache
 
             ranker = ScoreCache(ranker, score_cache)
-    metric_names = list(dict.fromkeys([*pipeline.DEFAULT_METRICS, f"recall@{top_k}", f"map@{top_k}"]))
+    metric_names = list(dict.fromkeys([*DEFAULT_METRICS, f"recall@{top_k}", f"map@{top_k}"]))
     runs, results = {}, {}
     for model in models:
         t0 = time.perf_counter()
@@ -296,22 +302,21 @@ def evaluate(data: str, split: str = "test", *, retriever: str | None = None, ru
         system_run = {qid: system_run.get(qid, {}) for qid in queries}  # every evaluated query, empty when no hits
         fusion = None
         if ranker is not None:
-            missing = sum(1 for docs in system_run.values() for doc in docs if doc not in ds.corpus)
+            system_run, missing = drop_unknown_docs(system_run, ds.corpus)
             if missing:
                 note(f"rerank: skipped {missing} run doc id(s) absent from the corpus of {ds.path}")
-                system_run = {qid: {d: s for d, s in docs.items() if d in ds.corpus} for qid, docs in system_run.items()}
             first = system_run
-            system_run = pipeline.rerank_stage(system_run, ds.corpus, queries, ranker, depth, rerank_batch_size or 8, mode)
+            system_run = rerank_stage(system_run, ds.corpus, queries, ranker, depth, rerank_batch_size or 8, mode)
             system_run = {qid: system_run.get(qid, {}) for qid in queries}
             label += f">{reranker}@{depth}" + (f"/{mode}" if mode else "")
             if fuse is not None:
                 fusion = _fusion(ds, plan.tune_split, fuse, fuse_norm, tune_run, tune_queries, retriever, model, index,
                                  ranker, depth, mode, rerank_batch_size, relevance_level, note, top_k, hybrid)
-                system_run = pipeline.fuse(first, system_run, fusion["weight"], depth, fusion["norm"])
+                system_run = fuse_scores(first, system_run, fusion["weight"], depth, fusion["norm"])
                 label += f"+fuse{fusion['weight']}"
-        _, means = pipeline.evaluate(system_run, ds.qrels, metric_names, relevance_level,
+        _, means = evaluate(system_run, ds.qrels, metric_names, relevance_level,
                                      ignore_identical_ids=not keep_identical_ids, auc_k=top_k)
-        runs[label] = pipeline.drop_identical_ids(system_run) if not keep_identical_ids else system_run
+        runs[label] = drop_identical_ids(system_run) if not keep_identical_ids else system_run
         results[label] = {
             "system": {"dataset": str(ds.path), "split": split, "retriever": retriever, "run": run, "model": model,
                        "reranker": reranker, "rerank_mode": mode, "rerank_top_k": depth if reranker else None,
@@ -320,7 +325,7 @@ def evaluate(data: str, split: str = "test", *, retriever: str | None = None, ru
                                         "seconds": round(time.perf_counter() - (start if not results else t0), 3)})}
         if save_run:
             suffix = "" if len(models) == 1 else f".{len(results)}"
-            pipeline.write_run(save_run + suffix, system_run, tag=label, overwrite=overwrite)
+            write_run(save_run + suffix, system_run, tag=label, overwrite=overwrite)
             empty = sum(1 for docs in system_run.values() if not docs)
             if empty:  # issue 11 item 10: a TREC file cannot hold a query without hits
                 note(f"{empty} evaluated quer{'y has' if empty == 1 else 'ies have'} no hits and no line in "
@@ -371,12 +376,12 @@ def _fusion(ds, tune, fuse, fuse_norm, tune_run, tune_queries, retriever, model,
     """``{"weight", "norm", "tuned_on", "tune_queries", "curve"}``: the given weight, or with ``auto`` the best
     weight on the tuning split ``tune``'s first ``tune_queries`` judged queries (the evaluated system's first
     stage there: ``top_k`` documents, the same ``hybrid`` setting; reranked)."""
-    from . import pipeline
+    from .reranking import tune_fusion
 
     norm = fuse_norm or "z"
     if fuse != "auto":
         return {"weight": fuse, "norm": norm, "tuned_on": None, "tune_queries": None, "curve": None}
-    weight, tuned, curve = pipeline.tune_fusion(ds.path, tune, ranker, depth, norm, tune_queries or 100, retriever=retriever,
+    weight, tuned, curve = tune_fusion(ds.path, tune, ranker, depth, norm, tune_queries or 100, retriever=retriever,
                                          model=model, index_dir=index, run_file=tune_run, mode=mode,
                                          batch_size=batch_size or 8, relevance_level=relevance_level,
                                          first_k=top_k, hybrid=hybrid)
@@ -462,7 +467,7 @@ def build_index(data: str, model: str, out: str, factory: str = "Flat", batch_si
     from contextlib import ExitStack
 
     from densekit.retriever.encoder import DualEncoder
-    from densekit.retriever.models import check_available
+    from densekit.core.models import check_available
     from densekit.retriever.search import build_index as build
     from densekit.retriever.shards import shard_name
 
@@ -540,7 +545,7 @@ def train_retriever(data: str, out: str, config: TrainConfig, model: str = DEFAU
     from dataclasses import replace
 
     from densekit.retriever import examples as ex
-    from densekit.retriever.checkpoints import check_run_folder
+    from densekit.core.checkpoints import check_run_folder
     from densekit.retriever.config import DISTILL_LOSSES
     from densekit.retriever.encoder import DualEncoder
     from densekit.retriever.train import train
@@ -595,9 +600,9 @@ def train_reranker(data: str | list[str], out: str, config, scorer, model: str =
     from densekit.reranker import kinds
     from densekit.reranker.base import check_target
     from densekit.reranker.train import train_reranker as train, training_options
-    from densekit.retriever.checkpoints import check_run_folder
+    from densekit.core.checkpoints import check_run_folder
 
-    from .pipeline import RerankTask, first_stage_groups, rerank_metric
+    from densekit.eval.reranking import RerankTask, first_stage_groups, rerank_metric
 
     kind = kinds.by_config(scorer)
     if kind is None:
@@ -668,7 +673,7 @@ def mine(data: str, out: str, config: MineConfig, split: str = "train", index: s
     ``negative_scores``: the distillation losses' input), cached per query group in ``teacher_cache`` when given (a
     rerun resumes); ``denoise`` then drops the negatives the teacher scores above every positive. Returns ``{"out",
     "queries", "negatives"}`` (+ ``"teacher"``, ``"denoised"``: the count dropped)."""
-    from densekit.retriever.io import write_jsonl
+    from densekit.core.io import write_jsonl
     from densekit.retriever.mining import mine_negatives, mined_rows
 
     from .data import load_dataset, resolve_dataset

@@ -13,6 +13,9 @@
   all are 0 for a query with no relevant documents.
 
 ``roc_auc`` is the Mann–Whitney AUC of relevant vs non-relevant scores (ties count one half).
+
+``evaluate(run, qrels, metrics)`` is the entry point: ``(per_query, means)`` of a run, like beir's
+``ignore_identical_ids`` first dropping any document whose id equals its query id.
 """
 from __future__ import annotations
 
@@ -21,10 +24,11 @@ from typing import Iterable
 
 import numpy as np
 
-from densekit.retriever.runs import rank
+from densekit.core.runs import rank
 
-from densekit.retriever.types import Qrels, Run
+from densekit.core.types import Qrels, Run
 
+DEFAULT_METRICS = ("ndcg@10", "mrr@10", "recall@100", "map@100", "p@10")
 MEASURES = ("ndcg", "mrr", "recall", "map", "p")
 _ALIASES = {"precision": "p", "recip_rank": "mrr", "ndcg_cut": "ndcg", "map_cut": "map"}
 
@@ -186,3 +190,29 @@ def roc_curve(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.nd
     tpr = np.r_[0.0, tps / max(labels.sum(), 1)]
     fpr = np.r_[0.0, fps / max((~labels).sum(), 1)]
     return fpr, tpr
+
+
+def drop_identical_ids(run: Run) -> Run:
+    """Remove documents whose id equals the query id (beir's ``ignore_identical_ids``)."""
+    return {qid: {doc: s for doc, s in docs.items() if doc != qid} for qid, docs in run.items()}
+
+
+def evaluate(run: Run, qrels: Qrels, metrics: Iterable[str] = DEFAULT_METRICS, relevance_level: int = 1,
+             ignore_identical_ids: bool = True, auc_k: int | None = None) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
+    """Per-query values and their means over the queries present in both run and qrels.
+
+    This is pytrec_eval's convention (and beir's): a query of ``run`` with an empty ranking counts 0, a
+    query absent from ``run`` is not averaged at all. ``densekit eval`` therefore puts every evaluated
+    query into the run (empty when it has no hits). ``relevance_level`` must be >= 1 (ValueError).
+
+    With ``auc_k`` set, the means also hold ``auc@<k>``: the global ROC-AUC of relevant vs non-relevant
+    scores over every query's top ``auc_k`` (see ``roc_auc``).
+    """
+    check_relevance_level(relevance_level)
+    if ignore_identical_ids:
+        run = drop_identical_ids(run)
+    per_query = compute(qrels, run, list(metrics), relevance_level)
+    means = mean(per_query)
+    if auc_k is not None:
+        means[f"auc@{auc_k}"] = roc_auc(qrels, run, auc_k, relevance_level)
+    return per_query, means

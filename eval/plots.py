@@ -57,10 +57,10 @@ def plot_differences(result: dict, path: str | Path, overwrite: bool = False) ->
 
 def _save(fig, path: str | Path, overwrite: bool = False) -> Path:
     """Write ``fig`` as a PNG at ``path`` (folders created) and free it; an existing file is replaced only
-    with ``overwrite`` (the output-path rule, ``densekit.retriever.io.atomic_file``)."""
+    with ``overwrite`` (the output-path rule, ``densekit.core.io.atomic_file``)."""
     import matplotlib.pyplot as plt
 
-    from densekit.retriever.io import atomic_file
+    from densekit.core.io import atomic_file
 
     try:
         with atomic_file(path, overwrite) as tmp:

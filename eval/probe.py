@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from densekit.retriever.types import Qrels
+from densekit.core.types import Qrels
 
 from .metrics import compute
 from .report import random_order

@@ -2,7 +2,7 @@
 
 ``compare(runs, qrels, metrics, baseline)`` takes plain dicts (``{name: run}``, BEIR qrels) and returns a plain
 dict. For every system other than the baseline and every metric, on the per-query values of the evaluated
-queries (``pipeline.evaluate``: identical ids dropped, a query absent from a run counts 0, as ``densekit eval``):
+queries (``evaluate``: identical ids dropped, a query absent from a run counts 0, as ``densekit eval``):
 
 - paired t-test: ``scipy.stats.ttest_rel(system, baseline)`` (statistic and two-sided p-value as scipy gives
   them; when every difference is 0, where scipy answers NaN, p = 1);
@@ -28,8 +28,8 @@ import numpy as np
 
 from .data import DataError
 
-from densekit.retriever.runs import rank
-from densekit.retriever.types import Qrels, Run
+from densekit.core.runs import rank
+from densekit.core.types import Qrels, Run
 
 DEFAULT_METRICS = ("ndcg@10", "mrr@10", "recall@100")
 TIE_TOLERANCE = 1e-12
@@ -103,7 +103,7 @@ def compare(runs: dict[str, Run], qrels: Qrels, metrics: Iterable[str] = DEFAULT
                                                "p_random_holm", "win", "tie", "loss"}}  (not for the baseline)}},
          "per_query": {name: {metric: [value per query, in "queries" order]}}}
     """
-    from . import pipeline
+    from .metrics import evaluate
 
     metrics = list(dict.fromkeys(metrics))
     if len(runs) < 2:
@@ -120,7 +120,7 @@ def compare(runs: dict[str, Run], qrels: Qrels, metrics: Iterable[str] = DEFAULT
         shared = sum(1 for q in qids if q in run)
         if not shared:
             raise DataError(f"run {name!r}: none of its {len(run)} queries is an evaluated query (check --data and --split)")
-        values, means = pipeline.evaluate({q: run.get(q, {}) for q in qids}, qrels, metrics, relevance_level,
+        values, means = evaluate({q: run.get(q, {}) for q in qids}, qrels, metrics, relevance_level,
                                           ignore_identical_ids)
         per_query[name] = {m: [values[q][m] for q in qids] for m in metrics}
         systems[name] = {"means": means, "absent_queries": len(qids) - shared, "outside_queries": len(run) - shared}
@@ -152,7 +152,7 @@ def shuffled(doc_ids: Sequence[str], qid: str, seed: int = 0) -> list[str]:
 def random_order(run: Run, qrels: Qrels, metric: str = "ndcg@10", shuffles: int = 10, relevance_level: int = 1,
                  seed: int = 0, top_k: int | None = None, ignore_identical_ids: bool = True) -> dict[str, float]:
     """The chance level of a reranker: ``{qid: metric of the query's candidates in a random order, averaged over
-    shuffles}`` for the queries of ``run`` that have qrels (``pipeline.evaluate``'s convention).
+    shuffles}`` for the queries of ``run`` that have qrels (``evaluate``'s convention).
 
     Each query's candidates, taken in ranked order (``runs.rank``), are permuted uniformly at random
     ``shuffles`` times; with ``top_k`` only the ``top_k`` best-scored ones are (what a reranker of the top
@@ -160,9 +160,9 @@ def random_order(run: Run, qrels: Qrels, metric: str = "ndcg@10", shuffles: int 
     ``shuffled(candidates, q, seed + i)``: it depends on neither the other queries nor their order, the result is
     reproducible, and the mean of ``shuffles=1`` calls with seeds ``s, ..., s + n - 1`` is the ``shuffles=n,
     seed=s`` call (the spread over shuffles of a mean over queries comes from such calls). The metric is
-    ``pipeline.evaluate``'s (``relevance_level``; a document whose id is the query's dropped first unless
+    ``evaluate``'s (``relevance_level``; a document whose id is the query's dropped first unless
     ``ignore_identical_ids=False``)."""
-    from .pipeline import evaluate
+    from densekit.eval.metrics import evaluate
 
     if shuffles < 1:
         raise ValueError(f"shuffles must be >= 1, got {shuffles}")
@@ -182,7 +182,7 @@ def random_order(run: Run, qrels: Qrels, metric: str = "ndcg@10", shuffles: int 
 
 def read_runs(specs: Sequence[str]) -> dict[str, Run]:
     """``NAME=FILE`` or ``FILE`` (named by its file name) -> ``{name: run}``; a repeated name raises ValueError."""
-    from .pipeline import read_run
+    from densekit.eval.runfile import read_run
 
     runs = {}
     for spec in specs:
@@ -247,3 +247,16 @@ def write_json(result: dict, path: str | Path, overwrite: bool = False) -> None:
     from .data import atomic_write_text
 
     atomic_write_text(path, json.dumps(_json_safe(result), indent=1, allow_nan=False) + "\n", overwrite)
+
+
+def format_table(rows: dict[str, dict[str, float]], digits: int = 4) -> str:
+    """A Markdown table: one row per system, one column per metric."""
+    if not rows:
+        return ""
+    columns = list(dict.fromkeys(c for values in rows.values() for c in values))
+    lines = ["| system | " + " | ".join(columns) + " |", "| --- |" + " --- |" * len(columns)]
+    for system, values in rows.items():
+        cells = [f"{values[c]:.{digits}f}" if isinstance(values.get(c), float)
+                 else "n/a" if c in values and values[c] is None else str(values.get(c, "")) for c in columns]
+        lines.append(f"| {system} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -24,10 +24,10 @@ from typing import Sequence
 
 import torch
 
-from densekit.retriever import models
-from densekit.retriever.io import DataError, atomic_dir, verify_parts
-from densekit.retriever.runs import rank
-from densekit.retriever.text import doc_text
+from densekit.core import models
+from densekit.core.io import DataError, atomic_dir, verify_parts
+from densekit.core.runs import drop_unknown_docs, rank
+from densekit.core.text import doc_text
 
 from . import kinds
 from .kinds import DEFAULT_KIND, register  # noqa: F401  (``register``: the decorator a kind's class carries)
@@ -49,14 +49,11 @@ def rerank(reranker, run: dict, corpus: dict, queries: dict[str, str], top_k: in
     corpus are dropped, with one warning giving the count."""
     if top_k < 1:
         raise ValueError(f"rerank top_k must be >= 1, got {top_k}")
-    heads, groups, tails, missing = {}, [], {}, 0
-    for qid, docs in run.items():
-        ranking = rank(docs)
-        heads[qid] = [d for d in ranking[:top_k] if d in corpus]
-        missing += sum(1 for d in ranking[:top_k] if d not in corpus)
-        tails[qid] = ranking[top_k:]
-        if heads[qid]:
-            groups.append((queries[qid], [doc_text(corpus[d]) for d in heads[qid]]))
+    rankings = {qid: rank(docs) for qid, docs in run.items()}
+    known, missing = drop_unknown_docs({qid: dict.fromkeys(r[:top_k], 0.0) for qid, r in rankings.items()}, corpus)
+    heads = {qid: list(docs) for qid, docs in known.items()}  # first-stage order
+    tails = {qid: r[top_k:] for qid, r in rankings.items()}
+    groups = [(queries[qid], [doc_text(corpus[d]) for d in heads[qid]]) for qid in run if heads[qid]]
     if missing:
         warnings.warn(f"rerank: skipped {missing} doc id(s) absent from the corpus", stacklevel=2)
     scored = iter(reranker.score_groups(groups, batch_size=batch_size, show_progress=show_progress, mode=mode))
@@ -244,7 +241,7 @@ class TransformerRanker(torch.nn.Module):
         """Save the LoRA adapter (or the full model) plus ``reranker.json`` (kind, base model, config), atomically,
         with ``densekit.json`` kind ``reranker`` (recording every file's size and sha256, checked by ``load``).
         An existing densekit reranker folder is replaced only with
-        ``overwrite`` (``densekit.retriever.io.check_target``); non-finite weights are refused before anything is written."""
+        ``overwrite`` (``densekit.core.io.check_target``); non-finite weights are refused before anything is written."""
         bad = [n for n, t in self.model.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
         if bad:
             raise DataError(f"the {self.kind} reranker has non-finite weights in {len(bad)} tensor(s), e.g. "

@@ -40,7 +40,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from densekit.retriever.text import doc_text
+from densekit.core.text import doc_text
 
 from .base import CausalLMRanker, leading_special_tokens, register
 from .config import BlockRankConfig, BlockRankTrainOptions

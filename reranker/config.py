@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from densekit.retriever.config import AT_LEAST_ONE, FRACTION, NON_NEGATIVE, POSITIVE, check_fields, setting
+from densekit.core.settings import AT_LEAST_ONE, FRACTION, NON_NEGATIVE, POSITIVE, check_fields, setting
 
 @dataclass
 class RerankTrainConfig:

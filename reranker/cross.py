@@ -25,8 +25,8 @@ from typing import Sequence
 
 import torch
 
-from densekit.retriever import models
-from densekit.retriever.io import DataError
+from densekit.core import models
+from densekit.core.io import DataError
 
 from . import objectives
 from .base import TransformerRanker, register

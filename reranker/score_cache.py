@@ -18,14 +18,14 @@ from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Sequence
 
-from densekit.retriever.io import check_writable
+from densekit.core.io import check_writable
 
 
 def reranker_identity(reranker) -> str:
     """What a reranker computes: sha256 (16 hex digits) of its kind, class, config and weights."""
     import torch
 
-    from densekit.retriever.models import weights_hash
+    from densekit.core.models import weights_hash
 
     config = getattr(reranker, "config", None)
     parts = {"kind": getattr(reranker, "kind", None), "class": type(reranker).__qualname__,
@@ -38,7 +38,7 @@ def reranker_identity(reranker) -> str:
 
 def check_cache_folder(folder: str | os.PathLike, flag: str = "--score-cache") -> None:
     """Refuse, before any work, a score folder densekit cannot keep scores in (a file in its place, no write access)."""
-    from densekit.retriever.io import DataError
+    from densekit.core.io import DataError
 
     if Path(folder).exists() and not Path(folder).is_dir():
         raise DataError(f"{flag} {folder}: a file is in the way of the score folder; give a folder")

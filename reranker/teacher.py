@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 
-from densekit.retriever.text import doc_text
+from densekit.core.text import doc_text
 
 
 def teacher_scores(reranker, rows: list[dict], corpus: dict, batch_size: int = 8, show_progress: bool = True,

@@ -14,11 +14,9 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Callable
 
-import torch
-
-from densekit.retriever.checkpoints import run_identity
-from densekit.retriever.engine import Optimization, TrainStep, check_divisible, fit, process_count
-from densekit.retriever.models import weights_hash
+from densekit.core.checkpoints import run_identity
+from densekit.core.engine import Optimization, TrainStep, check_divisible, fit, process_count
+from densekit.core.models import weights_hash
 
 from .config import RerankTrainConfig
 
@@ -106,15 +104,15 @@ def train_reranker(reranker, examples: list[dict], out: str | os.PathLike, confi
     weights of positives and negatives; BlockRank: the LM and auxiliary parts). ``options``: the kind's own training
     settings (its ``train_options`` dataclass; ``training_options`` checks them and the objective first).
 
-    The loop is the engine's (``densekit.retriever.engine.fit``: DDP, accumulation over ``micro_batch``, schedule,
+    The loop is the engine's (``densekit.core.engine.fit``: DDP, accumulation over ``micro_batch``, schedule,
     checkpoints, logs). With N processes ``batch_size`` is the global number of groups a step (each
     process takes ``batch_size / N``; it must divide, checked before any work), so N processes train the
-    same model as one. The folder rules are ``densekit.retriever.checkpoints``'s: ``resume`` continues only the
+    same model as one. The folder rules are ``densekit.core.checkpoints``'s: ``resume`` continues only the
     same run (same config, data, base model, reranker config and process count; a raised ``max_steps``
     is refused) and truncates the log to the resumed step; a fresh run replaces a run in ``out`` only with
     ``overwrite``. A NaN/inf loss or gradient stops training (naming the step and the config) before the
     optimizer step. ``stop_after``: end after that many steps without saving the model (an interruption).
-    ``evaluate(reranker) -> {name: value}`` (e.g. ``densekit.eval.pipeline.rerank_metric`` on a tuning split)
+    ``evaluate(reranker) -> {name: value}`` (e.g. ``densekit.eval.reranking.rerank_metric`` on a tuning split)
     runs every ``evaluate_every`` steps and after the last; its values land in the log as ``eval_<name>``.
     ``config.train_doc_tokens`` cuts the training documents (``cut_documents``); scoring is unchanged."""
     config, options = training_options(reranker, config, options)

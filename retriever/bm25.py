@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .config import BM25Config
-from .types import Corpus, Queries, Run
+from densekit.core.types import Corpus, Queries, Run
 
 
 @dataclass

@@ -24,10 +24,10 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from . import models
+from densekit.core import models
 from .config import EncoderConfig
-from .io import DataError, atomic_dir, verify_parts
-from .text import doc_text
+from densekit.core.io import DataError, atomic_dir, verify_parts
+from densekit.core.text import doc_text
 
 _ST_POOLING_KEYS = {"mean": "pooling_mode_mean_tokens", "cls": "pooling_mode_cls_token", "last": "pooling_mode_lasttoken"}
 

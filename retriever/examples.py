@@ -22,9 +22,9 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from .io import DataError, lines, read_jsonl
-from .text import doc_text
-from .types import Qrels, Queries, Run
+from densekit.core.io import DataError, lines, read_jsonl
+from densekit.core.text import doc_text
+from densekit.core.types import Qrels, Queries, Run
 
 
 @dataclass

@@ -14,8 +14,8 @@ for runs a caller already has (a weight tuned on a tuning split reuses them).
 """
 from __future__ import annotations
 
-from .runs import NORMS, normalise, rank
-from .types import Queries, Run
+from densekit.core.runs import NORMS, normalise, rank
+from densekit.core.types import Queries, Run
 
 HYBRID_NORMS = (*NORMS, "rrf")
 RRF_K = 60

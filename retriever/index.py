@@ -22,7 +22,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from .io import DataError, atomic_dir, verify_parts
+from densekit.core.io import DataError, atomic_dir, verify_parts
 
 FORMAT_VERSION = 1
 

@@ -15,9 +15,9 @@ import numpy as np
 
 from .config import MineConfig
 from .index import Index
-from .io import write_jsonl
-from .runs import rank
-from .types import Qrels, Queries, Run
+from densekit.core.io import write_jsonl
+from densekit.core.runs import rank
+from densekit.core.types import Qrels, Queries, Run
 
 
 def select_negatives(run: dict[str, dict[str, float]], qrels: dict[str, dict[str, int]], rank_from: int = 0,

@@ -1,5 +1,4 @@
-"""Corpus -> index -> run: the first stage (dense, or BM25 through ``first_stage``) shared by evaluation,
-mining and reranker training.
+"""Corpus -> index -> run: dense retrieval (``dense_search``) and the index it searches, built or reused.
 
 ``build_index`` encodes the corpus (all of it, or shard i of n: ``shards.py``) in pieces of ``shard_size``
 documents, each saved as a ``.npy`` file under ``<out>.partial/`` next to the target; an interrupted build
@@ -9,8 +8,7 @@ The target, the factory string and the corpus size are checked before anything i
 
 An index knows its encoder by ``model_hash`` in ``meta.json`` (``DualEncoder.content_hash``: weights +
 pooling config), not by the path it was loaded from; ``check_encoder`` compares it wherever an index is
-read (eval, search, mine, reranker training). Indexes from before the hash fall back to the model
-name, with a warning.
+read (eval, search, mine, reranker training); an index without it is refused.
 """
 from __future__ import annotations
 
@@ -21,10 +19,10 @@ import numpy as np
 
 from .encoder import DualEncoder
 from .index import BadIndexError, Index, check_factory, corpus_fingerprint
-from .io import check_target
+from densekit.core.io import check_target
 from .shards import CorpusRows, encode_shard, merge_shards, wait_for_shards
 from .config import DEFAULT_ENCODER
-from .types import Queries, Run
+from densekit.core.types import Queries, Run
 
 
 
@@ -131,25 +129,3 @@ def dense_search(corpus, queries: Queries, k: int, model: str = DEFAULT_ENCODER,
     index = load_or_build_index(corpus, encoder, index_dir, factory, batch_size, show_progress)
     index.set_params(nprobe=nprobe, ef_search=ef_search)
     return index.search_run(*encode_queries(encoder, queries, batch_size), k)
-
-
-def first_stage(retriever: str, corpus, queries: Queries, k: int, model: str | None = None,
-                index_dir: str | None = None, factory: str = "Flat", batch_size: int = 64,
-                nprobe: int | None = None, ef_search: int | None = None, hybrid_weight: float | None = 0.5,
-                hybrid_norm: str = "z") -> Run:
-    """Top-``k`` run from ``bm25`` (``bm25.bm25_search``), ``dense`` (a densekit encoder, default
-    all-MiniLM-L6-v2, + FAISS index, built or reused: ``dense_search``) or ``hybrid`` (both, fused per query with
-    ``hybrid_weight`` and ``hybrid_norm``: ``hybrid.hybrid_search``); ``corpus`` a BEIR dict or an Arrow dataset."""
-    if retriever == "bm25":
-        from .bm25 import bm25_search
-
-        return bm25_search(corpus, queries, k)
-    if retriever == "dense":
-        return dense_search(corpus, queries, k, model=model or DEFAULT_ENCODER, index_dir=index_dir, factory=factory,
-                            batch_size=batch_size, nprobe=nprobe, ef_search=ef_search)
-    if retriever == "hybrid":
-        from .hybrid import hybrid_search
-
-        return hybrid_search(corpus, queries, k, hybrid_weight, hybrid_norm, model=model, index_dir=index_dir,
-                             factory=factory, batch_size=batch_size, nprobe=nprobe, ef_search=ef_search)
-    raise ValueError(f"unknown retriever {retriever!r}: use bm25, dense or hybrid")

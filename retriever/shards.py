@@ -39,8 +39,8 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from .index import BadIndexError, Index, check_factory
-from .io import atomic_write_text, check_target, make_dir
-from .text import doc_text
+from densekit.core.io import atomic_write_text, check_target, make_dir
+from densekit.core.text import doc_text
 
 SHARD_FORMAT = 1
 _SHARD_RE = re.compile(r"^shard-(\d{5,})-of-(\d{5,})(\.partial)?$")
@@ -370,7 +370,7 @@ def _merge_on_disk(index: Index, infos: list[tuple[Path, dict]], out: Path, add_
     import faiss
     from faiss.contrib.ondisk import merge_ondisk
 
-    from .io import atomic_dir
+    from densekit.core.io import atomic_dir
 
     with atomic_dir(out, "index", overwrite, parts=True) as tmp:
         parts = []

@@ -36,10 +36,10 @@ from pathlib import Path
 
 import torch
 
-from .checkpoints import run_identity
+from densekit.core.checkpoints import run_identity
 from .config import DISTILL_LOSSES, TrainConfig
 from .encoder import DualEncoder
-from .engine import Optimization, TrainStep, check_divisible, fit, process_count
+from densekit.core.engine import Optimization, TrainStep, check_divisible, fit, process_count
 from .examples import Batch, batches, require_teacher_scores
 from .losses import text_keys
 

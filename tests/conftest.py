@@ -100,7 +100,7 @@ def _tiny_model_folder(root: Path, kind: str) -> Path:
     import torch
     from transformers import AutoTokenizer, BertConfig, BertModel, LlamaConfig, LlamaModel
 
-    from densekit.retriever.models import resolve
+    from densekit.core.models import resolve
 
     torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(resolve(MINILM))
@@ -135,7 +135,7 @@ def tiny_causal_lm(tmp_path_factory):
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from densekit.retriever.models import resolve
+    from densekit.core.models import resolve
 
     torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(resolve(MINILM))
@@ -156,8 +156,8 @@ def rerank_order_problem(first: dict, reranked: dict, corpus: dict, queries: dic
     ``reranker.score_groups``, one query at a time. Those scores must tell every two docs apart (gap > ``min_gap``:
     a constant-score reranker orders nothing, so any order would "agree" with it), the saved run must hold them
     (within 1e-4) and rank the docs in their order, and the docs below ``top_k`` must follow in first-stage order."""
-    from densekit.retriever.runs import rank
-    from densekit.retriever.text import doc_text
+    from densekit.core.runs import rank
+    from densekit.core.text import doc_text
 
     for qid, docs in first.items():
         ranking = rank(docs)
@@ -182,7 +182,7 @@ def cli_rerank_problem(tiny_beir, tmp_path, capsys, spec: str, top_k: int = 3, m
     must not change, and ``rerank_order_problem`` of the saved runs against the reranker loaded from ``spec``."""
     from densekit.eval.cli import main
     from densekit.eval.data import load_dataset
-    from densekit.eval.pipeline import read_run
+    from densekit.eval.runfile import read_run
     from densekit.reranker.base import load_reranker
 
     plain_path, reranked_path = tmp_path / "plain.trec", tmp_path / "reranked.trec"

@@ -1,5 +1,5 @@
 """densekit's DualEncoder inside the ``beir`` library: beir's ``DenseRetrievalExactSearch`` +
-``EvaluateRetrieval`` against densekit's own ``dense_search`` (FAISS Flat index) + ``densekit.eval.pipeline.evaluate``,
+``EvaluateRetrieval`` against densekit's own ``dense_search`` (FAISS Flat index) + ``densekit.eval.metrics.evaluate``,
 on the tiny BEIR fixture of conftest.py with the tiny random models.
 
 The beir contract (beir 2.2.0, read from its installed source):
@@ -30,9 +30,9 @@ from beir.retrieval.evaluation import EvaluateRetrieval
 from beir.retrieval.search.dense import DenseRetrievalExactSearch
 
 from densekit.eval.data import load_dataset, load_queries, write_beir
-from densekit.eval.pipeline import drop_identical_ids, evaluate
+from densekit.eval.metrics import drop_identical_ids, evaluate
 from densekit.retriever.encoder import DualEncoder
-from densekit.retriever.runs import rank
+from densekit.core.runs import rank
 from densekit.retriever.search import dense_search
 
 K_VALUES = [1, 3, 5]  # depth 5 < 6 docs: the top-k cut matters

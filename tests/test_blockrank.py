@@ -78,7 +78,7 @@ def deep_ranker():
     """4 layers, GQA, scoring layer 1: the reference's hidden states after 2 layers are comparable."""
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from densekit.retriever.models import resolve
+    from densekit.core.models import resolve
 
     torch.manual_seed(1)
     tok = AutoTokenizer.from_pretrained(resolve("sentence-transformers/all-MiniLM-L6-v2"))
@@ -183,8 +183,8 @@ def test_objective_must_fit_the_model(ranker, tmp_path):
 
 
 def test_rerank_attention_and_decode_modes(ranker, monkeypatch):
-    from densekit.retriever.runs import rank
-    from densekit.retriever.text import doc_text
+    from densekit.core.runs import rank
+    from densekit.core.text import doc_text
 
     corpus = {f"d{i}": {"title": "", "text": t} for i, t in enumerate(DOCS)}
     run = {"q1": {"d0": 3.0, "d1": 2.0, "d2": 1.0, "d3": 0.5, "gone": 0.7}}
@@ -236,7 +236,7 @@ def test_bad_input(ranker):
 @pytest.mark.slow
 @torch.no_grad()
 def test_paths_agree_on_smollm2():
-    from densekit.retriever.models import ModelNotAvailable
+    from densekit.core.models import ModelNotAvailable
 
     try:
         r = BlockRanker.from_pretrained("HuggingFaceTB/SmolLM2-135M-Instruct", BlockRankConfig(doc_max_tokens=32))
@@ -376,7 +376,7 @@ def test_aux_only_training_never_runs_or_changes_layers_above_the_scoring_layer(
     forward hook would see them), their weights stay bit-identical, and the attention loss falls."""
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from densekit.retriever.models import resolve
+    from densekit.core.models import resolve
 
     torch.manual_seed(2)
     tok = AutoTokenizer.from_pretrained(resolve("sentence-transformers/all-MiniLM-L6-v2"))
@@ -411,7 +411,7 @@ def gemma_ranker():
     the documents and across them), full attention on layer 2, GQA, q/k norms, scaled embeddings."""
     from transformers import AutoTokenizer, Gemma3ForCausalLM, Gemma3TextConfig
 
-    from densekit.retriever.models import resolve
+    from densekit.core.models import resolve
 
     torch.manual_seed(3)
     tok = AutoTokenizer.from_pretrained(resolve("sentence-transformers/all-MiniLM-L6-v2"))
@@ -449,7 +449,7 @@ def test_a_sliding_scoring_layer_that_cannot_reach_the_documents_is_refused(gemm
 def test_an_unsupported_model_family_is_refused():
     from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
-    from densekit.retriever.models import resolve
+    from densekit.core.models import resolve
 
     tok = AutoTokenizer.from_pretrained(resolve("sentence-transformers/all-MiniLM-L6-v2"))
     model = GPT2LMHeadModel(GPT2Config(vocab_size=tok.vocab_size, n_embd=32, n_layer=2, n_head=2))

@@ -15,7 +15,8 @@ from densekit.eval import cli
 from densekit.eval.args import add_config_args, config_from_args, field_default
 from densekit.reranker.config import (BlockRankConfig, BlockRankTrainOptions, CrossEncoderConfig, QLMConfig,
                                       RerankerConfig, RerankTrainConfig)
-from densekit.retriever.config import MineConfig, TrainConfig, field_type, setting
+from densekit.core.settings import field_type, setting
+from densekit.retriever.config import MineConfig, TrainConfig
 
 REQUIRED = ["--data", "d", "--out", "o"]
 EXTRA = {("mine",): ["--index", "i"]}  # --max-ratio needs dense mining

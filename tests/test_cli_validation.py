@@ -12,7 +12,8 @@ import pytrec_eval
 from densekit.eval import metrics as M
 from densekit.eval.cli import build_parser, main
 from densekit.eval.data import DataError, load_corpus, load_qrels, load_queries, write_beir
-from densekit.eval.pipeline import evaluate, read_run, write_run
+from densekit.eval.metrics import evaluate
+from densekit.eval.runfile import read_run, write_run
 
 
 def strict_json(text: str):
@@ -336,20 +337,20 @@ def test_mistyped_model_path_is_a_clean_error(tiny_beir, tmp_path, capsys, monke
 
 
 def test_save_run_to_a_folder_fails_before_any_work(tiny_beir, tmp_path, capsys, monkeypatch):
-    from densekit.retriever import search
+    from densekit.retriever import first_stage as stage
 
-    monkeypatch.setattr(search, "first_stage", lambda *a, **k: pytest.fail("work started"))
+    monkeypatch.setattr(stage, "first_stage", lambda *a, **k: pytest.fail("work started"))
     assert "is a folder" in exits_2(["eval", "--data", str(tiny_beir), "--save-run", str(tmp_path)], capsys)
     assert "is a folder" in exits_2(["eval", "--data", str(tiny_beir), "--run", str(tmp_path)], capsys)
 
 
 def test_main_keeps_tracebacks_of_genuine_bugs(tiny_beir, monkeypatch):
-    from densekit.retriever import search
+    from densekit.retriever import first_stage as stage
 
     def bug(*args, **kwargs):
         raise TypeError("a bug")
 
-    monkeypatch.setattr(search, "first_stage", bug)
+    monkeypatch.setattr(stage, "first_stage", bug)
     with pytest.raises(TypeError, match="a bug"):
         main(["eval", "--data", str(tiny_beir)])
 

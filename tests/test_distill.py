@@ -276,7 +276,7 @@ def _worker(root: str, bert: str) -> None:
     from densekit.retriever.train import train
 
     root = Path(root)
-    from densekit.retriever.engine import process_count
+    from densekit.core.engine import process_count
 
     rank = int(os.environ["RANK"])
     assert process_count() == 2  # accelerate sets up the gloo process group, as for training

@@ -201,7 +201,7 @@ def test_batch_not_divisible_by_the_processes_is_refused_before_any_work(two):
 def test_resume_with_another_process_count_is_refused(two, tiny_bert, tmp_path):
     import shutil
 
-    from densekit.retriever.io import OutputExistsError
+    from densekit.core.io import OutputExistsError
     from densekit.retriever.train import train
 
     out = tmp_path / "copy"

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from densekit.retriever.encoder import DualEncoder
-from densekit.retriever.models import ModelNotAvailable, PACKAGED, Packaged, resolve
+from densekit.core.models import ModelNotAvailable, PACKAGED, Packaged, resolve
 
 from conftest import MINILM
 

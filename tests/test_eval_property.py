@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, event, given, settings, strategies as st
 
 from densekit.eval.cli import main
 from densekit.eval.data import write_beir
-from densekit.eval.pipeline import top_k
+from densekit.core.runs import top_k
 
 QUERY_IDS = ["q0", "q1", "q2", "q3"]
 DOC_IDS = [f"d{i}" for i in range(7)] + ["q0", "q1"]  # "q0"/"q1" as doc ids: identical-id cases

@@ -5,7 +5,6 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +13,8 @@ import pytest
 from densekit.eval.cli import main
 from densekit.eval.data import write_beir
 from densekit.retriever.index import Index, corpus_fingerprint
-from densekit.retriever import io
-from densekit.retriever.io import MANIFEST, DataError, OutputExistsError
+from densekit.core import io
+from densekit.core.io import MANIFEST, DataError, OutputExistsError
 
 
 def two_indexes(tmp_path, meta=None) -> tuple[Path, Path]:

@@ -1,8 +1,7 @@
-import math
-
 import pytest
 
-from densekit.eval.fusion import fuse, normalise, tune_weight
+from densekit.core.runs import normalise
+from densekit.eval.fusion import fuse, tune_weight
 
 FIRST = {"q1": {"a": 3.0, "b": 2.0, "c": 1.0, "d": 0.5}, "q2": {"x": 10.0, "y": 10.0}}
 RERANKED = {"q1": {"a": -3.0, "b": -1.0, "c": -2.0, "d": -9.0}, "q2": {"x": 1.0, "y": 2.0}}
@@ -62,8 +61,8 @@ def test_cli_fuse_zero_keeps_the_first_stage_ranking(tiny_beir, tiny_causal_lm, 
     code, fused, _ = _eval_json(base + ["--reranker", f"qlm:{tiny_causal_lm}", "--rerank-top-k", "6", "--fuse", "0",
                                         "--save-run", str(tmp_path / "b.trec")], capsys)
     assert code == 0 and fused[0]["fuse"] == {"weight": 0.0, "norm": "z", "tuned_on": None, "tune_queries": None, "curve": None}
-    from densekit.eval.pipeline import read_run
-    from densekit.retriever.runs import rank
+    from densekit.eval.runfile import read_run
+    from densekit.core.runs import rank
 
     a, b = read_run(tmp_path / "a.trec"), read_run(tmp_path / "b.trec")
     assert {q: rank(d) for q, d in a.items()} == {q: rank(d) for q, d in b.items()}

@@ -52,7 +52,8 @@ def _eval(argv, capsys):
 
 def test_cli_hybrid_is_the_two_retrievers_fused(tiny_beir, tiny_bert, tmp_path, capsys):
     from densekit.eval.data import load_dataset
-    from densekit.eval.pipeline import evaluate, read_run
+    from densekit.eval.metrics import evaluate
+    from densekit.eval.runfile import read_run
     from densekit.retriever.bm25 import bm25_search
     from densekit.retriever.search import dense_search
 
@@ -134,7 +135,7 @@ def test_fuse_auto_tunes_over_the_evaluated_hybrid_first_stage(tiny_beir, tiny_b
     """--fuse auto on a hybrid first stage: the tuning split's first stage is the same hybrid (weight, norm, depth),
     not a default one."""
     from densekit.reranker import kinds
-    from densekit.retriever import search
+    from densekit.retriever import first_stage as stage
 
     class Stub:
         kind, modes = "stub", ("score",)
@@ -147,8 +148,8 @@ def test_fuse_auto_tunes_over_the_evaluated_hybrid_first_stage(tiny_beir, tiny_b
             return {q: {d: -float(i) for i, d in enumerate(sorted(docs))} for q, docs in run.items()}
 
     monkeypatch.setitem(kinds.KINDS, "stub", kinds.Kind("stub", cls=Stub))
-    calls, real = [], search.first_stage
-    monkeypatch.setattr(search, "first_stage", lambda *a, **k: calls.append((a[0], a[3], k)) or real(*a, **k))
+    calls, real = [], stage.first_stage
+    monkeypatch.setattr(stage, "first_stage", lambda *a, **k: calls.append((a[0], a[3], k)) or real(*a, **k))
     row, _ = _eval(["eval", "--data", str(tiny_beir), "--retriever", "hybrid", "--model", str(tiny_bert), "--top-k", "5",
                     "--hybrid-weight", "0.3", "--hybrid-norm", "minmax", "--reranker", "stub:x", "--rerank-top-k", "3",
                     "--fuse", "auto"], capsys)

@@ -15,7 +15,7 @@ from densekit.reranker import kinds
 from densekit.reranker.base import load_reranker, register, rerank
 from densekit.reranker.config import CrossEncoderConfig, RerankTrainConfig
 from densekit.reranker.cross import CrossEncoderRanker, pair_gradient_weights, pair_losses
-from densekit.retriever.config import setting
+from densekit.core.settings import setting
 
 
 # ---------------------------------------------------------------- a kind defined here, nowhere else
@@ -122,7 +122,7 @@ def tiny_cross(request, tmp_path_factory):
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
     from conftest import MINILM
-    from densekit.retriever.models import resolve
+    from densekit.core.models import resolve
 
     torch.manual_seed(1)
     tokenizer = AutoTokenizer.from_pretrained(resolve(MINILM))

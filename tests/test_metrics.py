@@ -7,7 +7,7 @@ import pytrec_eval
 from hypothesis import given, settings, strategies as st
 
 from densekit.eval import metrics as M
-from densekit.eval.pipeline import top_k
+from densekit.core.runs import top_k
 
 CUTS = (1, 3, 5, 10)
 OUR = [f"{m}@{k}" for m in ("ndcg", "recall", "map", "p") for k in CUTS]

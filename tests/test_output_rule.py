@@ -6,7 +6,6 @@ parser to it (a new flag that writes and is not listed fails it), the second wal
 user's file (and a user's folder) in its place. Before the fix ``eval --roc`` replaced the file (exit 0)."""
 import re
 
-import pytest
 
 from densekit.eval.cli import OUTPUTS, _subparsers, build_parser, main
 
@@ -78,7 +77,8 @@ def test_every_output_flag_refuses_what_is_not_its_own(tiny_beir, tiny_bert, tin
                                                        monkeypatch):
     import transformers
 
-    from densekit.retriever import models, search
+    from densekit.core import models
+    from densekit.retriever import first_stage as stage
 
     run = tmp_path / "bm25.trec"
     assert main(["eval", "--data", str(tiny_beir), "--save-run", str(run)]) == 0
@@ -91,7 +91,7 @@ def test_every_output_flag_refuses_what_is_not_its_own(tiny_beir, tiny_bert, tin
     for cls in (transformers.AutoModel, transformers.AutoModelForCausalLM, transformers.AutoTokenizer):
         monkeypatch.setattr(cls, "from_pretrained", fail)
     monkeypatch.setattr(models, "_converted_gguf", fail)
-    monkeypatch.setattr(search, "first_stage", fail)
+    monkeypatch.setattr(stage, "first_stage", fail)
     victims = tmp_path / "victims"
     (victims / "folder").mkdir(parents=True)
     (victims / "folder" / "thesis.tex").write_text("mine")

@@ -7,7 +7,9 @@ from densekit.eval import metrics as M
 from densekit.eval.cli import main
 from densekit.eval.data import DataError, load_dataset
 from densekit.retriever.bm25 import BM25Index, bm25_search
-from densekit.eval.pipeline import drop_identical_ids, evaluate, format_table, read_run, write_run
+from densekit.eval.metrics import drop_identical_ids, evaluate
+from densekit.eval.report import format_table
+from densekit.eval.runfile import read_run, write_run
 
 
 def test_run_file_roundtrip(tmp_path):
@@ -89,9 +91,9 @@ def test_scifact_bm25_cli(beir_data, capsys):
 def test_rerank_task_and_first_stage_groups_share_one_dense_index(tiny_beir, tiny_bert, tmp_path):
     """The scifact benches' data preparation: evaluated queries + first stage, and training groups from another
     split of the same corpus through the same index folder."""
-    from densekit.eval.pipeline import RerankTask, first_stage_groups
+    from densekit.eval.reranking import RerankTask, first_stage_groups
     from densekit.retriever.examples import training_groups
-    from densekit.retriever.search import first_stage
+    from densekit.retriever.first_stage import first_stage
 
     index = str(tmp_path / "index")
     task = RerankTask.load(str(tiny_beir), "test", k=2, max_queries=2, depth=4, model=str(tiny_bert), index_dir=index)
@@ -116,3 +118,12 @@ def test_plot_gradient_weights_writes_a_png(tmp_path):
     rows = [{"step": s, "w_sft_pos": 0.5, "w_sft_neg": 0.1, "w_cl_pos": 0.9 - 0.1 * s, "w_cl_neg": 0.05} for s in (1, 2, 3)]
     path = plot_gradient_weights({"SFT": rows, "CL": rows}, tmp_path / "plots" / "weights.png")
     assert path == tmp_path / "plots" / "weights.png" and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_unknown_doc_ids_leave_a_run_in_one_place():
+    """``drop_unknown_docs`` keeps every query and the order-free scores of known documents, and counts the rest;
+    fails if a query with no known document disappeared (it must still count 0 in the means)."""
+    from densekit.core.runs import drop_unknown_docs
+
+    run = {"q1": {"d1": 2.0, "zz": 1.0}, "q2": {"zz": 3.0}, "q3": {}}
+    assert drop_unknown_docs(run, {"d1": {}, "d2": {}}) == ({"q1": {"d1": 2.0}, "q2": {}, "q3": {}}, 2)

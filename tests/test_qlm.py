@@ -97,7 +97,7 @@ def test_smollm2_query_likelihood_ranks_scifact_bm25_candidates(beir_data):
     document higher than the random order does (the measured full-scale gap is ~3.5x, see README)."""
     from densekit.retriever.bm25 import bm25_search
     from densekit.eval.data import load_dataset, select_queries
-    from densekit.eval.pipeline import evaluate
+    from densekit.eval.metrics import evaluate
     from densekit.reranker.base import load_reranker
 
     ds = load_dataset(beir_data / "scifact", "test")

@@ -8,7 +8,7 @@ from densekit.reranker.base import load_reranker, register, rerank
 from densekit.reranker.blockrank import BlockRanker
 from densekit.reranker.pointwise import LLMReranker
 from densekit.reranker.qlm import QLMReranker
-from densekit.retriever.io import DataError
+from densekit.core.io import DataError
 
 
 @register
@@ -66,8 +66,8 @@ def test_a_new_kind_runs_through_the_cli_with_no_change_to_eval(tiny_beir, capsy
     assert main(base + [str(tiny_beir / "plain.trec")]) == 0
     assert main(base + [str(tiny_beir / "short.trec"), "--reranker", "shortest-first-test:anything",
                         "--rerank-top-k", "6"]) == 0
-    from densekit.eval.pipeline import read_run
-    from densekit.retriever.text import doc_text
+    from densekit.eval.runfile import read_run
+    from densekit.core.text import doc_text
     from densekit.eval.data import load_corpus
 
     corpus = load_corpus(tiny_beir / "corpus.jsonl")

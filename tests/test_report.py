@@ -5,7 +5,9 @@ import numpy as np
 import pytest
 from scipy.stats import ttest_rel
 
-from densekit.eval import pipeline, report
+from densekit.eval import report
+from densekit.eval.metrics import evaluate
+from densekit.eval.runfile import read_run, write_run
 from densekit.eval.cli import main
 
 
@@ -32,8 +34,8 @@ def test_pvalues_equal_scipy_ttest_rel_on_the_per_query_values():
     assert result["baseline"] == "base" and result["queries"] == sorted(qrels)
     for name in ("better", "noisy"):
         for m in metrics:
-            per_query, _ = pipeline.evaluate(runs[name], qrels, [m])
-            base_values, _ = pipeline.evaluate(runs["base"], qrels, [m])
+            per_query, _ = evaluate(runs[name], qrels, [m])
+            base_values, _ = evaluate(runs["base"], qrels, [m])
             x = [per_query[q][m] for q in sorted(qrels)]
             y = [base_values[q][m] for q in sorted(qrels)]
             assert result["per_query"][name][m] == x and result["per_query"]["base"][m] == y
@@ -95,7 +97,7 @@ def _tiny_runs(tmp_path):
     bad = {"q1": {"d2": 3.0, "d1": 2.0, "d6": 1.0}, "q2": {"d4": 3.0, "d2": 2.0, "d3": 1.0}}
     paths = []
     for name, run in (("good", good), ("bad", bad), ("same", good)):
-        pipeline.write_run(tmp_path / f"{name}.trec", run)
+        write_run(tmp_path / f"{name}.trec", run)
         paths.append(tmp_path / f"{name}.trec")
     return paths, {"good": good, "bad": bad}
 
@@ -113,8 +115,8 @@ def test_cli_compare_prints_the_table_and_writes_png_and_json(tiny_beir, tmp_pat
     assert result["baseline"] == "G" and result["queries"] == ["q1", "q2"]
     qrels = {"q1": {"d1": 1, "d6": 2}, "q2": {"d3": 2, "d5": 1, "d2": 0}}
     for m in ("ndcg@10", "mrr@10"):
-        x = [pipeline.evaluate(runs["bad"], qrels, [m])[0][q][m] for q in ("q1", "q2")]
-        y = [pipeline.evaluate(runs["good"], qrels, [m])[0][q][m] for q in ("q1", "q2")]
+        x = [evaluate(runs["bad"], qrels, [m])[0][q][m] for q in ("q1", "q2")]
+        y = [evaluate(runs["good"], qrels, [m])[0][q][m] for q in ("q1", "q2")]
         test = result["systems"]["bad.trec"]["tests"][m]
         assert result["per_query"]["bad.trec"][m] == x and test["p_ttest"] == float(ttest_rel(x, y).pvalue)
         assert (test["win"], test["tie"], test["loss"]) == (0, 0, 2)
@@ -140,7 +142,7 @@ def test_cli_compare_three_scifact_runs(beir_data, tmp_path, capsys):
     assert main(["eval", "--data", str(beir_data / "scifact"), "--retriever", "bm25", "--top-k", "100",
                  "--save-run", str(bm25)]) == 0
     capsys.readouterr()
-    run = pipeline.read_run(bm25)
+    run = read_run(bm25)
     rng = np.random.default_rng(0)
     shuffled, swapped = {}, {}
     for n, (qid, docs) in enumerate(sorted(run.items())):
@@ -151,8 +153,8 @@ def test_cli_compare_three_scifact_runs(beir_data, tmp_path, capsys):
         if n % 2 == 0 and len(ranking) > 1:  # ranks 1 and 2 swapped in every other query: a small change
             ranking = [ranking[1], ranking[0], *ranking[2:]]
         swapped[qid] = {d: float(100 - i) for i, d in enumerate(ranking)}
-    pipeline.write_run(tmp_path / "shuffled.trec", shuffled)
-    pipeline.write_run(tmp_path / "swapped.trec", swapped)
+    write_run(tmp_path / "shuffled.trec", shuffled)
+    write_run(tmp_path / "swapped.trec", swapped)
     out_json, out_png = tmp_path / "cmp.json", tmp_path / "cmp.png"
     assert main(["compare", str(bm25), str(tmp_path / "shuffled.trec"), str(tmp_path / "swapped.trec"),
                  "--data", str(beir_data / "scifact"), "--json", str(out_json), "--plot", str(out_png)]) == 0
@@ -163,10 +165,10 @@ def test_cli_compare_three_scifact_runs(beir_data, tmp_path, capsys):
     qrels = load_dataset(beir_data / "scifact", "test").qrels
     qids = result["queries"]
     assert len(qids) == 300
-    base = {m: [pipeline.evaluate({q: run.get(q, {}) for q in qids}, qrels, [m])[0][q][m] for q in qids] for m in result["metrics"]}
+    base = {m: [evaluate({q: run.get(q, {}) for q in qids}, qrels, [m])[0][q][m] for q in qids] for m in result["metrics"]}
     for name, other in (("shuffled.trec", shuffled), ("swapped.trec", swapped)):
         for m in result["metrics"]:
-            values = pipeline.evaluate({q: other.get(q, {}) for q in qids}, qrels, [m])[0]
+            values = evaluate({q: other.get(q, {}) for q in qids}, qrels, [m])[0]
             x = [values[q][m] for q in qids]
             assert result["per_query"][name][m] == x
             test = result["systems"][name]["tests"][m]

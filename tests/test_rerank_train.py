@@ -50,7 +50,7 @@ def test_generative_sft_equals_positive_query_nll(tiny_causal_lm):
 def test_micro_batches_accumulate_to_the_full_batch_gradient(tiny_causal_lm, tmp_path, monkeypatch):
     """Guards the engine's accumulation over --micro-batch (a loss not scaled by its share, a micro-batch dropped):
     the gradient the optimizer steps with, and the logged loss, equal one pass over the whole batch."""
-    from densekit.retriever import engine
+    from densekit.core import engine
 
     seen = []
 
@@ -201,7 +201,8 @@ def test_fixed_negatives_repeat_the_groups_in_another_order():
 def test_training_logs_a_tuning_metric_every_n_steps(tiny_causal_lm, tmp_path):
     """``evaluate`` runs after steps 2, 4 and the last (5), in eval mode without gradients; its nDCG@10 is
     pytrec_eval's on the reranked tuning run, and the last logged value is the saved model's."""
-    from densekit.eval.pipeline import evaluate, rerank_metric
+    from densekit.eval.metrics import evaluate
+    from densekit.eval.reranking import rerank_metric
 
     corpus = {f"d{t}": {"title": "", "text": f"{t} {t} {t}"} for t in "abcdefg"}
     queries = {f"q{t}": f"{t} {t}" for t in "abcd"}

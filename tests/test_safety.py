@@ -16,10 +16,10 @@ import torch
 
 from densekit.eval.cli import main
 from densekit.eval.data import write_beir
-from densekit.retriever.checkpoints import NonFiniteError, list_checkpoints
+from densekit.core.checkpoints import NonFiniteError, list_checkpoints
 from densekit.retriever.encoder import DualEncoder
 from densekit.retriever.index import BadIndexError, Index
-from densekit.retriever.io import MANIFEST, OutputExistsError, atomic_dir, atomic_write_text
+from densekit.core.io import MANIFEST, OutputExistsError, atomic_dir, atomic_write_text
 from densekit.retriever.search import build_index
 from densekit.retriever.config import TrainConfig
 from densekit.retriever.train import train
@@ -183,7 +183,7 @@ def test_fresh_run_in_an_old_out_is_refused_and_overwrite_keeps_its_own_checkpoi
 
 def test_resumed_reranker_log_does_not_repeat_steps(tiny_causal_lm, tmp_path):
     from densekit.reranker.pointwise import LLMReranker
-    from densekit.reranker.config import BlockRankTrainOptions, RerankTrainConfig
+    from densekit.reranker.config import RerankTrainConfig
     from densekit.reranker.train import train_reranker
 
     groups = [{"query": f"q{t}", "positives": [f"{t} {t} {t}"], "negatives": [f"{o} {o}" for o in "abcde" if o != t]}

@@ -13,7 +13,7 @@ from densekit.eval.cli import main
 from densekit.eval.data import DataError, load_qrels, load_queries, select_queries, write_beir
 from densekit.retriever.encoder import DualEncoder
 from densekit.retriever.index import BadIndexError, Index
-from densekit.retriever.io import OutputExistsError
+from densekit.core.io import OutputExistsError
 
 
 def run_cli(argv, capsys) -> tuple[int, str, str]:
@@ -41,7 +41,8 @@ def guard_model_loads(monkeypatch):
     fail the test."""
     import transformers
 
-    from densekit.retriever import models, search
+    from densekit.core import models
+    from densekit.retriever import first_stage as stage
 
     def fail(*args, **kwargs):
         raise AssertionError("model weights were read (or the first stage ran) before the arguments were checked")
@@ -51,7 +52,7 @@ def guard_model_loads(monkeypatch):
                     transformers.AutoModelForSequenceClassification):
             monkeypatch.setattr(cls, "from_pretrained", fail)
         monkeypatch.setattr(models, "_converted_gguf", fail)
-        monkeypatch.setattr(search, "first_stage", fail)
+        monkeypatch.setattr(stage, "first_stage", fail)
 
     return guard
 
@@ -114,7 +115,7 @@ def test_3_a_packaged_encoder_by_name_is_not_a_reranker(tiny_beir, capsys, name,
 
 
 def test_4_tune_run_must_be_a_run_of_the_tuning_split(tiny_beir, tiny_causal_lm, tmp_path, capsys, no_model_loads):
-    from densekit.eval.pipeline import write_run
+    from densekit.eval.runfile import write_run
 
     test_run = tmp_path / "test.trec"  # a run of the evaluated (test) queries
     write_run(test_run, {"q1": {"d1": 2.0, "d6": 1.0}, "q2": {"d3": 1.0}})
@@ -245,7 +246,7 @@ def test_9_search_k_zero_and_documents_beyond_the_position_limit(tmp_path):
     import torch
     from transformers import AutoTokenizer, BertConfig, BertModel
 
-    from densekit.retriever.models import resolve
+    from densekit.core.models import resolve
 
     index = Index.build(np.eye(3, 4, dtype=np.float32), ["a", "b", "c"])
     for k in (0, -1):

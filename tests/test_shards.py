@@ -314,7 +314,7 @@ def test_bm25_first_stage_and_mining_read_arrow_corpora(tiny_beir, tiny_bert, tm
     Arrow corpus; the dense mining reuses an index built from the Arrow corpus (same fingerprint)."""
     from densekit.retriever.bm25 import BM25Index
     from densekit.retriever.mining import MineConfig, mine_negatives
-    from densekit.retriever.search import first_stage
+    from densekit.retriever.first_stage import first_stage
 
     ds = load_dataset(tiny_beir)
     arrow = load_corpus_arrow(tiny_beir, cache_dir=tmp_path / "cache")

@@ -7,8 +7,8 @@ import torch
 from densekit.eval.cli import main
 from densekit.retriever import examples as ex
 from densekit.retriever.encoder import DualEncoder
-from densekit.retriever.checkpoints import read_train_log
-from densekit.retriever.io import DataError
+from densekit.core.checkpoints import read_train_log
+from densekit.core.io import DataError
 from densekit.retriever.mining import select_negatives, write_mined
 from densekit.retriever.config import TrainConfig
 from densekit.retriever.train import _embed_batch, train

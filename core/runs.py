@@ -1,5 +1,6 @@
-"""Run helpers: the one ranking order used everywhere (metrics, run files, mining, reranking), and the
-per-query score normalisation every fusion uses (first stage + reranker, BM25 + dense)."""
+"""Run helpers: the one ranking order used everywhere (metrics, run files, mining, reranking), the one way doc ids
+absent from a corpus leave a run, and the per-query score normalisation every fusion uses (first stage + reranker,
+BM25 + dense)."""
 from __future__ import annotations
 
 import math
@@ -24,6 +25,14 @@ def rank(doc_scores: dict[str, float]) -> list[str]:
 def top_k(run: dict[str, dict[str, float]], k: int) -> dict[str, dict[str, float]]:
     """Keep the ``k`` best documents of each query."""
     return {qid: {doc: docs[doc] for doc in rank(docs)[:k]} for qid, docs in run.items()}
+
+
+def drop_unknown_docs(run: dict[str, dict[str, float]], corpus) -> tuple[dict[str, dict[str, float]], int]:
+    """``(run without the doc ids absent from corpus, how many were dropped)``; every query stays (empty if none of
+    its documents is known). A run read from a file or another corpus version can name documents a reranker or
+    training cannot read; callers say the count."""
+    kept = {qid: {d: s for d, s in docs.items() if d in corpus} for qid, docs in run.items()}
+    return kept, sum(len(docs) for docs in run.values()) - sum(len(docs) for docs in kept.values())
 
 
 def normalise(scores: dict[str, float], norm: str = "z") -> dict[str, float]:

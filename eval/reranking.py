@@ -1,131 +1,19 @@
-"""Retrieve -> rerank -> evaluate, plus TREC run files and result tables.
-
-``evaluate(run, qrels, metrics)`` returns ``(per_query, means)``; like beir's
-``ignore_identical_ids`` it first drops any document whose id equals its query id.
-Run files use the TREC format ``qid Q0 docid rank score tag``, written atomically.
-``RerankTask`` and ``first_stage_groups`` prepare a reranking experiment: the evaluated queries with their
-first-stage run, and training groups mined from a first stage.
+"""A reranking experiment's pieces: the rerank stage over a first stage's top k, fusion weights tuned on a tuning
+split (never the evaluated one), and the data of reranking benchmarks and training (``RerankTask``,
+``first_stage_groups``).
 """
 from __future__ import annotations
 
-import json
-
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from . import metrics as M
-from densekit.retriever.runs import top_k  # noqa: F401  (re-exported)
+from densekit.core.io import DataError
+from densekit.core.runs import drop_unknown_docs, top_k
+from densekit.core.types import Qrels, Run
 
-from .fusion import fuse  # noqa: F401  (re-exported)
-
-from .data import DataError, atomic_write_text
-
-from densekit.retriever.types import Qrels, Run
-
-DEFAULT_METRICS = ("ndcg@10", "mrr@10", "recall@100", "map@100", "p@10")
-
-
-def drop_identical_ids(run: Run) -> Run:
-    """Remove documents whose id equals the query id (beir's ``ignore_identical_ids``)."""
-    return {qid: {doc: s for doc, s in docs.items() if doc != qid} for qid, docs in run.items()}
-
-
-def evaluate(run: Run, qrels: Qrels, metrics: Iterable[str] = DEFAULT_METRICS, relevance_level: int = 1,
-             ignore_identical_ids: bool = True, auc_k: int | None = None) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
-    """Per-query values and their means over the queries present in both run and qrels.
-
-    This is pytrec_eval's convention (and beir's): a query of ``run`` with an empty ranking counts 0, a
-    query absent from ``run`` is not averaged at all. ``densekit eval`` therefore puts every evaluated
-    query into the run (empty when it has no hits). ``relevance_level`` must be >= 1 (ValueError).
-
-    With ``auc_k`` set, the means also hold ``auc@<k>``: the global ROC-AUC of relevant vs non-relevant
-    scores over every query's top ``auc_k`` (see ``metrics.roc_auc``).
-    """
-    M.check_relevance_level(relevance_level)
-    if ignore_identical_ids:
-        run = drop_identical_ids(run)
-    per_query = M.compute(qrels, run, list(metrics), relevance_level)
-    means = M.mean(per_query)
-    if auc_k is not None:
-        means[f"auc@{auc_k}"] = M.roc_auc(qrels, run, auc_k, relevance_level)
-    return per_query, means
-
-
-def check_trec_id(value: str, what: str = "id") -> str:
-    """A TREC run/qrels id: non-empty, no whitespace (the format is whitespace-separated columns).
-    Raise DataError naming the id otherwise."""
-    if not isinstance(value, str) or not value or any(ch.isspace() for ch in value):
-        raise DataError(f"cannot write {what} {value!r} to a TREC run file: ids must be non-empty and contain no "
-                        "whitespace (TREC files are whitespace-separated); rename it in the corpus/queries/qrels")
-    return value
-
-
-def write_run(path: str | Path, run: Run, tag: str = "densekit", overwrite: bool = False) -> None:
-    """Write a TREC run file (``qid Q0 docid rank score tag``), ranks in trec_eval order, atomically; an
-    existing file is replaced only with ``overwrite``.
-
-    Ids are written as they are: a query or doc id that is empty or contains whitespace (space, tab,
-    newline ...) would make a line of the wrong column count, so it is refused with a DataError naming
-    it, before anything is written. Whitespace in ``tag`` is replaced by ``_``. A query with an empty
-    ranking has no line (TREC files cannot express it): ``trec_eval`` without ``-c`` then averages over
-    fewer queries than densekit, which counts it 0 (``trec_eval -c`` with qrels of the evaluated queries
-    gives densekit's figure).
-    """
-    tag = "_".join(str(tag).split()) or "densekit"
-    lines = []
-    for qid in sorted(run):
-        docs = run[qid]
-        check_trec_id(qid, "query id")
-        for doc in docs:
-            check_trec_id(doc, f"doc id (query {qid})")
-        for position, doc in enumerate(M.rank(docs), start=1):
-            lines.append(f"{qid} Q0 {doc} {position} {float(docs[doc])!r} {tag}\n")
-    atomic_write_text(path, "".join(lines), overwrite)
-
-
-def read_run(path: str | Path) -> Run:
-    """Read a TREC run file; a malformed line, a NaN score or a repeated (query, doc) pair raises
-    DataError naming the file and line (trec_eval refuses duplicate docs too)."""
-    from densekit.retriever.io import lines as numbered_lines
-
-    path = Path(path)
-    if path.is_dir():
-        raise DataError(f"{path}: is a folder, not a TREC run file")
-    if not path.exists():
-        raise DataError(f"{path}: no such run file")
-    run: Run = {}
-    for number, line in numbered_lines(path):
-        fields = line.split()
-        if not fields:
-            continue
-        if len(fields) != 6:
-            raise DataError(f"{path}:{number}: expected 6 columns 'qid Q0 docid rank score tag', got {len(fields)}")
-        try:
-            score = float(fields[4])
-        except ValueError:
-            raise DataError(f"{path}:{number}: score {fields[4]!r} is not a number") from None
-        if math.isnan(score):
-            raise DataError(f"{path}:{number}: score is NaN")
-        docs = run.setdefault(fields[0], {})
-        if fields[2] in docs:
-            raise DataError(f"{path}:{number}: doc {fields[2]!r} appears twice for query {fields[0]!r}")
-        docs[fields[2]] = score
-    return run
-
-
-def format_table(rows: dict[str, dict[str, float]], digits: int = 4) -> str:
-    """A Markdown table: one row per system, one column per metric."""
-    if not rows:
-        return ""
-    columns = list(dict.fromkeys(c for values in rows.values() for c in values))
-    lines = ["| system | " + " | ".join(columns) + " |", "| --- |" + " --- |" * len(columns)]
-    for system, values in rows.items():
-        cells = [f"{values[c]:.{digits}f}" if isinstance(values.get(c), float)
-                 else "n/a" if c in values and values[c] is None else str(values.get(c, "")) for c in columns]
-        lines.append(f"| {system} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+from .metrics import evaluate
+from .runfile import read_run
 
 
 def rerank_stage(run: Run, corpus: dict, queries: dict[str, str], reranker, top_k: int, batch_size: int = 8,
@@ -190,7 +78,7 @@ def tune_fusion(folder: str | Path, split: str, reranker, k: int, norm: str = "z
     ``max_queries`` judged queries (sorted ids), their first stage's top ``k`` (``retriever``, or ``run_file``)
     reranked by ``reranker``. The first stage is the evaluated system's: it retrieves ``first_k`` (default ``k``)
     documents, a hybrid with the evaluated system's ``hybrid`` weight and norm. Only ``split``'s qrels are read."""
-    from densekit.retriever.search import first_stage
+    from densekit.retriever.first_stage import first_stage
 
     from .data import load_dataset, select_queries
     from .fusion import tune_weight
@@ -205,7 +93,7 @@ def tune_fusion(folder: str | Path, split: str, reranker, k: int, norm: str = "z
         hybrid = hybrid or {}
         run = first_stage(retriever, ds.corpus, queries, first_k or k, model=model, index_dir=index_dir,
                           hybrid_weight=hybrid.get("weight", 0.5), hybrid_norm=hybrid.get("norm", "z"))
-    run = {q: {d: s for d, s in docs.items() if d in ds.corpus} for q, docs in top_k(run, k).items()}
+    run, _ = drop_unknown_docs(top_k(run, k), ds.corpus)
     reranked = rerank_stage(run, ds.corpus, queries, reranker, k, batch_size, mode)
     weight, curve = tune_weight(run, reranked, {q: ds.qrels[q] for q in queries}, k, norm=norm,
                             relevance_level=relevance_level)
@@ -215,7 +103,7 @@ def tune_fusion(folder: str | Path, split: str, reranker, k: int, norm: str = "z
 @dataclass
 class RerankTask:
     """A reranking experiment's data: ``dataset`` (one split), ``queries`` (its first ``max_queries`` queries,
-    sorted ids), ``first`` (their first-stage top ``depth``: ``densekit.retriever.search.first_stage``) and ``k``
+    sorted ids), ``first`` (their first-stage top ``depth``: ``densekit.retriever.first_stage.first_stage``) and ``k``
     (how many of each query's top candidates a reranker reorders)."""
 
     dataset: Any
@@ -229,7 +117,7 @@ class RerankTask:
              judged_only: bool = False) -> "RerankTask":
         """``data`` a dataset name or folder (``data.resolve_dataset``); the dense index is built in, or reused
         from, ``index_dir`` (``first_stage``); ``judged_only``: only queries with qrels are selected."""
-        from densekit.retriever.search import first_stage
+        from densekit.retriever.first_stage import first_stage
 
         from .data import load_dataset, resolve_dataset, select_queries
 
@@ -255,7 +143,7 @@ def first_stage_groups(data: str, split: str = "train", depth: int = 30, retriev
     ``retriever`` (dense or bm25) top ``depth`` (``first_stage``; the dense index built in, or reused from,
     ``index_dir``)."""
     from densekit.retriever.examples import training_groups
-    from densekit.retriever.search import first_stage
+    from densekit.retriever.first_stage import first_stage
 
     from .data import load_dataset, resolve_dataset, select_queries
 
