@@ -365,8 +365,10 @@ def build_indexes(suite: Suite, indexes: Path, world: int = 1, rank: int = 0, pr
 
 def run_cell(suite: Suite, dataset: DatasetSpec, system: SystemSpec, out: Path, pooled: dict | None,
              indexes: Path, process: str = "0/1") -> dict:
-    """Run one cell through ``jobs.evaluate`` and keep its run and ``cell.json``; dense indexes in ``indexes``."""
+    """Run one cell through ``jobs.evaluate`` (the ``EvalConfig`` of the cell) and keep its run and ``cell.json``;
+    dense indexes in ``indexes``."""
     from . import jobs
+    from .config import EvalConfig
 
     from .data import resolve_dataset
 
@@ -381,14 +383,15 @@ def run_cell(suite: Suite, dataset: DatasetSpec, system: SystemSpec, out: Path, 
     folder = _cell_dir(out, dataset, system)
     folder.mkdir(parents=True, exist_ok=True)
     index = str(_index_dir(indexes, data, model)) if model is not None else None
-    results = jobs.evaluate(
+    config = EvalConfig(
         str(data), dataset.split, retriever=None if saved else kind, run=saved,
         models=[model] if model else None, index=index, hybrid_weight=hybrid_weight if kind == "hybrid" else None,
         hybrid_norm=system.hybrid_norm if kind == "hybrid" else None, top_k=system.top_k,
         max_queries=dataset.max_queries, relevance_level=dataset.relevance_level, save_run=str(folder / "run.trec"),
         overwrite=True, reranker=system.reranker, rerank_top_k=system.depth if system.reranker else None,
         fuse=fuse if system.reranker else None, tune_run=tune_run if fuse == "auto" and saved else None,
-        score_cache=str(out / "scores") if system.reranker else None, note=notes.append)
+        score_cache=str(out / "scores") if system.reranker else None)
+    results = jobs.evaluate(config, note=notes.append)
     (result,) = results.values()
     _compress_run(folder)
     cell = {"key": cell_key(dataset, system, pooled), "dataset": asdict(dataset), "system": asdict(system),

@@ -1,13 +1,14 @@
 """``densekit`` command line: argument parsing, then one ``densekit.eval.jobs`` call per subcommand.
 
-The training and mining flags are generated from the config dataclasses (``CONFIGS``, ``eval/args.py``);
-the other flags (data, outputs, first stage ...) are written here once each. Building the parser imports
-no torch, transformers or faiss, so ``--help`` is fast."""
+The eval, training and mining flags are generated from the config dataclasses (``CONFIGS``, ``eval/args.py``);
+the other flags (the training and mining data, outputs, first stage ...) are written here once each. Building the
+parser imports no torch, transformers or faiss, so ``--help`` is fast."""
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from dataclasses import fields
 
 from densekit.retriever.config import DISTILL_LOSSES, MineConfig, TrainConfig
 from densekit.core.models import ModelNotAvailable
@@ -16,6 +17,7 @@ from densekit.reranker.config import RerankTrainConfig
 
 from . import jobs
 from .args import add_config_args, config_from_args, float_in, non_negative_int, positive_int, unit_float
+from .config import EvalConfig
 from .data import DataError
 
 DEFAULT_ENCODER = jobs.DEFAULT_ENCODER
@@ -25,7 +27,6 @@ DEFAULT_ENCODER = jobs.DEFAULT_ENCODER
 def _kind_settings() -> dict[str, dict[str, object]]:
     """Every field of a trainable reranker kind's scoring config or training options: ``{field: {kind: default}}``."""
     from .args import field_default
-    from dataclasses import fields
 
     found: dict[str, dict[str, object]] = {}
     for name in reranker_kinds.trainable():
@@ -40,8 +41,6 @@ def _kind_overrides() -> dict[str, dict]:
     """``train reranker``'s flags that depend on ``--kind``: every kind setting defaults to None (the chosen kind's
     own default applies, and a flag of another kind is refused), the objective's choices are every kind's, and a
     shared training setting a kind defaults differently (``train_defaults``) defers to the kind."""
-    from dataclasses import fields
-
     from .args import field_default
 
     helps = {f.name: f.metadata.get("help", "") for k in reranker_kinds.trainable() for cls in
@@ -70,6 +69,7 @@ def _kind_overrides() -> dict[str, dict]:
 # except those in NOT_FLAGS; tests/test_cli_configs.py holds the parser to this. ``train reranker`` takes every
 # trainable kind's scoring config and training options (``reranker/kinds.py``), read when the parser is built.
 CONFIGS = {
+    ("eval",): (EvalConfig,),
     ("train", "retriever"): (TrainConfig,),
     ("train", "reranker"): (RerankTrainConfig,),
     ("mine",): (MineConfig,),
@@ -117,8 +117,13 @@ def configs(command: tuple[str, ...]) -> tuple[type, ...]:
 
 
 def overrides(command: tuple[str, ...]) -> dict[str, dict]:
-    """``OVERRIDES[command]``, plus, for ``train reranker``, the flags that depend on ``--kind``."""
-    return {**OVERRIDES.get(command, {}), **(_kind_overrides() if command == ("train", "reranker") else {})}
+    """``OVERRIDES[command]``, plus what depends on the reranker kinds registered when the parser is built: for
+    ``train reranker`` the flags that depend on ``--kind``, for ``eval`` the kinds ``--reranker`` names."""
+    found = {**OVERRIDES.get(command, {}), **(_kind_overrides() if command == ("train", "reranker") else {})}
+    if command == ("eval",):
+        text = next(f.metadata["help"] for f in fields(EvalConfig) if f.name == "reranker")
+        found["reranker"] = {"help": f"{text}, kinds: {', '.join(reranker_kinds.kinds())}"}
+    return found
 
 
 def _config_args(parser, command: tuple[str, ...]) -> None:
@@ -131,57 +136,8 @@ def _config_args(parser, command: tuple[str, ...]) -> None:
 
 def _add_eval(sub) -> None:
     p = sub.add_parser("eval", help="retrieve (and optionally rerank) a BEIR split and print metrics")
-    p.add_argument("--data", required=True, help="BEIR folder, or a dataset name under $DENSEKIT_DATA")
-    p.add_argument("--retriever", choices=["bm25", "dense", "hybrid"], default=None,
-                   help="first stage (default: bm25; not with --run); hybrid = BM25 + dense fused per query")
-    p.add_argument("--hybrid-weight", type=_fuse_weight, default=None, metavar="W|auto",
-                   help="hybrid: (1-W)*norm(bm25) + W*norm(dense) per query (default 0.5); 'auto' picks W on a tuning "
-                   "split (never the evaluated one)")
-    p.add_argument("--hybrid-norm", choices=["z", "minmax", "rrf"], default=None,
-                   help="hybrid: per-query normalisation, or rrf = reciprocal-rank fusion, k=60, no weight (default: z)")
-    p.add_argument("--run", metavar="FILE", help="score (and with --reranker, rerank) this saved TREC run file instead "
-                   "of running a first stage")
-    p.add_argument("--model", nargs="+", default=None,
-                   help=f"dense encoder(s) (names or folders); several models are evaluated side by side "
-                   f"(default: {DEFAULT_ENCODER})")
-    p.add_argument("--index", help="dense, one model: reuse this index folder (built there when absent)")
-    p.add_argument("--factory", default=None, help="dense: FAISS factory string when building an index (default: Flat)")
-    p.add_argument("--nprobe", type=positive_int, help="dense: IVF lists searched per query (FAISS default 1)")
-    p.add_argument("--ef-search", type=positive_int, help="dense: HNSW efSearch")
-    p.add_argument("--batch-size", type=positive_int, default=None, help="dense: encoding batch size (default: 64)")
-    p.add_argument("--split", default="test")
-    p.add_argument("--top-k", type=positive_int, default=100, help="first-stage depth; also the cut-off of recall, map and auc")
-    p.add_argument("--max-queries", type=positive_int, help="only the first N queries of the split (sorted ids)")
-    p.add_argument("--relevance-level", type=positive_int, default=1,
-                   help="min grade counted relevant by binary measures (>= 1, as pytrec_eval)")
-    p.add_argument("--keep-identical-ids", action="store_true", help="do not drop docs whose id equals the query id")
-    p.add_argument("--save-run", help="write the (final) run as a TREC run file")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --save-run file (refused without it)")
-    p.add_argument("--reranker", help="rerank with a trained reranker folder, a causal LM name (zero-shot pointwise "
-                   f"prompt) or <kind>:<folder or model>, kinds: {', '.join(reranker_kinds.kinds())}")
-    p.add_argument("--rerank-mode", choices=reranker_kinds.all_modes(), default=None,
-                   help="the reranker kind's scoring mode (BlockRank: attention mass, its default, or decode: the decoded "
-                   "answer first)")
-    p.add_argument("--rerank-top-k", type=positive_int, default=None, help="documents reranked per query (default: 20)")
-    p.add_argument("--rerank-batch-size", type=positive_int, default=None, help="reranker batch size (default: 8)")
-    p.add_argument("--score-cache", metavar="DIR", help="keep the reranker's scores on disk here and reuse them (per "
-                   "reranker and prompt): an interrupted run resumes, and the same reranker fused or not scores once")
-    p.add_argument("--fuse", type=_fuse_weight, default=None, metavar="W|auto",
-                   help="fuse first-stage and reranker scores per query: (1-W)*norm(first) + W*norm(rerank); 'auto' "
-                   "picks W on a tuning split (never the evaluated one)")
-    p.add_argument("--fuse-norm", choices=["z", "minmax"], default=None, help="per-query normalisation for --fuse (default: z)")
-    p.add_argument("--tune-split", help="--fuse auto / --hybrid-weight auto: the split whose qrels choose W (default: "
-                   "dl20 for dl19 and back, else dev, else train)")
-    p.add_argument("--tune-run", metavar="FILE", help="--fuse auto with --run: the saved first-stage run of the tuning split")
-    p.add_argument("--tune-queries", type=positive_int, default=None,
-                   help="--fuse auto / --hybrid-weight auto: first N judged tuning queries, sorted ids (default: 100 "
-                   "for --fuse, all for --hybrid-weight)")
-    p.add_argument("--roc", help="draw the ROC curves (top-k candidates) of every evaluated system into this PNG")
+    _config_args(p, ("eval",))
     p.add_argument("--json", action="store_true", help="print one JSON object per system instead of a table")
-
-
-def _fuse_weight(text: str):
-    return "auto" if text == "auto" else unit_float(text)
 
 
 def metric_name(text: str) -> str:
@@ -428,7 +384,7 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
             parser.error(f"{', '.join(flags)} {'is' if len(flags) == 1 else 'are'} ignored {reason}: drop "
                          f"{'it' if len(flags) == 1 else 'them'}")
 
-    # eval's checks are jobs.check_evaluate's: jobs.evaluate runs them before any model loads, for the API too
+    # eval's checks are EvalConfig's (when cmd_eval builds it) and jobs.check_evaluate's: the API runs the same ones
     if args.command == "mine":
         retriever = args.retriever or ("dense" if args.index else "bm25")
         if not args.index:
@@ -480,16 +436,9 @@ def _print_json(value) -> None:
 
 
 def cmd_eval(args) -> int:
-    """``jobs.evaluate``: one JSON object per system with ``--json``, else a table."""
-    results = jobs.evaluate(
-        args.data, args.split, retriever=args.retriever, run=args.run, models=args.model, index=args.index,
-        factory=args.factory, nprobe=args.nprobe, ef_search=args.ef_search, batch_size=args.batch_size,
-        hybrid_weight=args.hybrid_weight, hybrid_norm=args.hybrid_norm, top_k=args.top_k,
-        max_queries=args.max_queries, relevance_level=args.relevance_level, keep_identical_ids=args.keep_identical_ids,
-        save_run=args.save_run, overwrite=args.overwrite, reranker=args.reranker, rerank_mode=args.rerank_mode,
-        rerank_top_k=args.rerank_top_k, rerank_batch_size=args.rerank_batch_size, fuse=args.fuse, fuse_norm=args.fuse_norm,
-        tune_split=args.tune_split, tune_run=args.tune_run, tune_queries=args.tune_queries, roc=args.roc,
-        score_cache=args.score_cache, note=_note)
+    """``jobs.evaluate`` of the ``EvalConfig`` the flags make: one JSON object per system with ``--json``, else a
+    table. A refused setting (``EvalConfig`` or ``jobs.check_evaluate``) is a ValueError / DataError: exit 2."""
+    results = jobs.evaluate(config_from_args(EvalConfig, args), note=_note)
     if args.json:
         for result in results.values():
             _print_json({**result["system"], **result["metrics"]})

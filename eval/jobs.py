@@ -1,4 +1,5 @@
-"""What each ``densekit`` subcommand does, as library functions: plain arguments and config objects in,
+"""What each ``densekit`` subcommand does, as library functions: plain arguments and config objects in (``evaluate``
+takes one ``EvalConfig``, the training and mining jobs a ``TrainConfig`` / ``RerankTrainConfig`` / ``MineConfig``),
 plain data (what the command prints) out. ``eval/cli.py`` only parses arguments and calls one of these.
 
 Every job checks its output path (``densekit.core.io``) before it loads data or a model, so a refused
@@ -12,13 +13,14 @@ import math
 import os
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
 from densekit.retriever.config import DEFAULT_ENCODER, MineConfig, TrainConfig
 from densekit.core.io import check_file_target, check_target, check_writable, folder_lock
 
+from .config import EvalConfig
 from .data import DataError
 
 Note = Callable[[str], None]
@@ -51,21 +53,6 @@ def _finite_or_none(values: dict) -> dict:
     return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in values.items()}
 
 
-def _positive(name: str, value, allow_none: bool = True) -> None:
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-
-
-def _refuse_ignored(given: dict, reason: str) -> None:
-    """ValueError naming the flags of ``given`` (name -> value) that were set though ``reason`` ignores them."""
-    flags = ["--" + name.replace("_", "-") for name, value in given.items() if value not in (None, False)]
-    if flags:
-        one = len(flags) == 1
-        raise ValueError(f"{', '.join(flags)} {'is' if one else 'are'} ignored {reason}: drop {'it' if one else 'them'}")
-
-
 @dataclass
 class EvalPlan:
     """What ``check_evaluate`` found, so that ``evaluate`` does not look twice: the dataset folder, the first
@@ -81,117 +68,60 @@ class EvalPlan:
     tune_split: str | None = None
 
 
-def check_evaluate(data: str, split: str = "test", *, retriever: str | None = None, run: str | None = None,
-                   models: list[str] | None = None, index: str | None = None, factory: str | None = None,
-                   nprobe: int | None = None, ef_search: int | None = None, batch_size: int | None = None,
-                   hybrid_weight: float | str | None = None, hybrid_norm: str | None = None, top_k: int = 100, max_queries: int | None = None, relevance_level: int = 1,
-                   keep_identical_ids: bool = False, save_run: str | None = None, overwrite: bool = False,
-                   reranker: str | None = None, rerank_mode: str | None = None, rerank_top_k: int | None = None,
-                   rerank_batch_size: int | None = None, fuse: float | str | None = None, fuse_norm: str | None = None,
-                   tune_split: str | None = None, tune_run: str | None = None, tune_queries: int | None = None,
-                   roc: str | None = None, score_cache: str | None = None) -> EvalPlan:
-    """Every check of ``evaluate``'s arguments that needs no model, in the order a user fixes them: flag
-    combinations, numbers, output paths (``io.check_file_target``: exists -> refused without ``overwrite``;
-    not creatable -> refused), the dataset and split, the reranker spec and mode (``resolve_spec``: no weights
-    read), the tuning split and tuning run of ``fuse="auto"``, the dense models and index folder. Raises
-    ValueError / DataError / ModelNotAvailable; the CLI prints them as ``densekit: error: ...``."""
-    from densekit.eval.metrics import check_relevance_level
+def check_evaluate(config: EvalConfig) -> EvalPlan:
+    """Every check of an evaluation that needs no model, in the order a user fixes them: ``EvalConfig``'s own (values
+    and flag combinations; run again, for a config changed after it was built), the score cache folder, output paths
+    (``io.check_file_target``: exists -> refused without ``overwrite``; not creatable -> refused), the dataset and
+    split, the saved run, the reranker spec and mode (``resolve_spec``: no weights read), the tuning split and tuning
+    run of ``"auto"`` weights, the dense models and index folder. Raises ValueError / DataError / ModelNotAvailable;
+    the CLI prints them as ``densekit: error: ...``."""
     from densekit.core.models import check_available
 
     from .reranking import check_tune_run, tuning_split
     from .runfile import read_run
     from .data import load_split, resolve_dataset
 
-    if run and retriever:
-        raise ValueError("--run scores a saved run; it replaces the first stage: drop --retriever (or --run)")
-    retriever = retriever or ("run" if run else "bm25")
-    if retriever not in ("bm25", "dense", "hybrid", "run") or (retriever == "run" and not run):
-        raise ValueError(f"unknown retriever {retriever!r}: use bm25, dense or hybrid, or pass a saved run (--run FILE)")
-    if retriever not in ("dense", "hybrid"):
-        _refuse_ignored({"model": models, "index": index, "factory": factory, "nprobe": nprobe, "ef_search": ef_search,
-                         "batch_size": batch_size}, "with --run (it replaces the first stage)" if retriever == "run"
-                        else "with --retriever bm25 (dense-only flags; add --retriever dense or hybrid)")
-    if retriever != "hybrid":
-        _refuse_ignored({"hybrid_weight": hybrid_weight, "hybrid_norm": hybrid_norm}, f"with --retriever {retriever} "
-                        "(they serve --retriever hybrid)")
-    elif hybrid_norm == "rrf" and hybrid_weight is not None:
-        raise ValueError("--hybrid-norm rrf (reciprocal-rank fusion) has no weight: drop --hybrid-weight")
-    elif hybrid_weight not in (None, "auto") and (isinstance(hybrid_weight, bool) or
-                                                   not isinstance(hybrid_weight, (int, float)) or not 0 <= hybrid_weight <= 1):
-        raise ValueError(f"--hybrid-weight must be a weight in [0, 1] or 'auto', got {hybrid_weight!r}")
-    if hybrid_norm is not None and hybrid_norm not in ("z", "minmax", "rrf"):
-        raise ValueError(f"--hybrid-norm must be z, minmax or rrf, got {hybrid_norm!r}")
-    if index and models and len(models) > 1:
-        raise ValueError("--index serves one model; drop it to compare several models")
-    if nprobe is not None and ef_search is not None:
-        raise ValueError("--nprobe applies to IVF indexes and --ef-search to HNSW indexes: give one of them")
-    if not reranker:
-        _refuse_ignored({"rerank_mode": rerank_mode, "rerank_top_k": rerank_top_k, "rerank_batch_size": rerank_batch_size,
-                         "fuse": fuse, "score_cache": score_cache}, "without --reranker")
-    if score_cache:
+    if not isinstance(config, EvalConfig):
+        raise TypeError(f"an evaluation takes one EvalConfig (densekit.eval.config) holding every setting, got "
+                        f"{type(config).__name__}: EvalConfig(data, split, retriever=..., ...)")
+    c = replace(config)  # EvalConfig's checks again
+    retriever = c.first_stage
+    if c.score_cache:
         from densekit.reranker.score_cache import check_cache_folder
 
-        check_cache_folder(score_cache)
-    tuned = fuse == "auto" or hybrid_weight == "auto"
-    if fuse is None:
-        _refuse_ignored({"fuse_norm": fuse_norm}, "without --fuse")
-    if not tuned:
-        _refuse_ignored({"tune_split": tune_split, "tune_run": tune_run, "tune_queries": tune_queries},
-                        "without --fuse auto or --hybrid-weight auto (they choose a weight on a tuning split)")
-    if fuse is not None and fuse != "auto":
-        if isinstance(fuse, bool) or not isinstance(fuse, (int, float)) or not 0 <= fuse <= 1:
-            raise ValueError(f"--fuse must be a weight in [0, 1] or 'auto', got {fuse!r}")
-    if tune_run and fuse != "auto":
-        raise ValueError("--tune-run is the saved first-stage run of the tuning split, for --fuse auto with --run: "
-                         "drop --tune-run")
-    if fuse == "auto" and tune_run and not run:
-        raise ValueError("--tune-run is the saved first-stage run of the tuning split, for --fuse auto with --run; "
-                         "without --run the first stage runs on the tuning split itself: drop --tune-run")
-    if fuse == "auto" and run and not tune_run:
-        raise ValueError("--fuse auto with --run needs --tune-run FILE: the saved first-stage run of the tuning split")
-    if fuse_norm is not None and fuse_norm not in ("z", "minmax"):
-        raise ValueError(f"--fuse-norm must be z or minmax, got {fuse_norm!r}")
-    for name, value in (("top_k", top_k), ("max_queries", max_queries), ("rerank_top_k", rerank_top_k),
-                        ("rerank_batch_size", rerank_batch_size), ("batch_size", batch_size), ("nprobe", nprobe),
-                        ("ef_search", ef_search), ("tune_queries", tune_queries)):
-        _positive(name, value, allow_none=name != "top_k")
-    check_relevance_level(relevance_level)
-    depth = rerank_top_k or 20
-    if reranker and retriever != "run" and depth > top_k:
-        raise ValueError(f"--rerank-top-k {depth} is beyond --top-k {top_k}: the first stage returns {top_k} candidates "
-                         f"per query; raise --top-k to at least {depth} or lower --rerank-top-k")
-    models = (models or [DEFAULT_ENCODER]) if retriever in ("dense", "hybrid") else [None]
-    for path in ([save_run + ("" if len(models) == 1 else f".{n}") for n in range(1, len(models) + 1)] if save_run
-                 else []) + ([roc] if roc else []):
-        check_file_target(path, overwrite)
-    folder = resolve_dataset(data)
-    load_split(folder, split)  # the split exists and has queries
-    if run and not Path(run).is_file():
-        raise DataError(f"--run {run}: {'is a folder' if Path(run).is_dir() else 'no such file'}; "
+        check_cache_folder(c.score_cache)
+    models = (c.models or [DEFAULT_ENCODER]) if retriever in ("dense", "hybrid") else [None]
+    for path in ([c.save_run + ("" if len(models) == 1 else f".{n}") for n in range(1, len(models) + 1)]
+                 if c.save_run else []) + ([c.roc] if c.roc else []):
+        check_file_target(path, c.overwrite)
+    folder = resolve_dataset(c.data)
+    load_split(folder, c.split)  # the split exists and has queries
+    if c.run and not Path(c.run).is_file():
+        raise DataError(f"--run {c.run}: {'is a folder' if Path(c.run).is_dir() else 'no such file'}; "
                         "give a TREC run file ('qid Q0 docid rank score tag' lines)")
-    plan = EvalPlan(folder, retriever, models, depth=depth)
-    if reranker:
+    plan = EvalPlan(folder, retriever, models, depth=c.depth)
+    if c.reranker:
         from densekit.reranker.base import resolve_spec
 
-        plan.reranker = resolve_spec(reranker)
+        plan.reranker = resolve_spec(c.reranker)
         modes = tuple(getattr(plan.reranker[0], "modes", ()))
         if len(modes) > 1:
-            plan.mode = rerank_mode or modes[0]
+            plan.mode = c.rerank_mode or modes[0]
             if plan.mode not in modes:
                 raise ValueError(f"--rerank-mode {plan.mode}: the {plan.reranker[0].kind} reranker has modes "
                                  f"{', '.join(modes)}")
-        elif rerank_mode:
-            raise ValueError(f"--rerank-mode {rerank_mode}: the {getattr(plan.reranker[0], 'kind', '?')} reranker has "
-                             f"no modes (BlockRank has attention and decode); drop --rerank-mode")
-    if tuned:
-        plan.tune_split = tuning_split(folder, split, tune_split)
+        elif c.rerank_mode:
+            raise ValueError(f"--rerank-mode {c.rerank_mode}: the {getattr(plan.reranker[0], 'kind', '?')} reranker "
+                             f"has no modes (BlockRank has attention and decode); drop --rerank-mode")
+    if c.tuned:
+        plan.tune_split = tuning_split(folder, c.split, c.tune_split)
         tune_texts, tune_qrels = load_split(folder, plan.tune_split)
-        if tune_run:
-            check_tune_run(read_run(tune_run), tune_run, tune_texts, plan.tune_split)
+        if c.tune_run:
+            check_tune_run(read_run(c.tune_run), c.tune_run, tune_texts, plan.tune_split)
     if retriever in ("dense", "hybrid"):
         for model in models:
             check_available(model)
-        check_index_folder(index)
+        check_index_folder(c.index)
     return plan
 
 
@@ -212,22 +142,14 @@ def check_index_folder(index: str | None) -> None:
         check_writable(path)
 
 
-def evaluate(data: str, split: str = "test", *, retriever: str | None = None, run: str | None = None,
-             models: list[str] | None = None, index: str | None = None, factory: str | None = None,
-             nprobe: int | None = None, ef_search: int | None = None, batch_size: int | None = None,
-             hybrid_weight: float | str | None = None, hybrid_norm: str | None = None, top_k: int = 100,
-             max_queries: int | None = None, relevance_level: int = 1, keep_identical_ids: bool = False,
-             save_run: str | None = None, overwrite: bool = False, reranker: str | None = None,
-             rerank_mode: str | None = None, rerank_top_k: int | None = None, rerank_batch_size: int | None = None,
-             fuse: float | str | None = None, fuse_norm: str | None = None, tune_split: str | None = None,
-             tune_run: str | None = None, tune_queries: int | None = None, roc: str | None = None,
-             score_cache: str | None = None, note: Note = _warn) -> dict[str, dict]:
-    """First stage (``retriever`` bm25 | dense, default bm25, or the saved TREC ``run``), optional rerank (and
-    fusion), metrics of every evaluated query. Returns ``{label: {"system": {...}, "metrics": {...}}}``, one
-    entry per system (one per dense model): ``system`` holds dataset, split, retriever, run, model, reranker,
-    rerank_mode, rerank_top_k, fuse and ``identical_ids_relevant``; ``metrics`` the means (None where
-    undefined), num_queries and seconds. Every argument is checked first (``check_evaluate``), before any
-    model loads.
+def evaluate(config: EvalConfig, note: Note = _warn) -> dict[str, dict]:
+    """The evaluation ``config`` describes (``EvalConfig``; ``densekit eval`` builds it from its flags): first stage
+    (``retriever`` bm25 | dense | hybrid, default bm25, or the saved TREC ``run``), optional rerank (and fusion),
+    metrics of every evaluated query. Returns ``{label: {"system": {...}, "metrics": {...}}}``, one entry per system
+    (one per dense model): ``system`` holds dataset, split, retriever, run, model, reranker, rerank_mode,
+    rerank_top_k, fuse, hybrid and ``identical_ids_relevant``; ``metrics`` the means (None where undefined),
+    num_queries and seconds. Every setting is checked first (``EvalConfig`` when built, then ``check_evaluate``),
+    before any model loads, so the API refuses what the CLI refuses, with the same message.
 
     The evaluated queries are the split's queries that have qrels and text (the first ``max_queries`` in
     sorted id order); each mean is over all of them, a query without hits counting 0, which is what
@@ -237,7 +159,8 @@ def evaluate(data: str, split: str = "test", *, retriever: str | None = None, ru
     such a document relevant (they count as relevant but can never be retrieved; a note says so when > 0).
     ``save_run`` (a ``.N`` suffix per model when there are several) and ``roc`` (a PNG of every system's ROC
     curve) are replaced only with ``overwrite``. With ``score_cache`` (a folder) the reranker's scores are kept and
-    reused there (``reranker.score_cache.ScoreCache``), also by ``fuse="auto"``'s tuning."""
+    reused there (``reranker.score_cache.ScoreCache``), also by ``fuse="auto"``'s tuning. Notes for the user go to
+    ``note``."""
     from densekit.retriever.first_stage import first_stage
 
     from densekit.core.runs import drop_unknown_docs
@@ -249,25 +172,20 @@ def evaluate(data: str, split: str = "test", *, retriever: str | None = None, ru
     from .data import load_dataset, select_queries
 
     start = time.perf_counter()
-    plan = check_evaluate(data, split, retriever=retriever, run=run, models=models, index=index, factory=factory,
-                          nprobe=nprobe, ef_search=ef_search, batch_size=batch_size, hybrid_weight=hybrid_weight,
-                          hybrid_norm=hybrid_norm, top_k=top_k,
-                          max_queries=max_queries, relevance_level=relevance_level,
-                          keep_identical_ids=keep_identical_ids, save_run=save_run, overwrite=overwrite,
-                          reranker=reranker, rerank_mode=rerank_mode, rerank_top_k=rerank_top_k,
-                          rerank_batch_size=rerank_batch_size, fuse=fuse, fuse_norm=fuse_norm, tune_split=tune_split,
-                          tune_run=tune_run, tune_queries=tune_queries, roc=roc, score_cache=score_cache)
+    c = config
+    plan = check_evaluate(c)
     retriever, models, depth, mode = plan.retriever, plan.models, plan.depth, plan.mode
-    saved_run = read_run(run) if run else None
-    ds = load_dataset(plan.folder, split)
-    queries = select_queries(ds.queries, max_queries)
-    if save_run:  # refuse ids a TREC file cannot hold before any work
+    top_k, relevance_level, keep_identical_ids = c.top_k, c.relevance_level, c.keep_identical_ids
+    saved_run = read_run(c.run) if c.run else None
+    ds = load_dataset(plan.folder, c.split)
+    queries = select_queries(ds.queries, c.max_queries)
+    if c.save_run:  # refuse ids a TREC file cannot hold before any work
         for qid in queries:
             check_trec_id(qid, "query id")
         for doc in ds.corpus:
             check_trec_id(doc, "doc id")
     if saved_run is not None:
-        saved_run = _saved_run_for(saved_run, run, queries, ds, split, note)
+        saved_run = _saved_run_for(saved_run, c.run, queries, ds, c.split, note)
     identical = 0 if keep_identical_ids else sum(
         1 for qid in queries for doc, grade in ds.qrels.get(qid, {}).items() if doc == qid and grade >= relevance_level)
     if identical:
@@ -275,29 +193,28 @@ def evaluate(data: str, split: str = "test", *, retriever: str | None = None, ru
              "such documents are dropped from every ranking (beir's ignore_identical_ids), so they count as relevant "
              "but are never retrieved: pass --keep-identical-ids to keep them")
     ranker = None
-    if reranker:
+    if c.reranker:
         from densekit.reranker.base import load_reranker
 
-        ranker = load_reranker(reranker)
-        if score_cache:
+        ranker = load_reranker(c.reranker)
+        if c.score_cache:
             from densekit.reranker.score_cache import ScoreCache
 
-            ranker = ScoreCache(ranker, score_cache)
+            ranker = ScoreCache(ranker, c.score_cache)
     metric_names = list(dict.fromkeys([*DEFAULT_METRICS, f"recall@{top_k}", f"map@{top_k}"]))
     runs, results = {}, {}
     for model in models:
         t0 = time.perf_counter()
         hybrid = None
         if saved_run is not None:
-            system_run, label = saved_run, f"run:{run}"
+            system_run, label = saved_run, f"run:{c.run}"
         elif retriever == "hybrid":
-            system_run, hybrid = _hybrid(ds, queries, plan.tune_split, model, top_k, index, factory, batch_size, nprobe,
-                                         ef_search, hybrid_weight, hybrid_norm, tune_queries, relevance_level, note)
+            system_run, hybrid = _hybrid(ds, queries, plan.tune_split, model, c, note)
             label = f"hybrid:{model}"
         else:
-            system_run = first_stage(retriever, ds.corpus, queries, top_k, model=model, index_dir=index,
-                                     factory=factory or "Flat", batch_size=batch_size or 64,
-                                     nprobe=nprobe, ef_search=ef_search)
+            system_run = first_stage(retriever, ds.corpus, queries, top_k, model=model, index_dir=c.index,
+                                     factory=c.factory or "Flat", batch_size=c.batch_size or 64,
+                                     nprobe=c.nprobe, ef_search=c.ef_search)
             label = retriever if model is None else f"dense:{model}"
         system_run = {qid: system_run.get(qid, {}) for qid in queries}  # every evaluated query, empty when no hits
         fusion = None
@@ -306,43 +223,41 @@ def evaluate(data: str, split: str = "test", *, retriever: str | None = None, ru
             if missing:
                 note(f"rerank: skipped {missing} run doc id(s) absent from the corpus of {ds.path}")
             first = system_run
-            system_run = rerank_stage(system_run, ds.corpus, queries, ranker, depth, rerank_batch_size or 8, mode)
+            system_run = rerank_stage(system_run, ds.corpus, queries, ranker, depth, c.rerank_batch_size or 8, mode)
             system_run = {qid: system_run.get(qid, {}) for qid in queries}
-            label += f">{reranker}@{depth}" + (f"/{mode}" if mode else "")
-            if fuse is not None:
-                fusion = _fusion(ds, plan.tune_split, fuse, fuse_norm, tune_run, tune_queries, retriever, model, index,
-                                 ranker, depth, mode, rerank_batch_size, relevance_level, note, top_k, hybrid)
+            label += f">{c.reranker}@{depth}" + (f"/{mode}" if mode else "")
+            if c.fuse is not None:
+                fusion = _fusion(ds, plan.tune_split, c, retriever, model, ranker, mode, note, hybrid)
                 system_run = fuse_scores(first, system_run, fusion["weight"], depth, fusion["norm"])
                 label += f"+fuse{fusion['weight']}"
         _, means = evaluate(system_run, ds.qrels, metric_names, relevance_level,
-                                     ignore_identical_ids=not keep_identical_ids, auc_k=top_k)
+                            ignore_identical_ids=not keep_identical_ids, auc_k=top_k)
         runs[label] = drop_identical_ids(system_run) if not keep_identical_ids else system_run
         results[label] = {
-            "system": {"dataset": str(ds.path), "split": split, "retriever": retriever, "run": run, "model": model,
-                       "reranker": reranker, "rerank_mode": mode, "rerank_top_k": depth if reranker else None,
+            "system": {"dataset": str(ds.path), "split": c.split, "retriever": retriever, "run": c.run, "model": model,
+                       "reranker": c.reranker, "rerank_mode": mode, "rerank_top_k": depth if c.reranker else None,
                        "fuse": fusion, "hybrid": hybrid, "identical_ids_relevant": identical},
             "metrics": _finite_or_none({**means, "num_queries": len(queries),
                                         "seconds": round(time.perf_counter() - (start if not results else t0), 3)})}
-        if save_run:
+        if c.save_run:
             suffix = "" if len(models) == 1 else f".{len(results)}"
-            write_run(save_run + suffix, system_run, tag=label, overwrite=overwrite)
+            write_run(c.save_run + suffix, system_run, tag=label, overwrite=c.overwrite)
             empty = sum(1 for docs in system_run.values() if not docs)
             if empty:  # issue 11 item 10: a TREC file cannot hold a query without hits
                 note(f"{empty} evaluated quer{'y has' if empty == 1 else 'ies have'} no hits and no line in "
-                     f"{save_run + suffix}; densekit counts {'it' if empty == 1 else 'them'} 0 in every mean: "
+                     f"{c.save_run + suffix}; densekit counts {'it' if empty == 1 else 'them'} 0 in every mean: "
                      "score the file with `trec_eval -c` (qrels of the evaluated queries) to get the same figures")
-    if roc:
+    if c.roc:
         from .plots import plot_roc
 
-        plot_roc(runs, ds.qrels, roc, k=top_k, relevance_level=relevance_level, overwrite=overwrite)
+        plot_roc(runs, ds.qrels, c.roc, k=top_k, relevance_level=relevance_level, overwrite=c.overwrite)
     return results
 
 
-def _hybrid(ds, queries, tune, model, top_k, index, factory, batch_size, nprobe, ef_search, weight, norm, tune_queries,
-            relevance_level, note: Note) -> tuple[dict, dict]:
+def _hybrid(ds, queries, tune, model, c: EvalConfig, note: Note) -> tuple[dict, dict]:
     """``(run, setting)``: the hybrid first stage of ``queries`` (``retriever.hybrid``) and
-    ``{"weight", "norm", "tuned_on", "tune_queries"}``. With ``weight="auto"`` the weight is the best nDCG@10 of
-    the grid on the tuning split ``tune``'s judged queries (the first ``tune_queries``; only its qrels are read);
+    ``{"weight", "norm", "tuned_on", "tune_queries"}``. With ``hybrid_weight="auto"`` the weight is the best nDCG@10
+    of the grid on the tuning split ``tune``'s judged queries (the first ``tune_queries``; only its qrels are read);
     both retrievers run once, over the evaluated and the tuning queries together (one corpus encoding)."""
     from densekit.retriever.hybrid import fuse_runs, hybrid_parts
 
@@ -352,18 +267,18 @@ def _hybrid(ds, queries, tune, model, top_k, index, factory, batch_size, nprobe,
     def part(run: dict, ids) -> dict:
         return {q: run.get(q, {}) for q in ids}
 
-    norm = norm or "z"
-    weight = None if norm == "rrf" else (0.5 if weight is None else weight)
+    norm, top_k = c.hybrid_norm or "z", c.top_k
+    weight = None if norm == "rrf" else (0.5 if c.hybrid_weight is None else c.hybrid_weight)
     tuning, tune_qrels = {}, {}
     if weight == "auto":
         tune_texts, tune_qrels = load_split(ds.path, tune)
-        tuning = select_queries(tune_texts, tune_queries)
-    lexical, dense = hybrid_parts(ds.corpus, {**tuning, **queries}, top_k, model, index, factory or "Flat",
-                                  batch_size or 64, nprobe, ef_search)
+        tuning = select_queries(tune_texts, c.tune_queries)
+    lexical, dense = hybrid_parts(ds.corpus, {**tuning, **queries}, top_k, model, c.index, c.factory or "Flat",
+                                  c.batch_size or 64, c.nprobe, c.ef_search)
     curve = None
     if weight == "auto":
         weight, curve = choose_weight(lambda w: fuse_runs(part(lexical, tuning), part(dense, tuning), w, norm, top_k),
-                                      {q: tune_qrels[q] for q in tuning}, relevance_level=relevance_level)
+                                      {q: tune_qrels[q] for q in tuning}, relevance_level=c.relevance_level)
         note(f"--hybrid-weight auto: W={weight} chosen on split {tune!r} ({len(tuning)} queries)")
     setting = {"weight": weight, "norm": norm, "tuned_on": tune if tuning else None,
                "tune_queries": len(tuning) if tuning else None,
@@ -371,20 +286,19 @@ def _hybrid(ds, queries, tune, model, top_k, index, factory, batch_size, nprobe,
     return fuse_runs(part(lexical, queries), part(dense, queries), weight, norm, top_k), setting
 
 
-def _fusion(ds, tune, fuse, fuse_norm, tune_run, tune_queries, retriever, model, index, ranker, depth, mode,
-            batch_size, relevance_level, note: Note, top_k: int = 100, hybrid: dict | None = None) -> dict:
-    """``{"weight", "norm", "tuned_on", "tune_queries", "curve"}``: the given weight, or with ``auto`` the best
-    weight on the tuning split ``tune``'s first ``tune_queries`` judged queries (the evaluated system's first
+def _fusion(ds, tune, c: EvalConfig, retriever, model, ranker, mode, note: Note, hybrid: dict | None = None) -> dict:
+    """``{"weight", "norm", "tuned_on", "tune_queries", "curve"}``: the given ``fuse`` weight, or with ``auto`` the
+    best weight on the tuning split ``tune``'s first ``tune_queries`` judged queries (the evaluated system's first
     stage there: ``top_k`` documents, the same ``hybrid`` setting; reranked)."""
     from .reranking import tune_fusion
 
-    norm = fuse_norm or "z"
-    if fuse != "auto":
-        return {"weight": fuse, "norm": norm, "tuned_on": None, "tune_queries": None, "curve": None}
-    weight, tuned, curve = tune_fusion(ds.path, tune, ranker, depth, norm, tune_queries or 100, retriever=retriever,
-                                         model=model, index_dir=index, run_file=tune_run, mode=mode,
-                                         batch_size=batch_size or 8, relevance_level=relevance_level,
-                                         first_k=top_k, hybrid=hybrid)
+    norm = c.fuse_norm or "z"
+    if c.fuse != "auto":
+        return {"weight": c.fuse, "norm": norm, "tuned_on": None, "tune_queries": None, "curve": None}
+    weight, tuned, curve = tune_fusion(ds.path, tune, ranker, c.depth, norm, c.tune_queries or 100, retriever=retriever,
+                                       model=model, index_dir=c.index, run_file=c.tune_run, mode=mode,
+                                       batch_size=c.rerank_batch_size or 8, relevance_level=c.relevance_level,
+                                       first_k=c.top_k, hybrid=hybrid)
     note(f"--fuse auto: W={weight} chosen on split {tune!r} ({tuned} queries)")
     return {"weight": weight, "norm": norm, "tuned_on": tune, "tune_queries": tuned,
             "curve": [[w, v] for w, v in curve.items()]}

@@ -80,6 +80,18 @@ def test_cli_fuse_auto_tunes_on_another_split_never_the_evaluated_qrels(tiny_bei
     code, second, _ = _eval_json(base, capsys)
     assert code == 0 and second[0]["fuse"]["weight"] == first[0]["fuse"]["weight"]
     assert second[0]["ndcg@10"] != first[0]["ndcg@10"]
+    # the weight is the tuning curve's best (smallest on ties), and the curve is the tuning split's: new train
+    # judgments move it (fails on a fixed weight, or on a curve read from anything but the tuning qrels). The new
+    # train judgments are of q2, a query whose BM25 candidates differ in order from the reranker's.
+    for row in (first[0], second[0]):
+        curve = dict(row["fuse"]["curve"])
+        assert row["fuse"]["weight"] == min(w for w, v in curve.items() if v == max(curve.values()))
+    (tiny_beir / "qrels" / "train.tsv").write_text("query-id\tcorpus-id\tscore\nq2\td5\t2\nq2\td3\t0\n")
+    code, third, _ = _eval_json(base, capsys)
+    assert code == 0 and third[0]["fuse"]["curve"] != first[0]["fuse"]["curve"]
+    curve = dict(third[0]["fuse"]["curve"])
+    assert len(set(curve.values())) > 1  # q2's BM25 order puts the judged d5 second; the reranker can lift it
+    assert third[0]["fuse"]["weight"] == min(w for w, v in curve.items() if v == max(curve.values()))
 
 
 def test_cli_fuse_auto_without_a_tuning_split_names_the_splits(tiny_beir, tiny_causal_lm, capsys):

@@ -52,9 +52,17 @@ def test_bm25_on_tiny_corpus(tiny_beir):
 
 
 def test_cli_eval_json(tiny_beir, capsys):
+    """The printed figures are pytrec_eval's for BM25's run of the judged test queries (fails on any metric or
+    query-selection bug that still leaves a number in (0, 1], which the old bounds check accepted)."""
     assert main(["eval", "--data", str(tiny_beir), "--retriever", "bm25", "--top-k", "5", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["num_queries"] == 2 and 0 < out["ndcg@10"] <= 1 and "recall@5" in out and "seconds" in out
+    ds = load_dataset(tiny_beir)
+    judged = {q: t for q, t in ds.queries.items() if q in ds.qrels}
+    run = bm25_search(ds.corpus, judged, k=5)
+    oracle = pytrec_eval.RelevanceEvaluator(ds.qrels, {"ndcg_cut.10", "recall.5"}).evaluate(run)
+    assert out["num_queries"] == len(oracle) == 2 and "seconds" in out
+    assert out["ndcg@10"] == pytest.approx(sum(v["ndcg_cut_10"] for v in oracle.values()) / 2, abs=1e-12)
+    assert out["recall@5"] == pytest.approx(sum(v["recall_5"] for v in oracle.values()) / 2, abs=1e-12)
 
 
 def test_cli_bad_split_is_clean_error(tiny_beir, capsys):
@@ -90,26 +98,33 @@ def test_scifact_bm25_cli(beir_data, capsys):
 
 def test_rerank_task_and_first_stage_groups_share_one_dense_index(tiny_beir, tiny_bert, tmp_path):
     """The scifact benches' data preparation: evaluated queries + first stage, and training groups from another
-    split of the same corpus through the same index folder."""
+    split of the same corpus through the same index folder. Expected values come from the data and pytrec_eval, not
+    from the functions under test (fails if a row's nDCG were computed on another run, if a group's positives were
+    not its qrels' or a judged document became a negative, or if the second call built a new index)."""
+    from densekit.core.text import doc_text
     from densekit.eval.reranking import RerankTask, first_stage_groups
-    from densekit.retriever.examples import training_groups
-    from densekit.retriever.first_stage import first_stage
 
-    index = str(tmp_path / "index")
-    task = RerankTask.load(str(tiny_beir), "test", k=2, max_queries=2, depth=4, model=str(tiny_bert), index_dir=index)
+    index = tmp_path / "index"
+    task = RerankTask.load(str(tiny_beir), "test", k=2, max_queries=2, depth=4, model=str(tiny_bert), index_dir=str(index))
     test = load_dataset(tiny_beir, "test")
     assert list(task.queries) == sorted(test.queries)[:2] and task.k == 2
-    assert task.first == first_stage("dense", test.corpus, task.queries, 4, model=str(tiny_bert), index_dir=index)
-    assert all(len(docs) == 4 for docs in task.first.values())
+    assert all(len(docs) == 4 and set(docs) <= set(test.corpus) for docs in task.first.values())
     row = task.row("dense", task.first, extra=1)
-    _, means = evaluate(task.first, test.qrels, ["ndcg@10", "recall@2"])
-    assert row == {"system": "dense", "queries": 2, "rerank_top_k": 2, "ndcg@10": round(means["ndcg@10"], 4),
-                   "recall@2": round(means["recall@2"], 4), "extra": 1}
+    judged = {q: task.first[q] for q in task.first if q in test.qrels}
+    oracle = pytrec_eval.RelevanceEvaluator(test.qrels, {"ndcg_cut.10"}).evaluate(judged)
+    assert row["ndcg@10"] == round(sum(v["ndcg_cut_10"] for v in oracle.values()) / len(oracle), 4)
+    assert {k: row[k] for k in ("system", "queries", "rerank_top_k", "extra")} == \
+        {"system": "dense", "queries": 2, "rerank_top_k": 2, "extra": 1}
 
-    groups = first_stage_groups(str(tiny_beir), "train", depth=4, model=str(tiny_bert), index_dir=index)  # index reused
+    built = {p: p.stat().st_mtime_ns for p in index.rglob("*") if p.is_file()}
+    groups = first_stage_groups(str(tiny_beir), "train", depth=4, model=str(tiny_bert), index_dir=str(index))
+    assert {p: p.stat().st_mtime_ns for p in index.rglob("*") if p.is_file()} == built  # the index was reused
     train = load_dataset(tiny_beir, "train")
-    run = first_stage("dense", train.corpus, train.queries, 4, model=str(tiny_bert), index_dir=index)
-    assert groups == training_groups(train.corpus, train.queries, train.qrels, run, 4) and groups
+    assert [g["query"] for g in groups] == [train.queries[q] for q in sorted(train.qrels)]
+    for group, qid in zip(groups, sorted(train.qrels)):
+        assert group["positives"] == [doc_text(train.corpus[d]) for d, g in train.qrels[qid].items() if g >= 1]
+        judged_texts = {doc_text(train.corpus[d]) for d in train.qrels[qid]}
+        assert group["negatives"] and not set(group["negatives"]) & judged_texts and len(group["negatives"]) <= 4
 
 
 def test_plot_gradient_weights_writes_a_png(tmp_path):

@@ -126,6 +126,11 @@ def test_cli_trains_a_qlm_reranker_on_top_layers_and_evaluates_it(tiny_beir, tin
     assert json.loads(capsys.readouterr().out)["kind"] == "qlm"
     saved = json.loads((tmp_path / "rr" / "model" / "reranker.json").read_text())
     assert saved["kind"] == "qlm"
+    from safetensors.torch import load_file
+
+    # the tiny LM has 2 decoder layers: --train-layers 1 puts LoRA on the top one only (fails if the flag is ignored)
+    adapted = list(load_file(str(tmp_path / "rr" / "model" / "adapter_model.safetensors")))
+    assert adapted and all(".layers.1." in k for k in adapted), adapted
     assert main(["eval", "--data", str(tiny_beir), "--json", "--reranker", str(tmp_path / "rr" / "model"),
                  "--rerank-top-k", "6"]) == 0
     row = json.loads(capsys.readouterr().out.splitlines()[0])
@@ -251,8 +256,13 @@ def test_cli_watches_an_eval_split_while_training(tiny_beir, tiny_bert, tiny_cau
     assert main(base + ["--eval-split", "train", "--eval-every", "2", "--eval-k", "4", "--out", str(tmp_path / "rr")]) == 0
     log = [json.loads(l) for l in (tmp_path / "rr" / "train_log.jsonl").read_text().splitlines()]
     assert [x["step"] for x in log if "eval_ndcg@10" in x] == [2, 3]
-    assert all(0.0 <= x["eval_ndcg@10"] <= 1.0 for x in log if "eval_ndcg@10" in x)
+    # the last watched figure is the saved model's own: `densekit eval` of the same split and first stage gives it
+    # (fails if the watched figure were computed on another split, first stage or model state)
     capsys.readouterr()
+    assert main(["eval", "--data", str(tiny_beir), "--split", "train", "--retriever", "dense", "--model", str(tiny_bert),
+                 "--top-k", "4", "--reranker", str(tmp_path / "rr" / "model"), "--rerank-top-k", "4", "--json"]) == 0
+    watched = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert log[-1]["step"] == 3 and log[-1]["eval_ndcg@10"] == pytest.approx(watched["ndcg@10"], abs=1e-9)
     assert main(base + ["--eval-split", "test", "--eval-every", "2", "--out", str(tmp_path / "same")]) == 2
     assert "is the training split" in capsys.readouterr().err
     assert main(base + ["--eval-every", "2", "--out", str(tmp_path / "none")]) == 2

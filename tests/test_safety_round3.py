@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from densekit.eval import jobs
+from densekit.eval.config import EvalConfig
 from densekit.eval import metrics as M
 from densekit.eval.cli import main
 from densekit.eval.data import DataError, load_qrels, load_queries, select_queries, write_beir
@@ -160,10 +161,10 @@ def test_8_python_api_refuses_what_the_cli_refuses(tiny_bert):
     for bad in (-1, 0, 1.5, True):
         with pytest.raises(ValueError, match="max_queries must be a positive integer"):
             select_queries({"q1": "a", "q2": "b"}, bad)
-    with pytest.raises(ValueError, match="rerank_top_k must be a positive integer"):
-        jobs.check_evaluate("unused", reranker="x", rerank_top_k=0)
-    with pytest.raises(ValueError, match="--fuse must be a weight in"):
-        jobs.check_evaluate("unused", reranker="x", fuse=1.5)
+    with pytest.raises(ValueError, match="--rerank-top-k: 0 is not a positive integer"):
+        jobs.evaluate(EvalConfig("unused", reranker="x", rerank_top_k=0))
+    with pytest.raises(ValueError, match=r"--fuse: 1.5 is not a number in \[0, 1\] or 'auto'"):
+        jobs.evaluate(EvalConfig("unused", reranker="x", fuse=1.5))
 
 
 def test_8_pytrec_eval_refuses_the_grade_we_refuse():
