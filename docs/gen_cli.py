@@ -24,7 +24,7 @@ PAGE = "reference/cli.md"
 PY_MARKER = "<!-- python-reference -->"
 PY_PAGE = "reference/python.md"
 # Modules a user calls beyond the front door: their public functions and classes, in source order.
-MODULES = ("densekit.eval.fusion", "densekit.reranker.kinds")
+MODULES = ("densekit.eval.config", "densekit.eval.runfile", "densekit.eval.fusion", "densekit.core.runs", "densekit.reranker.kinds")
 WIDTH = "100"  # argparse wraps help at $COLUMNS: fixed, so the page does not depend on the terminal
 
 
