@@ -318,33 +318,74 @@ SIGNAL = {"all query": "every query-block token", "last 2": "last 2 query-block 
 
 
 def blockrank_probe() -> str:
+    """Per model, its latest probe: the pooled one over several tuning splits where it ran, else the scifact-only one."""
     rows = _jsonl("blockrank_probe.jsonl")
     lines = []
-    for summary in (r for r in rows if r.get("summary")):
-        model = summary["model"]
-        cells = [r for r in rows if r.get("model") == model and not r.get("summary")]
-        table = []
-        paper = summary["paper_choice"]
-        table.append([f"paper: {SIGNAL.get(paper['signal'], paper['signal'])}, {paper['doc_mass']} mass, {paper['heads']} heads "
-                      f"(its layer, 60 % depth)", paper["layer"], f"{paper['ndcg@10']:.3f}"])
-        for key in dict.fromkeys((c["signal"], c["doc_mass"], c["heads"]) for c in cells):
-            best = max((c for c in cells if (c["signal"], c["doc_mass"], c["heads"]) == key), key=lambda c: c["ndcg@10"])
-            chosen = best is not None and (best["layer"], *key) == (summary["best"]["layer"], summary["best"]["signal"],
-                                                                    summary["best"]["doc_mass"], summary["best"]["heads"])
-            label = f"{SIGNAL.get(key[0], key[0])}, {key[1]} mass, {key[2]} heads" + (" (the chosen default)" if chosen else "")
-            value = f"**{best['ndcg@10']:.3f}**" if chosen else f"{best['ndcg@10']:.3f}"
-            table.append([label, f"**{best['layer']}**" if chosen else best["layer"], value])
-        layers = max(c["layer"] for c in cells) + 1
-        best = summary["best"]
-        curve = {c["layer"]: c["ndcg@10"] for c in cells
-                 if (c["signal"], c["doc_mass"], c["heads"]) == (best["signal"], best["doc_mass"], best["heads"])}
-        lines += [f"**{model}** ({layers} layers; {summary['queries']} queries of {summary['split']}, their dense top "
-                  f"{summary['depth']}; random order {summary['random_order']:.3f}; default set: `{json.dumps(summary['setting'])}`)",
-                  "", _table(["choice", "best layer", "nDCG@10"], table), "",
-                  f"nDCG@10 of the chosen signal ({SIGNAL.get(best['signal'], best['signal'])}, {best['doc_mass']} mass, "
-                  f"{best['heads']} heads) at each layer: "
-                  + " · ".join(f"{layer}: {curve[layer]:.2f}" for layer in sorted(curve)), ""]
+    for model in dict.fromkeys(r["model"] for r in rows if r.get("summary")):
+        pooled = [i for i, r in enumerate(rows) if r.get("model") == model and r.get("pooled")]
+        lines += _pooled_probe(rows, pooled[-1]) if pooled else _single_probe(rows, model)
     return "\n".join(lines)
+
+
+def _choice(key: tuple) -> str:
+    return f"{SIGNAL.get(key[0], key[0])}, {key[1]} mass, {key[2]} heads"
+
+
+def _pooled_probe(rows: list[dict], at: int) -> list[str]:
+    """The pooled probe summarised at ``rows[at]``: per scoring choice its best layer on the pooled mean, with each
+    tuning split's figure in that cell; then each split's own best."""
+    from densekit.eval.probe import pooled_rows
+
+    summary = rows[at]
+    model, tune = summary["model"], summary["tune"]
+    before = [i for i, r in enumerate(rows[:at]) if r.get("model") == model and r.get("pooled")]
+    block = rows[(before[-1] + 1 if before else 0):at]
+    by = {split: [r for r in block if r.get("model") == model and r.get("split") == split and not r.get("summary")]
+          for split in tune}
+    cells = pooled_rows(by)
+    best = summary["best"]
+    table = []
+    for key in dict.fromkeys((c["signal"], c["doc_mass"], c["heads"]) for c in cells):
+        top = max((c for c in cells if (c["signal"], c["doc_mass"], c["heads"]) == key), key=lambda c: c["ndcg@10"])
+        chosen = (top["layer"], *key) == (best["layer"], best["signal"], best["doc_mass"], best["heads"])
+        mark = (lambda v: f"**{v}**") if chosen else (lambda v: v)
+        table.append([_choice(key) + (" (the chosen default)" if chosen else ""), mark(top["layer"]),
+                      mark(f"{top['ndcg@10']:.3f}")] + [f"{top['by_dataset'][split]:.3f}" for split in tune])
+    own = "; ".join(f"{split} layer {b['layer']}, {_choice((b['signal'], b['doc_mass'], b['heads']))}: {b['ndcg@10']:.3f}"
+                    for split, b in summary["best_by_dataset"].items())
+    layers = max(c["layer"] for c in cells) + 1
+    queries = ", ".join(f"{split} {n}" for split, n in summary["queries"].items())
+    return [f"**{model}** ({layers} layers; pooled over {queries} queries, their {summary['first_stage']} top "
+            f"{summary['depth']} in random order; random order {summary['random_order']:.3f}; default set: "
+            f"`{json.dumps(summary['setting'])}`)", "",
+            _table(["choice", "best layer (pooled)", "nDCG@10 pooled"] + [f"{split}" for split in tune], table), "",
+            f"Each tuning split's own best: {own}.", ""]
+
+
+def _single_probe(rows: list[dict], model: str) -> list[str]:
+    """A probe of one tuning split (before the pooled probe): its rows carry no split name."""
+    summary = [r for r in rows if r.get("model") == model and r.get("summary")][-1]
+    cells = [r for r in rows if r.get("model") == model and not r.get("summary") and "split" not in r]
+    table = []
+    paper = summary["paper_choice"]
+    table.append([f"paper: {SIGNAL.get(paper['signal'], paper['signal'])}, {paper['doc_mass']} mass, {paper['heads']} heads "
+                  f"(its layer, 60 % depth)", paper["layer"], f"{paper['ndcg@10']:.3f}"])
+    for key in dict.fromkeys((c["signal"], c["doc_mass"], c["heads"]) for c in cells):
+        best = max((c for c in cells if (c["signal"], c["doc_mass"], c["heads"]) == key), key=lambda c: c["ndcg@10"])
+        chosen = (best["layer"], *key) == (summary["best"]["layer"], summary["best"]["signal"],
+                                           summary["best"]["doc_mass"], summary["best"]["heads"])
+        value = f"**{best['ndcg@10']:.3f}**" if chosen else f"{best['ndcg@10']:.3f}"
+        table.append([_choice(key) + (" (the chosen default)" if chosen else ""),
+                      f"**{best['layer']}**" if chosen else best["layer"], value])
+    layers = max(c["layer"] for c in cells) + 1
+    best = summary["best"]
+    curve = {c["layer"]: c["ndcg@10"] for c in cells
+             if (c["signal"], c["doc_mass"], c["heads"]) == (best["signal"], best["doc_mass"], best["heads"])}
+    return [f"**{model}** ({layers} layers; {summary['queries']} queries of {summary['split']}, their dense top "
+            f"{summary['depth']}; random order {summary['random_order']:.3f}; default set: `{json.dumps(summary['setting'])}`)",
+            "", _table(["choice", "best layer", "nDCG@10"], table), "",
+            f"nDCG@10 of the chosen signal ({SIGNAL.get(best['signal'], best['signal'])}, {best['doc_mass']} mass, "
+            f"{best['heads']} heads) at each layer: " + " · ".join(f"{layer}: {curve[layer]:.2f}" for layer in sorted(curve)), ""]
 
 
 def blockrank_train_curve() -> str:

@@ -455,3 +455,17 @@ def test_an_unsupported_model_family_is_refused():
     model = GPT2LMHeadModel(GPT2Config(vocab_size=tok.vocab_size, n_embd=32, n_layer=2, n_head=2))
     with pytest.raises(ValueError, match="not 'gpt2'.*pointwise or qlm"):
         BlockRanker(model, tok)
+
+
+@pytest.mark.parametrize("model", ["HuggingFaceTB/SmolLM2-135M-Instruct", "google/gemma-3-270m"])
+def test_probed_defaults_are_the_probes_choice(model):
+    """``PROBED`` holds what the probe chose (fails if a default is typed in by hand or left behind a newer probe): the
+    setting of the model's last pooled summary in bench/results/blockrank_probe.jsonl, else of its last summary."""
+    from pathlib import Path
+
+    from densekit.reranker.blockrank import PROBED
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "results" / "blockrank_probe.jsonl"
+    summaries = [r for r in map(json.loads, path.read_text().splitlines()) if r.get("summary") and r["model"] == model]
+    pooled = [r for r in summaries if r.get("pooled")]
+    assert PROBED[model] == (pooled or summaries)[-1]["setting"]
