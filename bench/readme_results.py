@@ -143,6 +143,17 @@ def qlm_fused_scifact() -> str:
     return _compare("qlm-fused-scifact.json")
 
 
+def distill() -> str:
+    """The distilled encoder against InfoNCE and zero-shot on scifact test, and the step time of distillation."""
+    r = _jsonl("distill_speed.jsonl")[-1]
+    ratios = r["ratio_over_infonce"]
+    return (_compare("distill-scifact.json") + "\n"
+            f"- training step time with teacher scores (`python bench/distill_speed.py`, all-MiniLM-L6-v2, batch "
+            f"{r['batch_size']}, {r['n_negatives']} negative, {r['rounds']} interleaved rounds of {r['steps_per_run']} "
+            f"steps through the engine): Margin-MSE **{ratios['margin-mse']:.3f}x** and listwise KL "
+            f"**{ratios['kl']:.3f}x** InfoNCE's median step ({r['median_seconds_per_step']['infonce']:.2f} s)\n")
+
+
 # ---------------------------------------------------------------- first stage, encoder, index, training
 
 def first_stage() -> str:
@@ -482,6 +493,7 @@ SECTIONS = {
     "beir-summary": beir_summary,
     "hybrid-scifact": hybrid_scifact,
     "qlm-fused-scifact": qlm_fused_scifact,
+    "distill": distill,
     "first-stage": first_stage,
     "encode": encode,
     "search": search,
