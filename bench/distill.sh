@@ -4,7 +4,7 @@
 # is trained on its margins with Margin-MSE, with the settings of the InfoNCE encoder of bench/encoders.sh (steps,
 # batch, seed, lr, temperature); then scifact test, all 300 queries, against that InfoNCE encoder and zero-shot.
 # Needs bash bench/encoders.sh first (its index and InfoNCE model). Rerun to resume: the teacher's scores are cached
-# per query group (runs/distill/teacher-cache), a finished model is kept.
+# per query group in bench/results/distill/teacher-cache (committed), a finished model is kept.
 #
 #   bash bench/distill.sh        # ~1 h of SmolLM2 scoring on 2 CPU cores, ~15 min of training
 set -euo pipefail
@@ -12,7 +12,7 @@ model=sentence-transformers/all-MiniLM-L6-v2
 mkdir -p runs/distill
 [ -f runs/distill/scifact-train-teacher.jsonl ] || densekit mine --data scifact --split train --index runs/enc/scifact-index \
     --rank-from 0 --rank-to 30 --max-negatives 3 --max-ratio 0.95 --teacher qlm:HuggingFaceTB/SmolLM2-135M-Instruct \
-    --teacher-cache runs/distill/teacher-cache --out runs/distill/scifact-train-teacher.jsonl
+    --teacher-cache bench/results/distill/teacher-cache --out runs/distill/scifact-train-teacher.jsonl
 out=runs/enc/margin-mse-scifact
 if [ ! -f "$out/model/densekit.json" ]; then
   resume=(); [ -d "$out" ] && resume=(--resume)
