@@ -20,11 +20,14 @@ if [ ! -f "$out/model/densekit.json" ]; then
       --loss margin-mse --n-negatives 1 --epochs 2 --batch-size 16 --lr 2e-5 --temperature 0.05 --seed 42 \
       --checkpoint-every 25 --out "$out" "${resume[@]}"
 fi
-for name in margin-mse infonce; do
-  densekit eval --data scifact --retriever dense --model "runs/enc/$name-scifact/model" \
+for name in margin-mse infonce; do  # each index built once in runs/distill/, reused by a rerun
+  densekit eval --data scifact --retriever dense --model "runs/enc/$name-scifact/model" --index "runs/distill/index-$name" \
       --save-run "runs/distill/$name.trec" --overwrite > /dev/null
 done
-densekit eval --data scifact --retriever dense --model "$model" --save-run runs/distill/zero-shot.trec --overwrite > /dev/null
+densekit eval --data scifact --retriever dense --model "$model" --index runs/enc/scifact-index \
+    --save-run runs/distill/zero-shot.trec --overwrite > /dev/null
 densekit compare margin-mse=runs/distill/margin-mse.trec infonce=runs/distill/infonce.trec \
     zero-shot=runs/distill/zero-shot.trec --data scifact --baseline infonce --metrics ndcg@10 recall@100 \
     --json bench/results/distill-scifact.json
+python bench/teacher_stats.py runs/distill/scifact-train-teacher.jsonl --tau 0.05 --index runs/enc/scifact-index \
+    > bench/results/distill/teacher_stats.json

@@ -151,7 +151,19 @@ def distill() -> str:
             f"- training step time with teacher scores (`python bench/distill_speed.py`, all-MiniLM-L6-v2, batch "
             f"{r['batch_size']}, {r['n_negatives']} negative, {r['rounds']} interleaved rounds of {r['steps_per_run']} "
             f"steps through the engine): Margin-MSE **{ratios['margin-mse']:.3f}x** and listwise KL "
-            f"**{ratios['kl']:.3f}x** InfoNCE's median step ({r['median_seconds_per_step']['infonce']:.2f} s)\n")
+            f"**{ratios['kl']:.3f}x** InfoNCE's median step ({r['median_seconds_per_step']['infonce']:.2f} s)\n"
+            + _teacher_stats())
+
+
+def _teacher_stats() -> str:
+    t = json.loads((RESULTS / "distill" / "teacher_stats.json").read_text())
+    return (f"- the teacher on its {t['pairs']} training pairs (`python bench/teacher_stats.py`): the positive above the "
+            f"negative in {t['pair_accuracy']:.1%} of pairs, above every negative of its query in "
+            f"{t['positive_above_every_negative']:.1%} of {t['groups']} groups; margin mean {t['margin_mean']:.2f}, "
+            f"median size {t['margin_median_abs']:.2f}: at tau = {t['tau']} Margin-MSE asks a normalised student for "
+            f"cosine gaps of about {t['cosine_gap_asked']:.3f}; the zero-shot student ({t['student']}) already orders "
+            f"{t['student_pair_accuracy']:.1%} of these pairs right, with cosine gaps of {t['student_cosine_gap_median_abs']:.3f} "
+            "(the negatives were mined from its own index below 0.95x the positive's score)\n")
 
 
 # ---------------------------------------------------------------- first stage, encoder, index, training
@@ -546,7 +558,8 @@ SECTIONS = {
 PAGES = {
     "README.md": ("beir-summary", "mw-claim", "training-speed"),
     "docs/results/index.md": ("beir", "mw-claim", "paired", "hybrid-scifact"),
-    "docs/results/retrieval.md": ("first-stage", "encode", "search", "merge-memory", "train-scifact", "cli-startup"),
+    "docs/results/retrieval.md": ("first-stage", "encode", "search", "merge-memory", "train-scifact", "distill",
+                                  "cli-startup"),
     "docs/results/reranking.md": ("qlm-fused-scifact", "rerank", "rerank-pairs", "rerank-train-speed"),
     "docs/results/blockrank.md": ("blockrank-scaling", "blockrank-probe", "blockrank-train-curve", "blockrank-train-speed"),
     "bench/README.md": ("history-rerank-scifact", "history-blockrank-scifact"),
