@@ -161,15 +161,14 @@ def evaluate(config: EvalConfig, note: Note = _warn) -> dict[str, dict]:
     curve) are replaced only with ``overwrite``. With ``score_cache`` (a folder) the reranker's scores are kept and
     reused there (``reranker.score_cache.ScoreCache``), also by ``fuse="auto"``'s tuning. Notes for the user go to
     ``note``."""
+    from densekit.core.runs import drop_unknown_docs
     from densekit.retriever.first_stage import first_stage
 
-    from densekit.core.runs import drop_unknown_docs
-
+    from .data import load_dataset, select_queries
     from .fusion import fuse as fuse_scores
     from .metrics import DEFAULT_METRICS, drop_identical_ids, evaluate
     from .reranking import rerank_stage
     from .runfile import check_trec_id, read_run, write_run
-    from .data import load_dataset, select_queries
 
     start = time.perf_counter()
     c = config
