@@ -12,6 +12,7 @@ generated command-line flags use too).
 """
 from __future__ import annotations
 
+import functools
 import math
 import types
 import typing
@@ -41,10 +42,17 @@ def choices(meta) -> tuple | None:
     return tuple(found()) if callable(found) else found
 
 
+@functools.lru_cache(maxsize=None)
+def _hints(cls) -> dict:
+    """``cls``'s resolved annotations, once per class (resolving the string annotations of every field is what makes
+    building the parser slow if repeated per field)."""
+    return typing.get_type_hints(cls)
+
+
 def field_type(cls, name: str) -> tuple[type, bool]:
     """``(base type, optional)`` of a field: ``int | None`` gives ``(int, True)``, ``list[str]`` gives ``(list, False)``,
     ``float | str`` with ``words`` metadata gives ``(float, False)``."""
-    hint = typing.get_type_hints(cls)[name]
+    hint = _hints(cls)[name]
     args = typing.get_args(hint)
     optional = False
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
