@@ -43,7 +43,7 @@ def choices(meta) -> tuple | None:
 
 
 @functools.lru_cache(maxsize=None)
-def _hints(cls) -> dict:
+def type_hints(cls) -> dict:
     """``cls``'s resolved annotations, once per class (resolving the string annotations of every field is what makes
     building the parser slow if repeated per field)."""
     return typing.get_type_hints(cls)
@@ -52,7 +52,7 @@ def _hints(cls) -> dict:
 def field_type(cls, name: str) -> tuple[type, bool]:
     """``(base type, optional)`` of a field: ``int | None`` gives ``(int, True)``, ``list[str]`` gives ``(list, False)``,
     ``float | str`` with ``words`` metadata gives ``(float, False)``."""
-    hint = _hints(cls)[name]
+    hint = type_hints(cls)[name]
     args = typing.get_args(hint)
     optional = False
     if typing.get_origin(hint) in (typing.Union, types.UnionType):

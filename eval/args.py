@@ -14,7 +14,7 @@ import argparse
 import math
 from dataclasses import MISSING, fields
 
-from densekit.core.settings import choices, field_type, flag, number_problem, value_words
+from densekit.core.settings import choices, field_type, flag, number_problem, type_hints, value_words
 
 
 def number_type(meta, base: type, name: str = "number"):
@@ -64,7 +64,7 @@ def value_type(cls, name: str):
     if base is list:  # list[str] or list[int]: the element type
         import typing
 
-        hint = typing.get_type_hints(cls)[name]
+        hint = type_hints(cls)[name]
         element = next(a for a in typing.get_args(hint) if a is not type(None))
         inner = typing.get_args(element)[0]
         return number_type({}, int, "an integer") if inner is int else str

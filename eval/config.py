@@ -10,6 +10,10 @@ from densekit.reranker import kinds as reranker_kinds
 from densekit.retriever.config import DEFAULT_ENCODER
 
 AUTO = ("auto",)  # a weight chosen on a tuning split
+# What a field left unset (None: "not given", so that a flag the run would ignore can be refused) stands for. The
+# fields' help texts say the same ("default: ..."; a test holds them together); read through ``EvalConfig.value``.
+UNSET = {"factory": "Flat", "batch_size": 64, "hybrid_weight": 0.5, "hybrid_norm": "z", "rerank_top_k": 20,
+         "rerank_batch_size": 8, "fuse_norm": "z"}
 
 
 @dataclass
@@ -26,7 +30,7 @@ class EvalConfig:
     split: str = setting("test", "the split evaluated: its queries that have qrels")
     retriever: str | None = setting(None, "first stage (default: bm25; not with --run); hybrid = BM25 + dense fused "
                                     "per query", choices=("bm25", "dense", "hybrid"))
-    hybrid_weight: float | str | None = setting(None, "hybrid: (1-W)*norm(bm25) + W*norm(dense) per query (default "
+    hybrid_weight: float | str | None = setting(None, "hybrid: (1-W)*norm(bm25) + W*norm(dense) per query (default: "
                                                 "0.5); 'auto' picks W on a tuning split (never the evaluated one)",
                                                 words=AUTO, metavar="W|auto", **FRACTION)
     hybrid_norm: str | None = setting(None, "hybrid: per-query normalisation, or rrf = reciprocal-rank fusion, k=60, no "
@@ -115,10 +119,20 @@ class EvalConfig:
         """``retriever``, else ``"run"`` with a saved run, else ``"bm25"``."""
         return self.retriever or ("run" if self.run else "bm25")
 
+    def value(self, name: str):
+        """Field ``name``'s value, or what it stands for when unset (``UNSET``)."""
+        given = getattr(self, name)
+        return UNSET[name] if given is None else given
+
     @property
     def depth(self) -> int:
         """Documents reranked per query: ``rerank_top_k``, else 20."""
-        return self.rerank_top_k or 20
+        return self.value("rerank_top_k")
+
+    @property
+    def fuse_tune_queries(self) -> int:
+        """Judged tuning queries ``--fuse auto`` reads: ``tune_queries``, else 100 (``--hybrid-weight auto``: all)."""
+        return self.tune_queries or 100
 
     @property
     def tuned(self) -> bool:
@@ -132,4 +146,3 @@ class EvalConfig:
             one = len(given) == 1
             raise ValueError(f"{', '.join(given)} {'is' if one else 'are'} ignored {reason}: drop "
                              f"{'it' if one else 'them'}")
-

@@ -212,7 +212,7 @@ def evaluate(config: EvalConfig, note: Note = _warn) -> dict[str, dict]:
             label = f"hybrid:{model}"
         else:
             system_run = first_stage(retriever, ds.corpus, queries, top_k, model=model, index_dir=c.index,
-                                     factory=c.factory or "Flat", batch_size=c.batch_size or 64,
+                                     factory=c.value("factory"), batch_size=c.value("batch_size"),
                                      nprobe=c.nprobe, ef_search=c.ef_search)
             label = retriever if model is None else f"dense:{model}"
         system_run = {qid: system_run.get(qid, {}) for qid in queries}  # every evaluated query, empty when no hits
@@ -222,7 +222,7 @@ def evaluate(config: EvalConfig, note: Note = _warn) -> dict[str, dict]:
             if missing:
                 note(f"rerank: skipped {missing} run doc id(s) absent from the corpus of {ds.path}")
             first = system_run
-            system_run = rerank_stage(system_run, ds.corpus, queries, ranker, depth, c.rerank_batch_size or 8, mode)
+            system_run = rerank_stage(system_run, ds.corpus, queries, ranker, depth, c.value("rerank_batch_size"), mode)
             system_run = {qid: system_run.get(qid, {}) for qid in queries}
             label += f">{c.reranker}@{depth}" + (f"/{mode}" if mode else "")
             if c.fuse is not None:
@@ -266,14 +266,14 @@ def _hybrid(ds, queries, tune, model, c: EvalConfig, note: Note) -> tuple[dict, 
     def part(run: dict, ids) -> dict:
         return {q: run.get(q, {}) for q in ids}
 
-    norm, top_k = c.hybrid_norm or "z", c.top_k
-    weight = None if norm == "rrf" else (0.5 if c.hybrid_weight is None else c.hybrid_weight)
+    norm, top_k = c.value("hybrid_norm"), c.top_k
+    weight = None if norm == "rrf" else c.value("hybrid_weight")
     tuning, tune_qrels = {}, {}
     if weight == "auto":
         tune_texts, tune_qrels = load_split(ds.path, tune)
         tuning = select_queries(tune_texts, c.tune_queries)
-    lexical, dense = hybrid_parts(ds.corpus, {**tuning, **queries}, top_k, model, c.index, c.factory or "Flat",
-                                  c.batch_size or 64, c.nprobe, c.ef_search)
+    lexical, dense = hybrid_parts(ds.corpus, {**tuning, **queries}, top_k, model, c.index, c.value("factory"),
+                                  c.value("batch_size"), c.nprobe, c.ef_search)
     curve = None
     if weight == "auto":
         weight, curve = choose_weight(lambda w: fuse_runs(part(lexical, tuning), part(dense, tuning), w, norm, top_k),
@@ -291,12 +291,12 @@ def _fusion(ds, tune, c: EvalConfig, retriever, model, ranker, mode, note: Note,
     stage there: ``top_k`` documents, the same ``hybrid`` setting; reranked)."""
     from .reranking import tune_fusion
 
-    norm = c.fuse_norm or "z"
+    norm = c.value("fuse_norm")
     if c.fuse != "auto":
         return {"weight": c.fuse, "norm": norm, "tuned_on": None, "tune_queries": None, "curve": None}
-    weight, tuned, curve = tune_fusion(ds.path, tune, ranker, c.depth, norm, c.tune_queries or 100, retriever=retriever,
+    weight, tuned, curve = tune_fusion(ds.path, tune, ranker, c.depth, norm, c.fuse_tune_queries, retriever=retriever,
                                        model=model, index_dir=c.index, run_file=c.tune_run, mode=mode,
-                                       batch_size=c.rerank_batch_size or 8, relevance_level=c.relevance_level,
+                                       batch_size=c.value("rerank_batch_size"), relevance_level=c.relevance_level,
                                        first_k=c.top_k, hybrid=hybrid)
     note(f"--fuse auto: W={weight} chosen on split {tune!r} ({tuned} queries)")
     return {"weight": weight, "norm": norm, "tuned_on": tune, "tune_queries": tuned,

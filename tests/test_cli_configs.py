@@ -201,6 +201,18 @@ def test_eval_flags_are_exactly_the_eval_config_fields():
     assert flags == {f.name for f in fields(EvalConfig)}
 
 
+def test_an_unset_eval_setting_means_what_its_help_says():
+    """``EvalConfig.value`` resolves an unset field to ``UNSET`` (fails when jobs and the help drift apart, e.g. a
+    default changed in one place only)."""
+    from densekit.eval.config import UNSET
+
+    helps = {f.name: f.metadata["help"] for f in fields(EvalConfig)}
+    config = EvalConfig("mini-beir")
+    for name, value in UNSET.items():
+        assert f"default: {value}" in helps[name], name
+        assert getattr(config, name) is None and config.value(name) == value
+
+
 def cli_error(argv, capsys) -> str:
     """What ``densekit eval ARGV`` prints to stderr, refused with exit status 2."""
     try:
