@@ -152,18 +152,37 @@ def distill() -> str:
             f"{r['batch_size']}, {r['n_negatives']} negative, {r['rounds']} interleaved rounds of {r['steps_per_run']} "
             f"steps through the engine): Margin-MSE **{ratios['margin-mse']:.3f}x** and listwise KL "
             f"**{ratios['kl']:.3f}x** InfoNCE's median step ({r['median_seconds_per_step']['infonce']:.2f} s)\n"
-            + _teacher_stats())
+            + _mined() + _teacher_stats())
 
 
-def _teacher_stats() -> str:
-    t = json.loads((RESULTS / "distill" / "teacher_stats.json").read_text())
+def _mined() -> str:
+    m = json.loads((RESULTS / "distill" / "mine.json").read_text())
+    return (f"- mined (`densekit mine ... --teacher ... --denoise`): {m['queries']} scifact train queries, {m['negatives']} "
+            f"negatives kept, {m['denoised']} dropped as ranked above the positive by the teacher\n")
+
+
+def _teacher_stats(path: str = "distill/teacher_stats.json") -> str:
+    t = json.loads((RESULTS / path).read_text())
+    matched = (f" (tau_matched: the median student gap over the median teacher margin, {t['tau_matched']}, the "
+               "temperature it was trained at)" if "tau_matched" in t else "")
     return (f"- the teacher on its {t['pairs']} training pairs (`python bench/teacher_stats.py`): the positive above the "
             f"negative in {t['pair_accuracy']:.1%} of pairs, above every negative of its query in "
             f"{t['positive_above_every_negative']:.1%} of {t['groups']} groups; margin mean {t['margin_mean']:.2f}, "
             f"median size {t['margin_median_abs']:.2f}: at tau = {t['tau']} Margin-MSE asks a normalised student for "
-            f"cosine gaps of about {t['cosine_gap_asked']:.3f}; the zero-shot student ({t['student']}) already orders "
-            f"{t['student_pair_accuracy']:.1%} of these pairs right, with cosine gaps of {t['student_cosine_gap_median_abs']:.3f} "
-            "(the negatives were mined from its own index below 0.95x the positive's score)\n")
+            f"cosine gaps of about {t['cosine_gap_asked']:.3f}; the zero-shot student ({t['student']}) orders "
+            f"{t['student_pair_accuracy']:.1%} of these pairs right, with cosine gaps of "
+            f"{t['student_cosine_gap_median_abs']:.3f}{matched}\n")
+
+
+def history_distill_v1() -> str:
+    """The first distillation recipe (superseded): scifact test, its teacher's pairs, the held-out pool."""
+    pools = [json.loads(line) for line in (RESULTS / "distill" / "v1" / "heldout_pool.jsonl").read_text().splitlines()]
+    lines = [_compare("distill/v1/distill-scifact.json"), _teacher_stats("distill/v1/teacher_stats.json").rstrip()]
+    for r in pools:
+        n = r["ndcg@10"]
+        lines.append(f"- {r['dataset']}, against {r['against']}: nDCG@10 {n['diff']:+.4f} over {n['queries']} queries "
+                     f"(t-test p = {_p(n['p_ttest'])}, {n['win']}/{n['tie']}/{n['loss']} win/tie/loss)")
+    return "\n".join(lines) + "\n"
 
 
 # ---------------------------------------------------------------- first stage, encoder, index, training
@@ -549,6 +568,7 @@ SECTIONS = {
     "blockrank-train-speed": blockrank_train_speed,
     "history-rerank-scifact": history_rerank_scifact,
     "history-blockrank-scifact": history_blockrank_scifact,
+    "history-distill-v1": history_distill_v1,
     "paired": paired,
     "mw-claim": mw_claim,
     "training-speed": training_speed,
@@ -562,7 +582,7 @@ PAGES = {
                                   "cli-startup"),
     "docs/results/reranking.md": ("qlm-fused-scifact", "rerank", "rerank-pairs", "rerank-train-speed"),
     "docs/results/blockrank.md": ("blockrank-scaling", "blockrank-probe", "blockrank-train-curve", "blockrank-train-speed"),
-    "bench/README.md": ("history-rerank-scifact", "history-blockrank-scifact"),
+    "bench/README.md": ("history-rerank-scifact", "history-blockrank-scifact", "history-distill-v1"),
 }
 
 
