@@ -40,18 +40,22 @@ def _table(head: list[str], rows: list[list], align: str = "---") -> str:
 # ---------------------------------------------------------------- the BEIR table (densekit benchmark)
 
 def _gain_lose(table: dict) -> tuple[list[str], list[str]]:
-    """The reranking systems that gain / lose over their own first stage on the held-out datasets pooled."""
+    """The reranking systems that gain / lose over their own first stage on the held-out datasets pooled, each name
+    starred where both paired tests give p < 0.05."""
     gain, lose = [], []
     for name in table["systems"]:
         versus = table["rows"][name].get("heldout_vs_first_stage")
         if versus:
-            (gain if versus["pooled"]["diff"] > 0 else lose).append(name)
+            pooled = versus["pooled"]
+            star = "\\*" if max(pooled["p_ttest"], pooled["p_random"]) < 0.05 else ""
+            (gain if pooled["diff"] > 0 else lose).append(name + star)
     return gain, lose
 
 
 def _gain_lose_sentence(gain: list[str], lose: list[str]) -> str:
     return (f"- **Over their own first stage on the held-out mean, {', '.join(gain) or 'no reranking system'} "
-            f"gain{'s' if len(gain) == 1 else ''} and {', '.join(lose) or 'none'} lose{'s' if len(lose) == 1 else ''}.**")
+            f"gain{'s' if len(gain) == 1 else ''} and {', '.join(lose) or 'none'} lose{'s' if len(lose) == 1 else ''}** "
+            "(\\*: p < 0.05 in both the paired t-test and the randomisation test over the pooled held-out queries).")
 
 
 def beir_summary() -> str:
