@@ -5,7 +5,7 @@ negatives and steps; each loss trains ``--steps`` optimizer steps through ``retr
 ``densekit train retriever``), the three runs interleaved ``--rounds`` times so that machine load hits each alike.
 A step's time is the engine's own ``seconds`` in ``train_log.jsonl``; the first step of each run (warm-up) is dropped.
 
-    python bench/distill_speed.py --train-file runs/distill/scifact-train-teacher.jsonl
+    python bench/distill_speed.py --train-file runs/distill/scifact-train-hybrid-teacher.jsonl
 
 Appends one line to ``bench/results/distill_speed.jsonl``: median seconds a step per loss and the ratios to InfoNCE.
 """

@@ -1,7 +1,8 @@
 """What a teacher-scored training file asks of a student: how often the teacher orders a (positive, negative) pair
 right, and the size of its margins s(q, d+) - s(q, d-), the targets Margin-MSE regresses the student's
-(q.d+ - q.d-) / tau on (so a normalised student must reach cosine gaps of margin x tau). With ``--index`` it also prints ``tau_matched``,
-the median student gap over the median teacher margin: the tau at which the targets are on the student's own scale.
+(q.d+ - q.d-) / tau on (so a normalised student must reach cosine gaps of margin x tau). With ``--index`` it also
+prints ``tau_matched``, the median student gap over the median teacher margin: the tau at which the targets are on
+the student's own scale.
 
     python bench/teacher_stats.py runs/distill/scifact-train-hybrid-teacher.jsonl --index runs/enc/scifact-index \
         > bench/results/distill/teacher_stats.json
