@@ -1,5 +1,6 @@
 """Pairs of rows of the BEIR table compared head to head, on every dataset: trained encoders against zero-shot
-all-MiniLM-L6-v2, MW against InfoNCE, CL against SFT (cross-encoders), the mixture-trained reranker against its
+all-MiniLM-L6-v2, MW against InfoNCE (trained on scifact, and on the scifact + nfcorpus mixture), the mixture against
+scifact alone, CL against SFT (cross-encoders), the mixture-trained reranker against its
 scifact-only version.
 
 Reads the finished cells of ``densekit benchmark bench/beir.toml`` (their saved runs): per dataset and system the
@@ -26,9 +27,11 @@ from densekit.eval.report import randomisation_test, ttest, win_tie_loss
 
 POOL = ("vaswani", "cranfield", "cisi", "dbpedia-entity-sample", "dl19")
 BEIR_POOL = POOL[:4]  # issue 24's pool for the encoders: the BEIR held-out datasets, without TREC DL19
-ENCODERS = ("all-MiniLM-L6-v2", "infonce-scifact", "mw-scifact", "margin-mse-scifact")
+ENCODERS = ("all-MiniLM-L6-v2", "infonce-scifact", "mw-scifact", "margin-mse-scifact", "infonce-mix", "mw-mix")
 PAIRS = (("infonce-scifact", "all-MiniLM-L6-v2"), ("mw-scifact", "all-MiniLM-L6-v2"), ("margin-mse-scifact", "all-MiniLM-L6-v2"),
          ("mw-scifact", "infonce-scifact"), ("margin-mse-scifact", "infonce-scifact"),
+         ("infonce-mix", "all-MiniLM-L6-v2"), ("mw-mix", "all-MiniLM-L6-v2"), ("mw-mix", "infonce-mix"),
+         ("infonce-mix", "infonce-scifact"), ("mw-mix", "mw-scifact"),
          ("cross-cl-scifact", "cross-sft-scifact"), ("cross-cl-scifact+fused", "cross-sft-scifact+fused"),
          ("cross-cl-mix", "cross-cl-scifact"), ("cross-cl-mix+fused", "cross-cl-scifact+fused"))
 

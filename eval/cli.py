@@ -248,15 +248,14 @@ def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a model")
     tsub = p.add_subparsers(dest="train_command", required=True)
     r = tsub.add_parser("retriever", help="train a dual encoder (InfoNCE or MW loss, or distil teacher scores)")
-    r.add_argument("--data", required=True, help="BEIR folder or dataset name (its corpus; qrels of --split)")
-    r.add_argument("--split", default="train")
+    _mixture_args(r, "encoder", "example")
     r.add_argument("--model", default=DEFAULT_ENCODER)
     r.add_argument("--out", required=True)
     source = r.add_mutually_exclusive_group()
-    source.add_argument("--negatives", "--train-file", dest="train_file",
-                        help="JSONL {query|query_id, positives, negatives} (doc ids), e.g. from `densekit mine`; "
-                        "--loss margin-mse / kl also need positive_scores, negative_scores (teacher scores aligned "
-                        "with the lists)")
+    source.add_argument("--negatives", "--train-file", dest="train_file", nargs="+",
+                        help="JSONL {query|query_id, positives, negatives} (doc ids of --data's corpus; one file per "
+                        "--data), e.g. from `densekit mine`; --loss margin-mse / kl also need positive_scores, "
+                        "negative_scores (teacher scores aligned with the lists)")
     source.add_argument("--triples", help="TSV of query<TAB>positive<TAB>negative texts")
     source.add_argument("--unsupervised", action="store_true", help="Contriever-style random crop pairs from the corpus")
     _run_folder_args(r)
@@ -276,13 +275,18 @@ def _run_folder_args(p) -> None:
                    "(removes only its checkpoints, log and model)")
 
 
-def _reranker_data_args(r) -> None:
-    r.add_argument("--data", required=True, nargs="+", help="BEIR folder(s) or dataset name(s); several train one "
-                   "reranker on their mixture (--mix)")
+def _mixture_args(r, what: str, unit: str) -> None:
+    """--data, --split and --mix of a training command: one dataset, or several trained on as one mixture."""
+    r.add_argument("--data", required=True, nargs="+", help=f"BEIR folder(s) or dataset name(s) (corpus; qrels of "
+                   f"--split); several train one {what} on their mixture (--mix)")
     r.add_argument("--split", default=["train"], nargs="+", help="the training split, one for every --data or one each")
     r.add_argument("--mix", choices=["proportional", "even"], default="proportional",
-                   help="several --data: every group once (a dataset weighs by its size), or as many groups from each "
-                   "dataset as from the largest (smaller ones repeated)")
+                   help=f"several --data: every {unit} once (a dataset weighs by its size), or as many {unit}s from "
+                   "each dataset as from the largest (smaller ones repeated)")
+
+
+def _reranker_data_args(r) -> None:
+    _mixture_args(r, "reranker", "group")
     r.add_argument("--model", default="HuggingFaceTB/SmolLM2-135M-Instruct")
     r.add_argument("--out", required=True)
     r.add_argument("--first-stage", choices=["dense", "bm25"], default="dense", help="where hard negatives come from")
@@ -510,7 +514,7 @@ def cmd_train(args) -> int:
         n_negatives = args.n_negatives if args.n_negatives is not None else (1 if (args.train_file or args.triples) else 0)
         result = jobs.train_retriever(args.data, args.out, config_from_args(TrainConfig, args, n_negatives=n_negatives),
                                       args.model, args.split, args.train_file, args.triples, args.unsupervised,
-                                      args.resume, args.overwrite)
+                                      args.resume, args.overwrite, args.mix)
     else:
         kind = reranker_kinds.get(args.kind)
         defaults = {k: v for k, v in kind.train_defaults.items() if getattr(args, k) is None}

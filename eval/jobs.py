@@ -445,17 +445,20 @@ def search(index_dir: str, queries: list[str], model: str | None = None, k: int 
 
 # ---------------------------------------------------------------- training, mining
 
-def train_retriever(data: str, out: str, config: TrainConfig, model: str = DEFAULT_ENCODER, split: str = "train",
-                    train_file: str | None = None, triples: str | None = None, unsupervised: bool = False,
-                    resume: bool = False, overwrite: bool = False) -> dict:
-    """Train a dual encoder into ``out`` on one data source: the JSONL ``train_file`` (query, positives and
-    negatives as doc ids of ``data``'s corpus), the TSV ``triples`` (texts), ``unsupervised`` crop pairs of
-    the corpus (no negatives), else the qrels of ``split``. The run folder is checked before any data is
-    loaded. A distillation loss (``margin-mse``, ``kl``) needs the ``train_file`` with teacher scores on every
-    line (``examples.read_jsonl_examples``): anything else is refused before the model loads. Returns
-    ``{"model", "examples", "loss"}``."""
+def train_retriever(data: str | list[str], out: str, config: TrainConfig, model: str = DEFAULT_ENCODER,
+                    split: str | list[str] = "train", train_file: str | list[str] | None = None, triples: str | None = None,
+                    unsupervised: bool = False, resume: bool = False, overwrite: bool = False,
+                    mix: str = "proportional") -> dict:
+    """Train a dual encoder into ``out`` on the JSONL ``train_file`` (query, positives and negatives as doc ids of
+    ``data``'s corpus), the TSV ``triples`` (texts), ``unsupervised`` crop pairs of the corpus (no negatives), else
+    the qrels of ``split``. Several datasets (``data`` a list; ``split`` one for all or one per dataset; ``train_file``
+    none or one per dataset, its ids read against that dataset's corpus) train one encoder on their mixture
+    (``retriever.examples.mix_sources``: ``mix`` proportional or even, as ``train_reranker``); triples and crop pairs
+    take one dataset. The run folder and every source's split are checked before any training file is read. A
+    distillation loss (``margin-mse``, ``kl``) needs train files with teacher scores on every line
+    (``examples.read_jsonl_examples``): anything else is refused before the model loads. Returns ``{"model",
+    "examples", "loss", "sources"}``."""
     import random
-    from dataclasses import replace
 
     from densekit.retriever import examples as ex
     from densekit.core.checkpoints import check_run_folder
@@ -463,35 +466,47 @@ def train_retriever(data: str, out: str, config: TrainConfig, model: str = DEFAU
     from densekit.retriever.encoder import DualEncoder
     from densekit.retriever.train import train
 
-    from .data import load_dataset, resolve_dataset
+    from .data import load_dataset, load_queries, load_split, resolve_dataset
 
     distill = config.loss in DISTILL_LOSSES
     if distill and not train_file:
         raise ValueError(f"--loss {config.loss} distils teacher scores, which only a --train-file carries "
                          "('positive_scores' / 'negative_scores' on each line)")
+    sources = training_sources(data, split)
+    files = [train_file] if isinstance(train_file, str) else list(train_file or [])
+    if files and len(files) != len(sources):
+        raise ValueError(f"{len(files)} --train-file for {len(sources)} --data: give one training file per dataset, "
+                         "in the same order (each file's ids are read against its dataset's corpus)")
+    if len(sources) > 1 and (triples or unsupervised):
+        raise ValueError(f"--{'triples' if triples else 'unsupervised'} trains on one dataset; a mixture of "
+                         f"{len(sources)} datasets trains on their qrels or on one --train-file each")
     check_run_folder(out, resume, overwrite)  # before any data is loaded
-    folder = resolve_dataset(data)
+    folders = [resolve_dataset(name) for name, _ in sources]
     if unsupervised:
         from .data import load_corpus_of
 
-        examples = ex.crop_pairs(load_corpus_of(folder), random.Random(config.seed))
+        examples = ex.crop_pairs(load_corpus_of(folders[0]), random.Random(config.seed))
         config = replace(config, n_negatives=0)
     elif triples:
         examples = ex.read_triples(triples)
     else:
-        ds = load_dataset(folder, split)
-        if train_file:
-            from .data import load_queries
-
-            examples = ex.read_jsonl_examples(train_file, ds.corpus, load_queries(folder / "queries.jsonl")
-                                              if (folder / "queries.jsonl").exists() else ds.queries, config.n_negatives)
-        else:
-            examples = ex.from_qrels(ds.corpus, ds.queries, ds.qrels, n_negatives=config.n_negatives)
+        for folder, (_, part) in zip(folders, sources):
+            load_split(folder, part)  # every source's split exists, before any file is read
+        parts = []
+        for i, (folder, (_, part)) in enumerate(zip(folders, sources)):
+            ds = load_dataset(folder, part)
+            if files:
+                queries = load_queries(folder / "queries.jsonl") if (folder / "queries.jsonl").exists() else ds.queries
+                parts.append(ex.read_jsonl_examples(files[i], ds.corpus, queries, config.n_negatives))
+            else:
+                parts.append(ex.from_qrels(ds.corpus, ds.queries, ds.qrels, n_negatives=config.n_negatives))
+        examples = ex.mix_sources(parts, mix, config.seed)
     if distill:
         ex.require_teacher_scores(examples, config.loss)  # before the model loads
     encoder = DualEncoder.from_pretrained(model)
     train(encoder, examples, out, config, resume=resume, overwrite=overwrite)
-    return {"model": str(Path(out) / "model"), "examples": len(examples), "loss": config.loss}
+    return {"model": str(Path(out) / "model"), "examples": len(examples), "loss": config.loss,
+            "sources": [f"{name}:{part}" for name, part in sources]}
 
 
 def train_reranker(data: str | list[str], out: str, config, scorer, model: str = "HuggingFaceTB/SmolLM2-135M-Instruct",
