@@ -536,7 +536,7 @@ MW_PAIRS = (("mw-scifact", "infonce-scifact", "scifact train"),
 
 
 def mw_claim() -> str:
-    """One sentence a training set on the MW paper's held-out AUC claim, from ``paired.jsonl``'s MW-against-InfoNCE
+    """One sentence per training set on the MW paper's held-out AUC claim, from ``paired.jsonl``'s MW-against-InfoNCE
     rows (encoders trained on scifact, and on the scifact + nfcorpus mixture once its rows are in)."""
     systems, pairs = _paired_rows()
     auc = {(r["system"], r["dataset"]): r["global_auc@100"] for r in systems if "global_auc@100" in r}
