@@ -83,8 +83,8 @@ def full_attention(ranker: BlockRanker, prompt: BlockPrompt, n_layers: int) -> N
     base.set_attn_implementation("sdpa")
     inner.layers = layers[:n_layers]
     try:
-        inner(input_ids=torch.tensor([prompt.instruction + [t for d in prompt.docs for t in d] + prompt.query]),
-              use_cache=False)
+        inner(input_ids=torch.tensor([prompt.instruction + [t for d in prompt.docs for t in d] + prompt.query],
+                                     device=base.device), use_cache=False)
     finally:
         inner.layers = layers
         base.set_attn_implementation("densekit_blockrank")
@@ -96,7 +96,7 @@ def pointwise(ranker: BlockRanker, prompt: BlockPrompt, batch: int = 16) -> None
     try:
         rows = [prompt.instruction + d + prompt.query for d in prompt.docs]
         for i in range(0, len(rows), batch):
-            base(input_ids=torch.tensor(rows[i:i + batch]), use_cache=False, logits_to_keep=1)
+            base(input_ids=torch.tensor(rows[i:i + batch], device=base.device), use_cache=False, logits_to_keep=1)
     finally:
         base.set_attn_implementation("densekit_blockrank")
 
@@ -155,11 +155,11 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--out", default="bench/results/blockrank_scaling.png")
     p.add_argument("--plot-only", metavar="JSONL", help="only draw the plot from rows saved earlier (e.g. one file "
-                   "assembled from runs of different models)")
+                   "assembled from runs of different models, or bench/gpu.py's output)")
     args = p.parse_args()
     if args.plot_only:
         saved = [json.loads(line) for line in Path(args.plot_only).read_text().splitlines() if line.strip()]
-        plot([r for r in saved if "n" in r], Path(args.out))
+        plot([r for r in saved if "blockrank_s" in r], Path(args.out))
         return
     torch.set_num_threads(args.threads)
     rows = []

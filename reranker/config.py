@@ -23,6 +23,7 @@ class RerankTrainConfig:
     batch_size: int = setting(2, "groups per optimizer step, all processes together (N processes take batch/N each)",
                               **AT_LEAST_ONE)
     lr: float = setting(1e-4, "peak learning rate (AdamW)", **POSITIVE)
+    bf16: bool = setting(False, "bfloat16 mixed precision (autocast; the weights and optimizer state stay float32)")
     epochs: int = setting(1, "passes over the training groups", **AT_LEAST_ONE)
     max_steps: int | None = setting(None, "stop after this many optimizer steps (default: all epochs)", **AT_LEAST_ONE)
     warmup_ratio: float = setting(0.1, "fraction of the steps with a linear warm-up", **FRACTION)

@@ -151,10 +151,11 @@ def train_reranker(reranker, examples: list[dict], out: str | os.PathLike, confi
 
     try:
         fit(RerankerStep(reranker, config, options), steps, out, identity=identity, config={**asdict(config), **(asdict(options) if options is not None else {})},
-            optim=Optimization(lr=config.lr, weight_decay=0.01, warmup_ratio=config.warmup_ratio, max_grad_norm=1.0),
+            optim=Optimization(lr=config.lr, weight_decay=0.01, warmup_ratio=config.warmup_ratio, max_grad_norm=1.0,
+                               bf16=config.bf16),
             checkpoint_every=config.checkpoint_every, resume=resume, overwrite=overwrite, stop_after=stop_after,
             show_progress=show_progress, desc=f"train reranker {config.objective}",
-            watched=("objective", "temperature", "aux_temperature", "aux_weight", "lr", "batch_size"), finish=finish,
+            watched=("objective", "temperature", "aux_temperature", "aux_weight", "lr", "batch_size", "bf16"), finish=finish,
             evaluate=None if evaluate is None else (lambda: evaluate(reranker)), evaluate_every=evaluate_every)
     finally:
         reranker.lower_cache = None
