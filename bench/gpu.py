@@ -13,7 +13,8 @@ Correctness on the device (``pass`` per row, the tolerance in the row):
   eager attention) for the Llama (SmolLM2), Mistral-7B and Gemma-3 (sliding + full layers) configurations, in
   float32 and bf16: per-document attention mass (max abs difference) and the scoring layer's hidden states
   (relative Frobenius error);
-- ``encoder_device``: the encoder's embeddings on the device against the CPU's (float32; bf16 by cosine);
+- ``encoder_device``: the encoder's embeddings on the device against the CPU's (float32; bf16 by cosine), and a
+  loaded encoder lands on the GPU by itself (``core.device.inference_device``);
 - ``retriever_bf16_step``: one optimizer step of ``densekit.retriever.train.train`` with bf16 autocast against the
   float32 step from the same weights (first-step loss, cosine of the weight updates);
 - ``reranker_bf16_step``: LoRA steps of ``train_reranker`` (yes/no SFT and BlockRank) under bf16: finite losses,
@@ -41,6 +42,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
 import statistics
 import sys
@@ -101,6 +103,8 @@ class Run:
 
     def __init__(self, args):
         self.smoke = args.smoke
+        if args.smoke:  # the smoke run is a CPU run, on any machine
+            os.environ.setdefault("DENSEKIT_DEVICE", "cpu")
         self.device = torch.device("cpu" if args.smoke or not torch.cuda.is_available() else "cuda")
         self.out = open(args.out, "w")
         self.tokenizers = Path(args.tokenizers) if args.tokenizers else None
@@ -257,9 +261,13 @@ def check_encoder_device(run: Run) -> None:
     half = torch.from_numpy(load_encoder(run, torch.bfloat16).encode(docs, batch_size=64))
     diff = float((same - cpu).abs().max())
     cos = float(torch.nn.functional.cosine_similarity(half, cpu, dim=1).min())
+    from densekit.retriever.encoder import DualEncoder
+
+    loaded_on = next(DualEncoder.from_pretrained(str(encoder_folder(run))).parameters()).device  # no .to(): densekit's choice
     run.emit({"check": "encoder_device", "texts": len(docs), "float32_max_abs_diff": diff, "bf16_min_cosine": cos,
               "tol_float32": TOL["float32"]["embedding"], "tol_bf16_cosine": TOL["bfloat16"]["embedding_cos"],
-              "pass": diff <= TOL["float32"]["embedding"] and cos >= TOL["bfloat16"]["embedding_cos"]})
+              "loaded_on": str(loaded_on), "pass": diff <= TOL["float32"]["embedding"]
+              and cos >= TOL["bfloat16"]["embedding_cos"] and loaded_on.type == run.device.type})
 
 
 def triplets(run: Run, n: int, seed: int) -> list[dict]:

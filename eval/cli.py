@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import fields
 
 from densekit.retriever.config import DISTILL_LOSSES, MineConfig, TrainConfig
+from densekit.core import device
 from densekit.core.models import ModelNotAvailable
 from densekit.reranker import kinds as reranker_kinds
 from densekit.reranker.config import RerankTrainConfig
@@ -546,6 +548,8 @@ def main(argv: list[str] | None = None) -> int:
     handlers = {"eval": cmd_eval, "compare": cmd_compare, "benchmark": cmd_benchmark, "data": cmd_data, "index": cmd_index, "search": cmd_search, "train": cmd_train,
                 "mine": cmd_mine}
     try:
+        if os.environ.get(device.VARIABLE, "").strip():  # a device torch cannot use: refused before any work
+            device.inference_device()
         return handlers[args.command](args)
     except (DataError, ValueError, OSError, EOFError, ModelNotAvailable) as err:
         print(f"densekit: error: {_describe(err)}", file=sys.stderr)

@@ -341,29 +341,6 @@ def launcher_shards() -> tuple[int, int] | None:
     return None
 
 
-def encode_device(device: str | None) -> str:
-    """``device``, else this process's GPU under torchrun/accelerate ($LOCAL_RANK) when CUDA is available, else cpu.
-    A ``device`` torch does not know, or a CUDA/MPS device this machine does not have, raises ValueError."""
-    import torch
-
-    if device:
-        try:
-            parsed = torch.device(device)
-        except (RuntimeError, ValueError):
-            raise ValueError(f"--device {device!r} is not a torch device; use cpu, cuda or cuda:N") from None
-        if parsed.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"--device {device}: this machine has no CUDA device torch can use (torch "
-                             f"{torch.__version__}); use --device cpu or leave --device out")
-        if parsed.type == "cuda" and parsed.index is not None and parsed.index >= torch.cuda.device_count():
-            raise ValueError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-        if parsed.type == "mps" and not torch.backends.mps.is_available():
-            raise ValueError(f"--device {device}: MPS is not available here; use --device cpu")
-        return device
-    if not torch.cuda.is_available():
-        return "cpu"
-    return f"cuda:{int(os.environ.get('LOCAL_RANK', '0') or 0) % torch.cuda.device_count()}"
-
-
 def build_index(data: str, model: str, out: str, factory: str = "Flat", batch_size: int = 64, shard_size: int = 4096,
                 num_shards: int | None = None, shard_index: int | None = None, device: str | None = None,
                 arrow: bool = False, train_sample: int = 100_000, add_batch: int = 65536, on_disk: bool = False,
@@ -380,6 +357,7 @@ def build_index(data: str, model: str, out: str, factory: str = "Flat", batch_si
     from contextlib import ExitStack
 
     from densekit.retriever.encoder import DualEncoder
+    from densekit.core.device import inference_device
     from densekit.core.models import check_available
     from densekit.retriever.search import build_index as build
     from densekit.retriever.shards import shard_name
@@ -387,7 +365,7 @@ def build_index(data: str, model: str, out: str, factory: str = "Flat", batch_si
     from .data import load_corpus_of
 
     check_target(out, "index", overwrite)  # the output-path rule, before loading anything
-    device = encode_device(device)
+    inference_device(device)  # a device this machine lacks: refused before anything loads
     check_available(model)
     launched = launcher_shards() if num_shards is None else None
     num_shards, shard_index = launched or (num_shards or 1, shard_index or 0)
@@ -398,8 +376,7 @@ def build_index(data: str, model: str, out: str, factory: str = "Flat", batch_si
         if num_shards > 1:
             locks.enter_context(folder_lock(out, shard_name(shard_index, num_shards)))
         corpus = load_corpus_of(data, arrow=arrow)
-        encoder = DualEncoder.from_pretrained(model)
-        encoder.model.to(device)
+        encoder = DualEncoder.from_pretrained(model, device=device)
         result = build(corpus, encoder, out, factory, batch_size, shard_size, overwrite=overwrite, num_shards=num_shards,
                        shard_index=shard_index, merge=merge, train_sample=train_sample, add_batch=add_batch,
                        on_disk=on_disk)

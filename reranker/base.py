@@ -25,6 +25,7 @@ from typing import Sequence
 import torch
 
 from densekit.core import models
+from densekit.core.device import inference_device
 from densekit.core.io import DataError, atomic_dir, verify_parts
 from densekit.core.runs import drop_unknown_docs, rank
 from densekit.core.text import doc_text
@@ -206,13 +207,15 @@ class TransformerRanker(torch.nn.Module):
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, config=None, adapter: str | None = None, dtype=torch.float32):
-        """A base model (packaged name, folder or hub id), optionally with a saved LoRA adapter folder."""
+        """A base model (packaged name, folder or hub id), optionally with a saved LoRA adapter folder, on
+        ``core.device.inference_device()`` (the GPU when there is one)."""
         from transformers import AutoTokenizer
 
         cls.check_target(name_or_path)
+        device = inference_device()
         path = models.resolve(name_or_path)
         tokenizer = AutoTokenizer.from_pretrained(path)
-        model = cls.load_model(path, dtype)
+        model = cls.load_model(path, dtype).to(device)
         if adapter is not None:
             from peft import PeftModel
 

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from densekit.core import models
+from densekit.core.device import inference_device
 from .config import EncoderConfig
 from densekit.core.io import DataError, atomic_dir, verify_parts
 from densekit.core.text import doc_text
@@ -101,12 +102,14 @@ class DualEncoder(torch.nn.Module):
 
     # ------------------------------------------------------------ construction
     @classmethod
-    def from_pretrained(cls, name_or_path: str, **overrides) -> "DualEncoder":
-        """Load from a packaged name, a folder (sentence-transformers or plain HF), or a hub id. A folder
+    def from_pretrained(cls, name_or_path: str, device: str | None = None, **overrides) -> "DualEncoder":
+        """Load from a packaged name, a folder (sentence-transformers or plain HF), or a hub id, onto
+        ``core.device.inference_device(device)`` (``device``, else the GPU when there is one). A folder
         densekit saved is refused (``io.DamagedFolderError``) when its files differ from the sizes and sha256
         its ``densekit.json`` records (``io.verify_parts``), before anything is read."""
         from transformers import AutoConfig, AutoModel, AutoTokenizer
 
+        device = inference_device(device)
         path = models.resolve(name_or_path)
         settings: dict = {}
         if Path(path).is_dir():
@@ -119,7 +122,7 @@ class DualEncoder(torch.nn.Module):
         known = {f.name for f in fields(EncoderConfig)}
         config = EncoderConfig(**{k: v for k, v in settings.items() if k in known})
         tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModel.from_pretrained(path)
+        model = AutoModel.from_pretrained(path).to(device)
         model.eval()
         return cls(model, tokenizer, config, name=models.canonical_name(str(name_or_path)))
 
