@@ -146,7 +146,8 @@ def plot(rows: list[dict], path: Path) -> None:
 
 def main() -> None:
     if "MALLOC_MMAP_THRESHOLD_" not in os.environ:  # large buffers via mmap: freed memory leaves RSS at once
-        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"})
+        os.execve(sys.executable, [sys.executable, *sys.argv], {"DENSEKIT_DEVICE": "cpu", **os.environ,  # a CPU benchmark
+                                                                 "MALLOC_MMAP_THRESHOLD_": "131072"})
     p = argparse.ArgumentParser()
     p.add_argument("--models", nargs="+", default=["smollm2", "larger"])
     p.add_argument("--n", nargs="+", type=int, default=[10, 20, 50, 100, 200, 500])

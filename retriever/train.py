@@ -112,7 +112,14 @@ class RetrieverStep(TrainStep):
         device = self._device()
         chunk = self.config.embed_chunk or (8 if device.type == "cpu" else None)
         q, d_pos, d_neg = _embed_batch(self.encoder, x, chunk)
-        return self.loss_fn(q, d_pos, d_neg, **_loss_inputs(self.loss_fn, x, device)), {}
+        return self.loss(q, d_pos, d_neg, x), {}
+
+    def loss(self, q, d_pos, d_neg, batch: Batch) -> torch.Tensor:
+        """The loss of the embeddings, in float32 with autocast off: under bf16 the encoder's output is bf16, and a
+        bf16 score matrix at temperature 0.05 would round every logit by up to ~0.08."""
+        with torch.autocast(q.device.type, enabled=False):
+            return self.loss_fn(q.float(), d_pos.float(), None if d_neg is None else d_neg.float(),
+                                **_loss_inputs(self.loss_fn, batch, q.device))
 
     def passes(self, batch: Batch, step: int):
         chunk = self.config.grad_cache_chunk
@@ -133,7 +140,7 @@ class RetrieverStep(TrainStep):
         q, all_docs = torch.cat(leaves[:n_q]), torch.cat(leaves[n_q:])
         B = len(batch.queries)
         d_neg = all_docs[B:].reshape(B, -1, all_docs.shape[-1]) if all_docs.shape[0] > B else None
-        loss = self.loss_fn(q, all_docs[:B], d_neg, **_loss_inputs(self.loss_fn, batch, q.device))
+        loss = self.loss(q, all_docs[:B], d_neg, batch)
         grads = torch.autograd.grad(loss, leaves)
         # 3) the engine re-encodes each chunk with graph under the same RNG state (forward above)
         return [_Piece(texts, is_query, state, grad) for (texts, is_query), state, grad in zip(pieces, states, grads)], \

@@ -60,3 +60,22 @@ def test_reranker_lora_bf16_step_is_autocast_close_to_float32(tiny_causal_lm, tm
         assert any(v.abs().sum() > 0 for v in lora.values())  # B starts at zero: the steps moved it
     assert losses[True] != losses[False]
     assert losses[True] == pytest.approx(losses[False], rel=2e-2)
+
+
+def test_the_retriever_loss_is_float32_under_bf16_autocast(tiny_bert):
+    """Guards: the score matrix computed in bf16 under autocast (each logit rounded, at tau = 0.05 by up to ~0.08)."""
+    from densekit.retriever.encoder import DualEncoder
+    from densekit.retriever.examples import Batch
+    from densekit.retriever.train import RetrieverStep, _doc_keys, _embed_batch
+
+    enc = DualEncoder.from_pretrained(str(tiny_bert)).eval()
+    step = RetrieverStep(enc, TrainConfig(batch_size=4, n_negatives=1))
+    batch = Batch([e["query"] for e in EXAMPLES[:4]], [e["positives"][0] for e in EXAMPLES[:4]],
+                  [e["negatives"] for e in EXAMPLES[:4]])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, _ = step(batch)
+        q, d_pos, d_neg = _embed_batch(enc, batch, 8)
+        naive = step.loss_fn(q, d_pos, d_neg, keys=_doc_keys(batch, q.device))  # the score matrix under autocast
+    expected = step.loss_fn(q.float(), d_pos.float(), d_neg.float(), keys=_doc_keys(batch, q.device))
+    assert loss.dtype == torch.float32 and loss.item() == expected.item()
+    assert naive.item() != expected.item()  # what the test tells apart
