@@ -1,7 +1,8 @@
 """Pairs of rows of the BEIR table compared head to head, on every dataset: trained encoders against zero-shot
 all-MiniLM-L6-v2, MW against InfoNCE (trained on scifact, and on the scifact + nfcorpus mixture), the mixture against
 scifact alone, CL against SFT (cross-encoders), the mixture-trained reranker against its
-scifact-only version, query likelihood with Gemma-3-270M against SmolLM2-135M.
+scifact-only version, query likelihood with Gemma-3-270M against SmolLM2-135M, and SmolLM2's yes/no prompt against
+its query likelihood.
 
 Reads the finished cells of ``densekit benchmark bench/beir.toml`` (their saved runs): per dataset and system the
 nDCG@10 and, for the encoders, the global ROC-AUC@100 (all relevant vs all non-relevant (query, document) scores of
@@ -34,7 +35,8 @@ PAIRS = (("infonce-scifact", "all-MiniLM-L6-v2"), ("mw-scifact", "all-MiniLM-L6-
          ("infonce-mix", "infonce-scifact"), ("mw-mix", "mw-scifact"),
          ("cross-cl-scifact", "cross-sft-scifact"), ("cross-cl-scifact+fused", "cross-sft-scifact+fused"),
          ("cross-cl-mix", "cross-cl-scifact"), ("cross-cl-mix+fused", "cross-cl-scifact+fused"),
-         ("qlm-gemma3", "qlm-smollm2"), ("qlm-gemma3+fused", "qlm-smollm2+fused"))
+         ("qlm-gemma3", "qlm-smollm2"), ("qlm-gemma3+fused", "qlm-smollm2+fused"),
+         ("yesno-smollm2", "qlm-smollm2"), ("yesno-smollm2+fused", "qlm-smollm2+fused"))
 
 
 def paired(a: dict[str, float], b: dict[str, float]) -> dict:

@@ -43,23 +43,29 @@ def _table(head: list[str], rows: list[list], align: str = "---") -> str:
 
 # ---------------------------------------------------------------- the BEIR table (densekit benchmark)
 
-def _gain_lose(table: dict) -> tuple[list[str], list[str]]:
+def _gain_lose(table: dict) -> tuple[list[str], list[str], list[str]]:
     """The reranking systems that gain / lose over their own first stage on the held-out datasets pooled, each name
-    starred where both paired tests give p < 0.05."""
-    gain, lose = [], []
+    starred where both paired tests give p < 0.05, and those equal to it on every pooled query (a fusion weight of 0:
+    the reranker dropped)."""
+    gain, lose, equal = [], [], []
     for name in table["systems"]:
         versus = table["rows"][name].get("heldout_vs_first_stage")
         if versus:
             pooled = versus["pooled"]
+            if pooled["diff"] == 0 and pooled.get("win") == 0 and pooled.get("loss") == 0:
+                equal.append(name)
+                continue
             star = "\\*" if max(pooled["p_ttest"], pooled["p_random"]) < 0.05 else ""
             (gain if pooled["diff"] > 0 else lose).append(name + star)
-    return gain, lose
+    return gain, lose, equal
 
 
-def _gain_lose_sentence(gain: list[str], lose: list[str]) -> str:
+def _gain_lose_sentence(gain: list[str], lose: list[str], equal: list[str] = ()) -> str:
+    same = (f"; {', '.join(equal)} equal{'s' if len(equal) == 1 else ''} it on every held-out query (fusion weight 0 "
+            "chosen on the tuning data: the reranker dropped)") if equal else ""
     return (f"- **Over their own first stage on the held-out mean, {', '.join(gain) or 'no reranking system'} "
-            f"gain{'s' if len(gain) == 1 else ''} and {', '.join(lose) or 'none'} lose{'s' if len(lose) == 1 else ''}** "
-            "(\\*: p < 0.05 in both the paired t-test and the randomisation test over the pooled held-out queries).")
+            f"gain{'s' if len(gain) == 1 else ''} and {', '.join(lose) or 'none'} lose{'s' if len(lose) == 1 else ''}**"
+            f"{same} (\\*: p < 0.05 in both the paired t-test and the randomisation test over the pooled held-out queries).")
 
 
 def beir_summary() -> str:
@@ -89,11 +95,11 @@ def beir() -> str:
         pooled = table["rows"][name].get("heldout_pooled")
         if not pooled:
             continue
-        verdict = "gains over" if pooled["diff"] > 0 else "loses to"
+        verdict = "gains over" if pooled["diff"] > 0 else "equals" if pooled["diff"] == 0 and not pooled["win"] + pooled["loss"] else "loses to"
         lines.append(f"- {name} {verdict} {base} on the held-out datasets pooled: {pooled['diff']:+.4f} over "
                      f"{pooled['queries']} queries (paired t p = {pooled['p_ttest']:.2g}, randomisation p = "
                      f"{pooled['p_random']:.2g}; {pooled['win']} wins, {pooled['loss']} losses)")
-    gain, lose = _gain_lose(table)
+    gain, lose, equal = _gain_lose(table)
     for name in table["systems"]:
         versus = table["rows"][name].get("heldout_vs_first_stage")
         if not versus:
@@ -105,8 +111,8 @@ def beir() -> str:
                      f"{pooled['p_random']:.2g}); per held-out dataset "
                      + ", ".join(f"{d} {v:+.4f}" for d, v in versus["by_dataset"].items())
                      + f" (worst: {worst})")
-    if gain or lose:
-        lines.append(_gain_lose_sentence(gain, lose))
+    if gain or lose or equal:
+        lines.append(_gain_lose_sentence(gain, lose, equal))
     for name in table["systems"]:
         used = []
         for d in table["datasets"]:
