@@ -26,6 +26,7 @@ MARKER = re.compile(r"<!-- generated: ([A-Za-z0-9_-]+) -->\n")
 # reranker that scored in the benchmark took >= 1.4 s a query here).
 PREFILLED_S_PER_QUERY = 0.5
 
+
 def _jsonl(name: str) -> list[dict]:
     return [json.loads(line) for line in (RESULTS / name).read_text().splitlines() if line.strip()]
 

@@ -29,7 +29,7 @@ def parse_device(value: str, source: str):
             raise ValueError(f"{source} {value!r}: this machine has {count} CUDA device(s)")
     elif device.type == "mps" and not torch.backends.mps.is_available():
         raise ValueError(f"{source} {value!r}: MPS is not available here; use cpu")
-    elif device.type != "cpu" and device.type not in ("cuda", "mps"):
+    elif device.type not in ("cpu", "cuda", "mps"):
         raise ValueError(f"{source} {value!r}: densekit runs models on cpu, cuda or mps")
     return device
 

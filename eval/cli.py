@@ -207,7 +207,8 @@ def _add_index(sub) -> None:
     b.add_argument("--shard-index", type=non_negative_int, default=None,
                    help="which shard this process encodes, 0..N-1 (default: $RANK under torchrun/accelerate)")
     b.add_argument("--device", default=None,
-                   help="torch device to encode on (default: cuda:$LOCAL_RANK when CUDA is available, else cpu)")
+                   help="torch device to encode on (default: $DENSEKIT_DEVICE, else cuda:$LOCAL_RANK when CUDA is "
+                        "available, else cpu)")
     b.add_argument("--arrow", action="store_true",
                    help="open the corpus as a memory-mapped Arrow dataset (`datasets`, cached in $DENSEKIT_CACHE/datasets) "
                         "instead of a dict in memory: for corpora bigger than RAM")

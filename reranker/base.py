@@ -206,13 +206,14 @@ class TransformerRanker(torch.nn.Module):
         return getattr(transformers, cls.auto_model).from_pretrained(path, dtype=dtype)
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str, config=None, adapter: str | None = None, dtype=torch.float32):
+    def from_pretrained(cls, name_or_path: str, config=None, adapter: str | None = None, dtype=torch.float32,
+                        device: str | None = None):
         """A base model (packaged name, folder or hub id), optionally with a saved LoRA adapter folder, on
-        ``core.device.inference_device()`` (the GPU when there is one)."""
+        ``core.device.inference_device(device)`` (``device``, else the GPU when there is one)."""
         from transformers import AutoTokenizer
 
         cls.check_target(name_or_path)
-        device = inference_device()
+        device = inference_device(device)
         path = models.resolve(name_or_path)
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = cls.load_model(path, dtype).to(device)

@@ -62,3 +62,16 @@ def test_loaded_models_land_on_that_device(monkeypatch, tiny_bert, tiny_causal_l
     DualEncoder.from_pretrained(str(tiny_bert))
     LLMReranker.from_pretrained(str(tiny_causal_lm))
     assert moved.count(torch.device("cpu")) >= 2
+
+
+def test_the_api_takes_a_device_argument_and_checks_it_first(monkeypatch, tiny_bert, tiny_causal_lm):
+    from densekit.reranker.pointwise import LLMReranker
+    from densekit.retriever.encoder import DualEncoder
+
+    monkeypatch.delenv("DENSEKIT_DEVICE", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for load in (DualEncoder.from_pretrained, LLMReranker.from_pretrained):
+        with pytest.raises(ValueError, match="--device 'cuda:1': this machine has no CUDA device"):
+            load(str(tiny_bert if load is DualEncoder.from_pretrained else tiny_causal_lm), device="cuda:1")
+    reranker = LLMReranker.from_pretrained(str(tiny_causal_lm), device="cpu")
+    assert next(reranker.model.parameters()).device == torch.device("cpu")
